@@ -1,0 +1,291 @@
+"""The one config schema every `configs/*.py` file starts from, and its validation.
+
+Config files stay short by starting from `base_config()` (the published BraVe
+defaults, ARCHITECTURE.md) and changing only what their view setup needs.
+`validate` runs once, before anything compiles, so a typo in a 300k-step run
+fails in a second, naming the field.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_collections
+
+BROAD_MODALITIES = ('video', 'rc', 'flow', 'audio')
+"""Broad-view modalities; each gets its own backbone.
+
+video: RGB frames (randomly convolved when data.random_convolve_broad_video).
+rc:    randomly convolved RGB frames as a modality of its own.
+flow:  optical flow, 2 channels in [-1, 1].
+audio: log-mel spectrogram of the mono waveform.
+"""
+VIDEO_LIKE_MODALITIES = ('video', 'rc', 'flow')
+TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
+AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
+OPTIMIZERS = ('lars', 'adamw')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the run cannot use."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The published V/A defaults; view-specific files override what differs."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Seeds init, data order and augmentation (per process: seed + process_index).
+
+  # Data
+  c.data = ml_collections.ConfigDict()
+  c.data.train_shards = ''  # DMVR shards: glob, directory or comma list; '' = embedded synthetic set.
+  c.data.test_shards = ''  # Labelled shards for linear evaluation; '' = embedded synthetic test split.
+  c.data.video_fps = 25  # Frame rate the shards were written at.
+  c.data.audio_sample_rate = 48000  # Waveform sample rate in the shards (Hz).
+  c.data.narrow = ml_collections.ConfigDict(dict(
+      num_frames=16,  # Frames in the narrow clip.
+      frame_step=2,  # Stride between sampled frames.
+      image_size=224,  # Square crop side in pixels.
+  ))
+  c.data.broad = ml_collections.ConfigDict(dict(
+      num_frames=64,
+      frame_step=4,
+      image_size=112,
+  ))
+  c.data.broad_modalities = ('audio',)  # Subset of BROAD_MODALITIES, each with its own backbone.
+  c.data.narrow_placement = 'start'  # 'start': narrow starts where broad starts; 'random': anywhere inside.
+  c.data.random_convolve_broad_video = False  # Randomly convolve the broad 'video' view (V/V).
+  c.data.audio = ml_collections.ConfigDict(dict(
+      num_mel_bins=80,  # Mel bins of the log-mel spectrogram.
+      frame_length=320,  # STFT window length (samples).
+      fft_length=320,
+      frame_step=160,  # STFT hop (samples).
+      lower_edge_hz=80.0,
+      upper_edge_hz=7600.0,
+  ))
+  c.data.augment = ml_collections.ConfigDict(dict(
+      crop_area_range=(0.3, 1.0),  # Random-resized-crop area fraction.
+      crop_aspect_range=(0.5, 2.0),  # Random-resized-crop aspect ratio (w/h).
+      blur_prob=1.0,  # Probability of Gaussian blur (kernel = size/10).
+      blur_sigma_range=(0.1, 2.0),
+      flip_prob=0.5,  # Horizontal flip probability.
+      color_jitter_prob=0.8,
+      brightness=32.0 / 255.0,
+      saturation_range=(0.6, 1.4),
+      contrast_range=(0.6, 1.4),
+      hue=0.2,
+      grayscale_prob=0.2,
+      rc_kernel_sizes=(1, 3, 5, 7, 9, 11),  # Odd kernel sizes for random convolution.
+  ))
+  c.data.shuffle_buffer = 256  # Examples in the shuffle buffer (per host).
+  c.data.num_parallel_calls = -1  # tf.data parallelism; -1 = AUTOTUNE.
+  c.data.prefetch = 2  # Batches prefetched by tf.data.
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      cache_dir='~/.cache/brave_jax/synthetic',  # Where the embedded dataset is written once.
+      num_classes=10,
+      train_videos_per_class=24,
+      test_videos_per_class=8,
+      seconds=4.0,  # Length of each generated video.
+      height=64,  # Stored frame size.
+      width=80,
+      seed=0,  # The dataset is a pure function of this seed and the fields above.
+  ))
+
+  # Model
+  c.model = ml_collections.ConfigDict()
+  c.model.narrow_backbone = ml_collections.ConfigDict(dict(
+      depth=50,  # TSM-ResNet-v2 depth.
+      width_multiplier=1.0,  # Channel multiplier (1 or 2 in the paper; <1 for CPU variants).
+  ))
+  c.model.broad_video_backbone = ml_collections.ConfigDict(dict(
+      depth=50,  # Used by every video-like broad modality (video, rc, flow).
+      width_multiplier=1.0,
+  ))
+  c.model.audio_backbone = ml_collections.ConfigDict(dict(
+      depth=50,  # ResNet-v2 depth for the spectrogram.
+      width_multiplier=1.0,
+  ))
+  c.model.projection_dim = 128  # d: output of projector and predictor.
+  c.model.hidden_dim = 4096  # Hidden width of projector and predictor MLPs.
+  c.model.shared_head = True  # One projector+predictor for every view (published code).
+  c.model.bn_decay = 0.9
+  c.model.bn_eps = 1e-5
+  c.model.compute_dtype = 'float32'  # 'bfloat16': bf16 compute, f32 params/BN stats/loss.
+  c.model.remat = False  # Rematerialise backbone blocks to save memory.
+
+  # Optimizer
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'lars'  # 'lars' or 'adamw'.
+  c.optimizer.base_learning_rate = 1.0  # Peak LR at global batch 512; scaled linearly with batch.
+  c.optimizer.warmup_steps = 5000
+  c.optimizer.end_learning_rate = 0.0  # Cosine decays to this at the last step.
+  c.optimizer.weight_decay = 1e-2  # Not applied to biases and normalisation parameters.
+  c.optimizer.momentum = 0.9  # LARS momentum.
+  c.optimizer.trust_coefficient = 1e-3  # LARS trust ratio coefficient.
+  c.optimizer.nesterov = True
+  c.optimizer.adam_b1 = 0.9
+  c.optimizer.adam_b2 = 0.999
+  c.optimizer.adam_eps = 1e-8
+  # (regex on the parameter path 'module/name', multiplier); first match wins.
+  c.optimizer.lr_multipliers = (('.*predictor.*', 10.0),)
+
+  # Training
+  c.training = ml_collections.ConfigDict()
+  c.training.batch_size = 512  # Global batch over all processes and devices.
+  c.training.num_steps = 300_000
+  c.training.log_every = 50  # Steps between metric writes.
+  c.training.checkpoint_every = 2000  # Steps between checkpoints (one is also written at the end).
+  c.training.keep_checkpoints = 3  # Most recent checkpoints kept on disk.
+  c.training.plot_every = 0  # Steps between loss.png refreshes (0 = at the end only).
+
+  # Eval (linear protocol, ARCHITECTURE.md)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.run_after_training = False  # Linear-evaluate the narrow backbone when training ends.
+  c.eval.compare_random_init = False  # Also evaluate a randomly initialised backbone.
+  c.eval.num_frames = 32
+  c.eval.frame_step = 2
+  c.eval.image_size = 224
+  c.eval.resize_short_side = 256  # Test frames are resized so the short side is this.
+  c.eval.num_temporal_crops = 10
+  c.eval.num_spatial_crops = 3
+  c.eval.train_passes = 10  # Augmented passes over the train split.
+  # LinearSVC C, or 'auto' to cross-validate it on the train split only.
+  c.eval.svm_c = ml_collections.FieldReference(1e-4, field_type=object)
+  c.eval.batch_size = 8  # Clips per forward pass when embedding.
+  return c
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+  if not condition:
+    raise ConfigError(f'config.{field}: {message}')
+
+
+def _positive_int(config: ml_collections.ConfigDict, field: str) -> None:
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  _require(isinstance(value, int) and value > 0, field, f'must be a positive integer, got {value!r}')
+
+
+def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
+             num_local_devices: int = 1) -> None:
+  """Raises ConfigError naming the first field the run cannot use."""
+  modalities: Sequence[str] = tuple(config.data.broad_modalities)
+  _require(len(modalities) > 0, 'data.broad_modalities', 'needs at least one broad modality')
+  for m in modalities:
+    _require(m in BROAD_MODALITIES, 'data.broad_modalities',
+             f'unknown modality {m!r}; choose from {BROAD_MODALITIES}')
+  _require(len(set(modalities)) == len(modalities), 'data.broad_modalities',
+           f'lists a modality twice: {modalities}')
+  _require(config.data.narrow_placement in ('start', 'random'), 'data.narrow_placement',
+           f"must be 'start' or 'random', got {config.data.narrow_placement!r}")
+  for view in ('narrow', 'broad'):
+    for f in ('num_frames', 'frame_step', 'image_size'):
+      _positive_int(config, f'data.{view}.{f}')
+  for f in ('video_fps', 'audio_sample_rate'):
+    _positive_int(config, f'data.{f}')
+  narrow_span = config.data.narrow.num_frames * config.data.narrow.frame_step
+  broad_span = config.data.broad.num_frames * config.data.broad.frame_step
+  _require(narrow_span <= broad_span,
+           'data.narrow', f'narrow window ({narrow_span} frames) must fit inside the broad window '
+           f'({broad_span} frames): shorten data.narrow or lengthen data.broad')
+  # Two stride-2 stages (stem conv, max pool) + three strided units: 32x total.
+  for view in ('narrow', 'broad'):
+    _require(config.data[view].image_size >= 32, f'data.{view}.image_size',
+             f'must be at least 32 px (the backbone downsamples 32x), got {config.data[view].image_size}')
+  if 'audio' in modalities:
+    a = config.data.audio
+    for f in ('num_mel_bins', 'frame_length', 'fft_length', 'frame_step'):
+      _positive_int(config, f'data.audio.{f}')
+    _require(a.fft_length >= a.frame_length, 'data.audio.fft_length', 'must be >= frame_length')
+    _require(0 <= a.lower_edge_hz < a.upper_edge_hz <= config.data.audio_sample_rate / 2,
+             'data.audio.upper_edge_hz',
+             f'need 0 <= lower_edge_hz < upper_edge_hz <= sample_rate/2, got '
+             f'{a.lower_edge_hz}, {a.upper_edge_hz}, rate {config.data.audio_sample_rate}')
+    seconds = broad_span / config.data.video_fps
+    num_spec_frames = int(seconds * config.data.audio_sample_rate) // a.frame_step
+    _require(num_spec_frames >= 32, 'data.broad',
+             f'broad window of {seconds:.2f} s gives {num_spec_frames} spectrogram frames; '
+             'the audio backbone needs at least 32')
+  for name in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
+    depths = AUDIO_DEPTHS if name == 'audio_backbone' else TSM_DEPTHS
+    _require(config.model[name].depth in depths, f'model.{name}.depth',
+             f'must be one of {depths}, got {config.model[name].depth}')
+    width = config.model[name].width_multiplier
+    _require(0 < width <= 4 and (width < 1 or float(width).is_integer()),
+             f'model.{name}.width_multiplier',
+             f'must be in (0, 1) or a whole number from 1 to 4, got {width}')
+  for f in ('projection_dim', 'hidden_dim'):
+    _positive_int(config, f'model.{f}')
+  _require(config.model.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype',
+           f'must be one of {COMPUTE_DTYPES}, got {config.model.compute_dtype!r}')
+  _require(config.optimizer.name in OPTIMIZERS, 'optimizer.name',
+           f'must be one of {OPTIMIZERS}, got {config.optimizer.name!r}')
+  for k in config.data.augment.rc_kernel_sizes:
+    _require(isinstance(k, int) and k > 0 and k % 2 == 1, 'data.augment.rc_kernel_sizes',
+             f'kernel sizes must be odd positive integers, got {k!r}')
+  for f in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
+    _positive_int(config, f'training.{f}')
+  _require(0 <= config.optimizer.warmup_steps <= config.training.num_steps, 'optimizer.warmup_steps',
+           f'must be between 0 and training.num_steps ({config.training.num_steps}), '
+           f'got {config.optimizer.warmup_steps}')
+  num_shards = num_processes * num_local_devices
+  _require(config.training.batch_size % num_shards == 0, 'training.batch_size',
+           f'global batch {config.training.batch_size} does not split evenly over '
+           f'{num_processes} process(es) x {num_local_devices} device(s); use a multiple of {num_shards}')
+  svm_c = config.eval.svm_c
+  _require(svm_c == 'auto' or (isinstance(svm_c, (int, float)) and svm_c > 0), 'eval.svm_c',
+           f"must be a positive number or 'auto', got {svm_c!r}")
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """Linear scaling rule: the published peak 1.0 belongs to global batch 512."""
+  return config.optimizer.base_learning_rate * config.training.batch_size / 512
+
+
+VARIANTS = ('tiny', 'demo')
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+  """Shrinks a full-size config for CPU: `tiny` for tests, `demo` for the README's first command.
+
+  Both keep the view structure (modalities, placement, random convolution) and
+  shrink only sizes, so a tiny run exercises the same code as a full one.
+  """
+  if not variant:
+    return config
+  if variant not in VARIANTS:
+    raise ConfigError(f'unknown config variant {variant!r}; choose from {VARIANTS} (or none)')
+  c = config
+  for backbone in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
+    c.model[backbone].depth = 18
+  c.model.hidden_dim = 256
+  c.model.projection_dim = 64
+  c.data.shuffle_buffer = 64
+  c.eval.num_temporal_crops = 2
+  c.eval.num_spatial_crops = 1
+  c.eval.resize_short_side = 40
+  c.eval.train_passes = 1
+  c.eval.frame_step = 2
+  c.optimizer.lr_multipliers = (('.*predictor.*', 10.0),)
+  if variant == 'tiny':
+    for backbone in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
+      c.model[backbone].width_multiplier = 0.25
+    c.data.narrow.update(num_frames=4, frame_step=2, image_size=32)
+    c.data.broad.update(num_frames=8, frame_step=4, image_size=32)
+    c.training.update(batch_size=8, num_steps=60, log_every=5, checkpoint_every=20,
+                      keep_checkpoints=2)
+    c.optimizer.warmup_steps = 5
+    c.optimizer.base_learning_rate = 2.0
+    c.eval.update(num_frames=4, image_size=32, batch_size=16)
+  else:  # demo
+    for backbone in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
+      c.model[backbone].width_multiplier = 0.25
+    c.data.narrow.update(num_frames=8, frame_step=2, image_size=32)
+    c.data.broad.update(num_frames=16, frame_step=4, image_size=32)
+    c.training.update(batch_size=32, num_steps=600, log_every=10, checkpoint_every=100,
+                      keep_checkpoints=2)
+    c.optimizer.warmup_steps = 50
+    c.optimizer.base_learning_rate = 2.0
+    c.eval.update(num_frames=8, image_size=32, batch_size=32, run_after_training=True,
+                  compare_random_init=True, svm_c='auto')
+  return c

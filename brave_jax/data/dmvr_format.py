@@ -1,0 +1,129 @@
+"""The DMVR on-disk format: feature keys, one-example encoding, and sharded writing.
+
+One writer serves the converter, the embedded synthetic dataset and the test
+fixtures, so every shard in the project has exactly the layout the published
+DMVR readers expect (DESIGN.md, "Fidelity anchors").
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_KEY = 'image/encoded'  # Feature list: one JPEG per frame.
+FLOW_KEY = 'flow/encoded'  # Feature list: one 3-channel JPEG per frame (x, y, 0).
+WAVEFORM_KEY = 'WAVEFORM/feature/floats'  # Feature list of one float list: mono PCM in [-1, 1].
+LABEL_INDEX_KEY = 'clip/label/index'  # Context int64 list.
+LABEL_TEXT_KEY = 'clip/label/text'  # Context bytes list.
+VIDEO_ID_KEY = 'clip/id'  # Context bytes: where the clip came from (file name).
+FPS_KEY = 'clip/fps'  # Context float: frame rate the frames were resampled to (ours; optional).
+AUDIO_RATE_KEY = 'clip/audio_rate'  # Context float: waveform sample rate (ours; optional).
+FLOW_METHOD_KEY = 'flow/method'  # Context bytes: the flow algorithm (ours; optional).
+
+FLOW_CLIP_PX = 20.0  # Flow is clipped to +-20 px before quantisation (DMVR/BraVe convention).
+
+
+def shard_name(prefix: str, index: int, num_shards: int) -> str:
+  """`prefix-00003-of-00016`: the name pattern DMVR readers glob for."""
+  return f'{prefix}-{index:05d}-of-{num_shards:05d}'
+
+
+def encode_jpeg(image_HxWxC: np.ndarray, quality: int = 95) -> bytes:
+  """JPEG bytes of one uint8 frame (TF's encoder, so reads decode it bit-exactly)."""
+  if image_HxWxC.dtype != np.uint8:
+    raise ValueError(f'frames must be uint8, got {image_HxWxC.dtype}')
+  return tf.io.encode_jpeg(image_HxWxC, quality=quality, chroma_downsampling=False).numpy()
+
+
+def flow_to_uint8(flow_HxWx2: np.ndarray) -> np.ndarray:
+  """Quantises flow (pixels) to the stored 3-channel image: (v/20 + 1) * 127.5, channel 2 zero."""
+  clipped = np.clip(flow_HxWx2.astype(np.float32), -FLOW_CLIP_PX, FLOW_CLIP_PX)
+  q = np.round((clipped / FLOW_CLIP_PX + 1.0) * 127.5)
+  image = np.zeros(flow_HxWx2.shape[:2] + (3,), np.uint8)
+  image[..., :2] = np.clip(q, 0, 255).astype(np.uint8)
+  return image
+
+
+@dataclasses.dataclass
+class Clip:
+  """One video's content, ready to be written as one SequenceExample."""
+  frames_TxHxWx3: np.ndarray | None = None  # uint8 RGB frames.
+  encoded_frames: Sequence[bytes] | None = None  # Or frames already JPEG-encoded.
+  waveform: np.ndarray | None = None  # float32 mono PCM in [-1, 1]; None = no audio.
+  label_index: int | None = None
+  label_text: str | None = None
+  video_id: str = ''
+  fps: float | None = None
+  audio_rate: float | None = None
+  flow_TxHxWx2: np.ndarray | None = None  # Optical flow in pixels (x, y).
+  encoded_flow: Sequence[bytes] | None = None
+  flow_method: str | None = None
+
+
+def encode_clip(clip: Clip, jpeg_quality: int = 95) -> bytes:
+  """Serialised tf.train.SequenceExample with the DMVR keys for one clip."""
+  seq = tf.train.SequenceExample()
+  ctx = seq.context.feature
+  if clip.label_index is not None:
+    ctx[LABEL_INDEX_KEY].int64_list.value.append(int(clip.label_index))
+  if clip.label_text is not None:
+    ctx[LABEL_TEXT_KEY].bytes_list.value.append(clip.label_text.encode())
+  if clip.video_id:
+    ctx[VIDEO_ID_KEY].bytes_list.value.append(clip.video_id.encode())
+  if clip.fps is not None:
+    ctx[FPS_KEY].float_list.value.append(float(clip.fps))
+  if clip.audio_rate is not None:
+    ctx[AUDIO_RATE_KEY].float_list.value.append(float(clip.audio_rate))
+  if clip.flow_method is not None:
+    ctx[FLOW_METHOD_KEY].bytes_list.value.append(clip.flow_method.encode())
+
+  frames = clip.encoded_frames
+  if frames is None and clip.frames_TxHxWx3 is not None:
+    frames = [encode_jpeg(f, jpeg_quality) for f in clip.frames_TxHxWx3]
+  if frames is not None:
+    feature_list = seq.feature_lists.feature_list[IMAGE_KEY]
+    for jpeg in frames:
+      feature_list.feature.add().bytes_list.value.append(jpeg)
+
+  flow = clip.encoded_flow
+  if flow is None and clip.flow_TxHxWx2 is not None:
+    flow = [encode_jpeg(flow_to_uint8(f), jpeg_quality) for f in clip.flow_TxHxWx2]
+  if flow is not None:
+    feature_list = seq.feature_lists.feature_list[FLOW_KEY]
+    for jpeg in flow:
+      feature_list.feature.add().bytes_list.value.append(jpeg)
+
+  if clip.waveform is not None:
+    waveform = np.asarray(clip.waveform, np.float32).reshape(-1)
+    if waveform.size and (not np.all(np.isfinite(waveform)) or np.abs(waveform).max() > 1.0 + 1e-6):
+      raise ValueError(f'clip {clip.video_id!r}: waveform must be finite float PCM in [-1, 1]')
+    seq.feature_lists.feature_list[WAVEFORM_KEY].feature.add().float_list.value.extend(
+        waveform.tolist())
+  return seq.SerializeToString()
+
+
+def write_shards(serialized_examples: Iterable[bytes], output_dir: str, prefix: str,
+                 num_shards: int) -> list[str]:
+  """Writes examples round-robin into `num_shards` TFRecord files, atomically.
+
+  Each shard is written under a temporary name and renamed when complete, so a
+  crash never leaves a truncated shard that looks finished.
+  """
+  if num_shards < 1:
+    raise ValueError(f'num_shards must be >= 1, got {num_shards}')
+  os.makedirs(output_dir, exist_ok=True)
+  paths = [os.path.join(output_dir, shard_name(prefix, i, num_shards)) for i in range(num_shards)]
+  tmp_paths = [p + '.tmp' for p in paths]
+  writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
+  try:
+    for i, example in enumerate(serialized_examples):
+      writers[i % num_shards].write(example)
+  finally:
+    for w in writers:
+      w.close()
+  for tmp, final in zip(tmp_paths, paths):
+    os.replace(tmp, final)
+  return paths
