@@ -7,6 +7,7 @@ fails in a second, naming the field.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import ml_collections
@@ -289,3 +290,15 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
     c.eval.update(num_frames=8, image_size=32, batch_size=32, run_after_training=True,
                   compare_random_init=True, svm_c='auto')
   return c
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'path/to/config.py[:variant]' as `--config=` does, for scripts, benches and tests."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, variant = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path!r} not found (from {spec!r})')
+  module_spec = importlib.util.spec_from_file_location('brave_config_file', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)

@@ -23,11 +23,19 @@ def testdata_dir() -> pathlib.Path:
   return TESTDATA
 
 
-def load_config(name: str, variant: str | None = 'tiny'):
-  """Loads configs/<name>.py:get_config(variant) the way main.py does."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+def config_path(name: str, variant: str | None = 'tiny') -> str:
+  """'configs/<name>.py:<variant>', absolute, for `config_base.load` and CLIs."""
   path = REPO_ROOT / 'configs' / f'{name}.py'
-  spec = importlib.util.spec_from_file_location(f'configs.{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return f'{path}:{variant}' if variant else str(path)
+
+
+@pytest.fixture
+def tiny_va_config():
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  return config_base.load(config_path('brave_rgb_audio', 'tiny'))
+
+
+@pytest.fixture
+def tiny_vv_config():
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  return config_base.load(config_path('brave_rgb_rgb', 'tiny'))
