@@ -1,0 +1,271 @@
+"""Backbones, heads and the BraVe model: shapes, temporal shift, pmap, published names, bf16, remat."""
+import json
+
+import chex
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from brave_jax import config_base
+from brave_jax.models import brave
+from brave_jax.models import resnet_v2
+from brave_jax.models import tsm_resnet
+from conftest import config_path
+
+B, T, SIZE, SPEC_FRAMES, MEL_BINS = 4, 2, 32, 64, 80
+
+
+def _backbone_apply(make_module, x, is_training=True):
+  """init + apply of a bare backbone; returns the features (runs on the values or shapes given)."""
+  fn = hk.transform_with_state(lambda x: make_module()(x, is_training))
+
+  def init_and_apply(x):
+    params, state = fn.init(jax.random.PRNGKey(0), x)
+    return fn.apply(params, state, None, x)[0]
+
+  return jax.jit(init_and_apply)(x)
+
+
+def _tiny_batch(modalities, seed=0):
+  rng = np.random.default_rng(seed)
+  broad = {}
+  for m in modalities:
+    if m == 'audio':
+      broad[m] = rng.normal(size=(B, SPEC_FRAMES, MEL_BINS)).astype(np.float32)
+    else:
+      broad[m] = rng.uniform(size=(B, T, SIZE, SIZE, brave.INPUT_CHANNELS[m])).astype(np.float32)
+  return {'narrow': {'video': rng.uniform(size=(B, T, SIZE, SIZE, 3)).astype(np.float32)},
+          'broad': broad, 'label': np.full((B,), -1, np.int32)}
+
+
+def _flat_shapes(tree):
+  return {f'{module}/{name}': list(np.shape(v)) for module, leaves in tree.items()
+          for name, v in leaves.items()}
+
+
+@pytest.mark.parametrize('depth,width,channels,concrete', [
+    # Concrete forwards (RGB and audio) run in the tiny_va fixture; shapes alone are traced here.
+    (18, 0.25, 3, False),
+    (18, 0.25, 2, False),
+    (18, 1.0, 3, False),
+    (18, 2.0, 2, False),
+    (50, 0.25, 3, False),
+    (50, 1.0, 3, False),
+    (50, 1.0, 2, False),
+    (50, 2.0, 3, False),
+])
+def test_tsm_resnet_output_shape(depth, width, channels, concrete):
+  video = jnp.zeros((B, T, SIZE, SIZE, channels))
+  make = lambda: tsm_resnet.TSMResNetV2(depth=depth, width_multiplier=width)
+  if concrete:
+    feats = _backbone_apply(make, video)
+    chex.assert_tree_all_finite(feats)
+  else:
+    feats = jax.eval_shape(lambda v: _backbone_apply(make, v), video)
+  expected = int((2048 if depth >= 50 else 512) * width)
+  chex.assert_shape(feats, (B, expected))
+  assert tsm_resnet.output_dim(depth, width) == expected
+
+
+def test_tsm_resnet_stem_and_unit_widths_follow_the_multiplier():
+  video = jax.ShapeDtypeStruct((1, 2, SIZE, SIZE, 2), jnp.float32)
+  fn = hk.transform_with_state(lambda v: tsm_resnet.TSMResNetV2(50, 0.25)(v, True))
+  params, _ = jax.eval_shape(fn.init, jax.random.PRNGKey(0), video)
+  chex.assert_shape(params['TSMResNetV2/tsm_resnet_stem']['w'], (7, 7, 2, 16))
+  chex.assert_shape(params['TSMResNetV2/tsm_resnet_unit_3/block_0/conv_1']['w'], (3, 3, 128, 128))
+  chex.assert_shape(params['TSMResNetV2/tsm_resnet_unit_3/block_2/conv_2']['w'], (1, 1, 128, 512))
+
+
+@pytest.mark.parametrize('depth,width,concrete', [
+    (18, 0.25, False), (18, 1.0, False), (50, 1.0, False), (50, 2.0, False)])
+def test_audio_resnet_output_shape(depth, width, concrete):
+  log_mel = jnp.zeros((B, SPEC_FRAMES, MEL_BINS))
+  make = lambda: resnet_v2.ResNetV2(depth=depth, width_multiplier=width)
+  if concrete:
+    feats = _backbone_apply(make, log_mel)
+    chex.assert_tree_all_finite(feats)
+  else:
+    feats = jax.eval_shape(lambda x: _backbone_apply(make, x), log_mel)
+  chex.assert_shape(feats, (B, int((2048 if depth >= 50 else 512) * width)))
+
+
+def test_temporal_shift_moves_exactly_one_eighth_each_way():
+  b, t, c = 2, 3, 16  # n = 2 channels each way.
+  x_BxTxHxWxC = jnp.arange(b * t * 2 * 2 * c, dtype=jnp.float32).reshape(b, t, 2, 2, c) + 1
+  out = tsm_resnet.temporal_shift(x_BxTxHxWxC.reshape(b * t, 2, 2, c), t).reshape(x_BxTxHxWxC.shape)
+  chex.assert_shape(out, x_BxTxHxWxC.shape)
+  n = 2
+  # First n channels come from frame t-1; zeros at the first frame.
+  chex.assert_trees_all_equal(out[:, 1:, ..., :n], x_BxTxHxWxC[:, :-1, ..., :n])
+  chex.assert_trees_all_equal(out[:, 0, ..., :n], jnp.zeros_like(out[:, 0, ..., :n]))
+  # Last n channels come from frame t+1; zeros at the last frame.
+  chex.assert_trees_all_equal(out[:, :-1, ..., c - n:], x_BxTxHxWxC[:, 1:, ..., c - n:])
+  chex.assert_trees_all_equal(out[:, -1, ..., c - n:], jnp.zeros_like(out[:, -1, ..., c - n:]))
+  # The rest stays; nothing leaks between clips of the batch.
+  chex.assert_trees_all_equal(out[..., n:c - n], x_BxTxHxWxC[..., n:c - n])
+
+
+def test_temporal_shift_rounds_the_fraction_down():
+  x = jnp.ones((2 * 2, 1, 1, 15))  # int(15 / 8) = 1 channel each way.
+  out = tsm_resnet.temporal_shift(x, 2).reshape(2, 2, 15)
+  np.testing.assert_array_equal(out[:, 0, 0], 0.0)
+  np.testing.assert_array_equal(out[:, 1, -1], 0.0)
+  assert float(out.sum()) == 2 * 2 * 15 - 4
+  x7 = jnp.ones((4, 1, 1, 7))  # Fewer than 8 channels: nothing moves.
+  chex.assert_trees_all_equal(tsm_resnet.temporal_shift(x7, 2), x7)
+
+
+def test_shared_head_with_unequal_feature_sizes_is_refused(tiny_va_config):
+  tiny_va_config.model.audio_backbone.width_multiplier = 0.5
+  with pytest.raises(config_base.ConfigError, match='model.shared_head'):
+    brave.build_model(tiny_va_config.model, ('audio',))
+
+
+def test_unknown_modality_is_refused(tiny_va_config):
+  with pytest.raises(config_base.ConfigError, match='broad_modalities'):
+    brave.build_model(tiny_va_config.model, ('depth',))
+
+
+@pytest.fixture(scope='module')
+def tiny_va():
+  """Tiny V/A model, its batch, params and state, and one f32 training-mode loss (reused)."""
+  config = config_base.load(config_path('brave_rgb_audio', 'tiny'))
+  model = brave.build_model(config.model, config.data.broad_modalities, axis_name=None)
+  batch = _tiny_batch(config.data.broad_modalities)
+  params, state = model.init(jax.random.PRNGKey(0), batch)
+  loss_and_grad = jax.jit(jax.value_and_grad(model.loss, has_aux=True))
+  (loss, (new_state, metrics)), grads = loss_and_grad(params, state, jax.random.PRNGKey(1), batch)
+  return dict(config=config, model=model, batch=batch, params=params, state=state, loss=loss,
+              new_state=new_state, metrics=metrics, grads=grads)
+
+
+def test_model_runs_outside_pmap(tiny_va):
+  loss, metrics, grads = tiny_va['loss'], tiny_va['metrics'], tiny_va['grads']
+  chex.assert_shape(loss, ())
+  chex.assert_tree_all_finite((loss, metrics, grads))
+  assert set(metrics) == {'loss', 'loss/narrow_to_audio', 'loss/audio_to_narrow'}
+  np.testing.assert_allclose(
+      loss, (metrics['loss/narrow_to_audio'] + metrics['loss/audio_to_narrow']) / 2, rtol=1e-6)
+  assert 0.0 < float(loss) < 2.0
+  roots = {k.split('/')[0] for k in tiny_va['params']}
+  assert roots == {'narrow_video_embedding', 'broad_audio_embedding', 'shared_project'}
+  # Both backbones and the head learn from the loss.
+  for root in roots:
+    norm = sum(float(jnp.abs(v).sum()) for k, leaves in grads.items() if k.startswith(root)
+               for v in leaves.values())
+    assert norm > 0, root
+  # Batch norm statistics moved.
+  before = tiny_va['state']['shared_project/projector/batch_norm/~/mean_ema']['counter']
+  after = tiny_va['new_state']['shared_project/projector/batch_norm/~/mean_ema']['counter']
+  assert int(after) > int(before)
+
+
+def test_embed_functions_use_inference_batch_norm(tiny_va):
+  model, params, state, batch = (tiny_va[k] for k in ('model', 'params', 'new_state', 'batch'))
+  video_feats = jax.jit(model.embed_narrow)(params, state, batch['narrow']['video'])
+  audio_feats = jax.jit(model.embed_broad['audio'])(params, state, batch['broad']['audio'])
+  chex.assert_shape([video_feats, audio_feats], (B, 128))
+  chex.assert_tree_all_finite((video_feats, audio_feats))
+  # Inference mode: one example's features do not depend on the rest of the batch.
+  other = batch['narrow']['video'].copy()
+  other[1] = 1.0 - other[1]
+  other_feats = jax.jit(model.embed_narrow)(params, state, other)
+  np.testing.assert_allclose(other_feats[0], video_feats[0], rtol=1e-4, atol=1e-5)
+  assert not np.allclose(other_feats[1], video_feats[1])
+
+
+def test_model_under_pmap_matches_single_device(tiny_va):
+  assert jax.local_device_count() >= 2, 'conftest.py should simulate 2 CPU devices'
+  model = brave.build_model(tiny_va['config'].model, ('audio',), axis_name='i')
+  replicate = lambda tree: jax.tree.map(lambda x: np.stack([x, x]), tree)
+  # The same batch on both devices: cross-replica statistics equal the local ones.
+  loss, (new_state, metrics) = jax.pmap(model.loss, axis_name='i')(
+      replicate(tiny_va['params']), replicate(tiny_va['state']),
+      jax.random.split(jax.random.PRNGKey(1), 2), replicate(tiny_va['batch']))
+  chex.assert_shape(loss, (2,))
+  np.testing.assert_allclose(loss, np.full(2, tiny_va['loss']), rtol=1e-4)
+  np.testing.assert_allclose(metrics['loss/audio_to_narrow'],
+                             np.full(2, tiny_va['metrics']['loss/audio_to_narrow']), rtol=1e-4)
+  key = 'narrow_video_embedding/TSMResNetV2/batch_norm/~/mean_ema'
+  np.testing.assert_allclose(new_state[key]['hidden'][0], tiny_va['new_state'][key]['hidden'],
+                             rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('manifest_key,config_name', [
+    ('rgb_audio', 'brave_rgb_audio'), ('rgb_rgb', 'brave_rgb_rgb')])
+def test_full_size_names_and_shapes_equal_the_published_manifest(testdata_dir, manifest_key,
+                                                                  config_name):
+  manifest = json.loads((testdata_dir / 'official_param_manifest.json').read_text())[manifest_key]
+  config = config_base.load(config_path(config_name, None))
+  model = brave.build_model(config.model, config.data.broad_modalities, axis_name='i')
+  batch = {'narrow': {'video': jax.ShapeDtypeStruct((1, 2, SIZE, SIZE, 3), jnp.float32)},
+           'broad': {'video': jax.ShapeDtypeStruct((1, 2, SIZE, SIZE, 3), jnp.float32),
+                     'audio': jax.ShapeDtypeStruct((1, SPEC_FRAMES, MEL_BINS), jnp.float32)}}
+  params, state = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+  for kind, ours in (('params', params), ('state', state)):
+    published = {k: v for k, v in manifest[kind].items() if not k.startswith('shared_project_1/')}
+    assert _flat_shapes(ours) == published, kind
+
+
+def test_every_modality_with_per_view_heads_traces(tiny_va_config):
+  tiny_va_config.model.shared_head = False
+  modalities = config_base.BROAD_MODALITIES
+  model = brave.build_model(tiny_va_config.model, modalities)
+  batch = _tiny_batch(modalities)
+  params, state = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
+  loss, (_, metrics) = jax.eval_shape(model.loss, params, state, jax.random.PRNGKey(0), batch)
+  roots = {k.split('/')[0] for k in params}
+  assert roots == ({'narrow_video_embedding', 'narrow_video_project'}
+                   | {f'broad_{m}_embedding' for m in modalities}
+                   | {f'broad_{m}_project' for m in modalities})
+  chex.assert_shape(params['broad_flow_embedding/TSMResNetV2/tsm_resnet_stem']['w'], (7, 7, 2, 16))
+  assert set(metrics) == {'loss'} | {f'loss/narrow_to_{m}' for m in modalities} | {
+      f'loss/{m}_to_narrow' for m in modalities}
+  chex.assert_shape(loss, ())
+  for m in modalities:
+    feats = jax.eval_shape(model.embed_broad[m], params, state, batch['broad'][m])
+    chex.assert_shape(feats, (B, 128))
+
+
+def test_wrong_input_channels_are_refused(tiny_va):
+  video_2ch = tiny_va['batch']['narrow']['video'][..., :2]
+  with pytest.raises(ValueError, match=r'narrow_video_embedding.*\[B, T, H, W, 3\]'):
+    tiny_va['model'].embed_narrow(tiny_va['params'], tiny_va['state'], video_2ch)
+
+
+def test_bfloat16_with_remat_is_close_to_float32(tiny_va):
+  model_config = tiny_va['config'].model.copy_and_resolve_references()
+  model_config.compute_dtype = 'bfloat16'
+  model_config.remat = True
+  model = brave.build_model(model_config, ('audio',))
+  params, batch = tiny_va['params'], tiny_va['batch']
+  loss, (_, metrics) = jax.jit(model.loss)(params, tiny_va['state'], jax.random.PRNGKey(1), batch)
+  chex.assert_type(loss, jnp.float32)
+  chex.assert_tree_all_finite(metrics)
+  np.testing.assert_allclose(loss, tiny_va['loss'], atol=3e-2)
+  # Inference features, with batch-norm statistics from the f32 step.
+  feats = jax.jit(model.embed_narrow)(params, tiny_va['new_state'], batch['narrow']['video'])
+  ref = jax.jit(tiny_va['model'].embed_narrow)(params, tiny_va['new_state'], batch['narrow']['video'])
+  chex.assert_type(feats, jnp.float32)
+  chex.assert_tree_all_finite(feats)
+  cos = jnp.sum(feats * ref, -1) / (jnp.linalg.norm(feats, axis=-1) * jnp.linalg.norm(ref, axis=-1))
+  # bf16 keeps ~3 significant digits per op; through 8 random-init blocks at width 16, with
+  # batch-norm statistics from 8 frames, that leaves features within ~10% of the f32 ones.
+  assert float(cos.min()) > 0.98, cos
+  rel_err = jnp.linalg.norm(feats - ref, axis=-1) / jnp.linalg.norm(ref, axis=-1)
+  assert float(rel_err.max()) < 0.15, rel_err
+
+
+def test_remat_keeps_names_and_loss(tiny_va):
+  model_config = tiny_va['config'].model.copy_and_resolve_references()
+  model_config.remat = True
+  model = brave.build_model(model_config, ('audio',))
+  params, state = jax.eval_shape(model.init, jax.random.PRNGKey(0), tiny_va['batch'])
+  assert _flat_shapes(params) == _flat_shapes(tiny_va['params'])
+  assert _flat_shapes(state) == _flat_shapes(tiny_va['state'])
+  loss, (new_state, _) = jax.jit(model.loss)(
+      tiny_va['params'], tiny_va['state'], jax.random.PRNGKey(1), tiny_va['batch'])
+  np.testing.assert_allclose(loss, tiny_va['loss'], rtol=1e-5)
+  chex.assert_trees_all_close(new_state, tiny_va['new_state'], rtol=1e-4, atol=1e-6)
