@@ -1,0 +1,65 @@
+"""Trains BraVe: python -m brave_jax.main --config=configs/brave_rgb_audio.py:demo [--workdir=W].
+
+Flags: --config=configs/<file>.py[:tiny|demo], overrides like --config.training.num_steps=100,
+--workdir (default ./workdirs/<config file>[_<variant>]). Re-running with the same
+workdir resumes from its latest checkpoint.
+"""
+import os
+from typing import Iterator
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and plots; default '
+                               './workdirs/<config name>.')
+
+
+def default_workdir(config_spec: str) -> str:
+  """./workdirs/brave_rgb_audio_tiny for --config=configs/brave_rgb_audio.py:tiny."""
+  path, _, variant = config_spec.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('workdirs', f'{name}_{variant}' if variant else name)
+
+
+def train_shards(config: ml_collections.ConfigDict) -> str | list[str]:
+  """config.data.train_shards, or the embedded synthetic set (generated once) when empty."""
+  if config.data.train_shards:
+    return config.data.train_shards
+  from brave_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  with_flow = 'flow' in config.data.broad_modalities
+  return synthetic.ensure_dataset(config.data.synthetic, with_flow=with_flow)['train']
+
+
+def make_batch_iterator_fn(config: ml_collections.ConfigDict):
+  """make_batch_iterator(start_step) over this host's shards, seeded by (seed, process, step)."""
+  from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  shards = train_shards(config)
+
+  def make(start_step: int) -> Iterator:
+    return pipeline.make_train_dataset(
+        config, shards, process_index=jax.process_index(), process_count=jax.process_count(),
+        num_local_devices=jax.local_device_count(), start_step=start_step)
+
+  return make
+
+
+def main(argv):
+  del argv
+  from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
+  workdir = _WORKDIR.value or default_workdir(config_spec)
+  train_state = loop.train(config, workdir, make_batch_iterator_fn(config))
+  if config.eval.run_after_training:
+    from brave_jax.eval import run as eval_run  # pylint: disable=g-import-not-at-top
+    eval_run.evaluate_after_training(config, workdir, train_state)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,207 @@
+"""The training loop: init or resume, pmapped steps fed 2 batches ahead, checkpoints, metrics.
+
+Determinism contract: the data iterator is rebuilt from the step it starts at
+(`make_batch_iterator(start_step)`), and a step's randomness is
+`fold_in(rng, step)`, so stopping at a checkpoint and resuming reproduces the
+uninterrupted run bit for bit. Resuming needs no flag: an existing checkpoint
+in `workdir/checkpoints` is picked up.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from brave_jax import config_base
+from brave_jax.train import checkpointing
+from brave_jax.train import metrics as metrics_lib
+from brave_jax.train import optimizer as optimizer_lib
+from brave_jax.train import step as step_lib
+
+PyTree = Any
+BatchIteratorFn = Callable[[int], Iterator[PyTree]]
+CHECKPOINT_SUBDIR = 'checkpoints'
+CONFIG_FILE = 'config.json'
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss, gradient or parameter became NaN/inf; the run stops before saving it."""
+
+
+class DevicePrefetcher:
+  """Keeps `size` batches already on the devices; times the wait on the host iterator."""
+
+  def __init__(self, iterator: Iterator[PyTree], devices: list[jax.Device], size: int = 2):
+    self._iterator = iterator
+    self._num_devices = len(devices)
+    self._sharding = step_lib.mesh_sharding(devices)
+    self._queue: collections.deque = collections.deque()
+    self._size = size
+    self.wait_s = 0.0  # Host time spent blocked on the input pipeline.
+
+  def _fill(self) -> None:
+    while len(self._queue) < self._size:
+      start = time.perf_counter()
+      try:
+        batch = next(self._iterator)
+      except StopIteration:
+        return
+      finally:
+        self.wait_s += time.perf_counter() - start
+      step_lib.check_batch(batch, self._num_devices)
+      self._queue.append(jax.tree.map(lambda x: jax.device_put(x, self._sharding), batch))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> PyTree:
+    self._fill()
+    if not self._queue:
+      raise StopIteration
+    batch = self._queue.popleft()
+    self._fill()  # Start the next transfers while this batch computes.
+    return batch
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the resolved config (after overrides) so a run can be reproduced from its workdir."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  return path
+
+
+def _scalars(metrics_D: PyTree) -> dict[str, float]:
+  """Host floats of device 0's (pmean'd, hence global) metrics; blocks on that step only."""
+  return {k: float(v) for k, v in step_lib.unreplicate(metrics_D).items()}
+
+
+def _check_finite_scalars(step: int, scalars: dict[str, float], last_good: int | None,
+                          ckpt_dir: str) -> None:
+  names = sorted(scalars, key=lambda k: (k != 'loss', not k.startswith('loss'), k))  # Loss first.
+  for name in names:
+    value = scalars[name]
+    if not math.isfinite(value):
+      raise NonFiniteError(
+          f'non-finite {name} = {value} at step {step} (update {step - 1}); not saved. The last '
+          f'good checkpoint is step {last_good} in {ckpt_dir} and a rerun resumes from it. Lower '
+          f'config.optimizer.base_learning_rate, lengthen warmup_steps, or check the input data.')
+
+
+def _check_finite_tree(step: int, host_state: step_lib.TrainState, last_good: int | None,
+                       ckpt_dir: str) -> None:
+  for part in ('params', 'state'):
+    for key_path, x in jax.tree_util.tree_flatten_with_path(getattr(host_state, part))[0]:
+      x = np.asarray(x)
+      if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        name = optimizer_lib.param_path(key_path)
+        raise NonFiniteError(
+            f'non-finite {part} {name!r} at step {step}; not saved. The last good checkpoint is '
+            f'step {last_good} in {ckpt_dir}. Lower config.optimizer.base_learning_rate.')
+
+
+def _skipped_records(iterator: Any) -> int | None:
+  """Records the input pipeline dropped, if it tracks them (`iterator.skipped_records`)."""
+  value = getattr(iterator, 'skipped_records', None)
+  if callable(value):
+    value = value()
+  return None if value is None else int(value)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str,
+          make_batch_iterator: BatchIteratorFn, model: Any = None,
+          stop_at_step: int | None = None) -> step_lib.TrainState:
+  """Trains to training.num_steps (or stop_at_step), resuming from workdir; returns the state.
+
+  make_batch_iterator(start_step) must yield batches [local_devices, per_device, ...]
+  for steps start_step, start_step + 1, ... as a pure function of (seed, step).
+  stop_at_step ends early with a checkpoint, as a preemption would (schedule unchanged).
+  """
+  devices = jax.local_devices()
+  config_base.validate(config, jax.process_count(), len(devices))
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  t = config.training
+  num_steps = int(t.num_steps) if stop_at_step is None else min(int(stop_at_step), int(t.num_steps))
+
+  if model is None:
+    from brave_jax.models import brave  # pylint: disable=g-import-not-at-top
+    model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
+  schedule = optimizer_lib.make_schedule(config)
+  optimizer = optimizer_lib.make_optimizer(config)
+
+  ckpt_dir = os.path.join(workdir, CHECKPOINT_SUBDIR)
+  ckpt = checkpointing.Checkpointer(ckpt_dir, keep=int(t.keep_checkpoints))
+  start_step = ckpt.latest_step() or 0
+  host_iterator = make_batch_iterator(start_step)
+  batches = DevicePrefetcher(host_iterator, devices, size=2)
+
+  first_batch = next(batches)
+  init = step_lib.make_init(model, optimizer, devices)
+  init_rng = jax.random.PRNGKey(config.seed)
+  if start_step:
+    restored, meta = ckpt.restore(init.host_template(init_rng, first_batch), start_step)
+    train_state = step_lib.replicate(restored, devices)
+    print(f'Resumed from {ckpt_dir} at step {meta["step"]}.', flush=True)
+  else:
+    train_state = init(init_rng, first_batch)
+  update = step_lib.make_pmapped_update(model, optimizer, 'i', devices, schedule)
+  writer = metrics_lib.MetricsWriter(
+      workdir, int(t.num_steps), int(t.batch_size), start_step=start_step,
+      plot_every=int(t.plot_every))
+
+  last_good = start_step or None
+  pending = None  # (steps done, metrics on device) read one step late.
+  wait_at_last_log = 0.0
+
+  def consume(done: int, metrics_D: PyTree) -> None:
+    nonlocal wait_at_last_log
+    scalars = _scalars(metrics_D)
+    _check_finite_scalars(done, scalars, last_good, ckpt_dir)
+    if done % t.log_every == 0 or done == num_steps:
+      skipped = _skipped_records(host_iterator)
+      writer.write(done, scalars, input_wait_s=batches.wait_s - wait_at_last_log,
+                   extra=None if skipped is None else {'skipped_records': skipped})
+      wait_at_last_log = batches.wait_s
+    if done == start_step + 1:
+      writer.reset_timer(done)  # Leave compilation out of later throughput numbers.
+      wait_at_last_log = batches.wait_s
+
+  try:
+    batch = first_batch
+    for step in range(start_step, num_steps):
+      if step > start_step:
+        batch = next(batches)
+      train_state, metrics_D = update(train_state, batch)
+      if pending is not None:
+        consume(*pending)
+      pending = (step + 1, metrics_D)
+      done = step + 1
+      if done % t.checkpoint_every == 0 or done == num_steps:
+        consume(*pending)  # The update that made this state must be finite before it is saved.
+        pending = None
+        host_state = step_lib.unreplicate(train_state)
+        _check_finite_tree(done, host_state, last_good, ckpt_dir)
+        ckpt.save(host_state, meta={'seed': int(config.seed), 'data_step': done})
+        last_good = done
+    if pending is not None:
+      consume(*pending)
+  finally:
+    ckpt.close()  # Lets an in-flight save of the last good state commit, even on error.
+    writer.close()
+  return train_state
+
+
+def read_config(workdir: str) -> dict[str, Any]:
+  """The config.json a run wrote, as a plain dict."""
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    return json.load(f)

@@ -1,0 +1,136 @@
+"""Where training numbers go: a progress line, metrics.jsonl, TensorBoard and loss.png.
+
+Only process 0 writes. The loop hands over host floats it read one step late,
+so nothing here ever waits on the device.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+
+METRICS_FILE = 'metrics.jsonl'
+PLOT_FILE = 'loss.png'
+
+
+def _format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """All records of workdir/metrics.jsonl (across resumes), last record per step kept."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  by_step: dict[int, dict[str, Any]] = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        record = json.loads(line)
+        by_step[int(record['step'])] = record
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_losses(workdir: str, out_path: str | None = None) -> str | None:
+  """Draws every 'loss*' series and the learning rate vs step into loss.png; returns its path."""
+  records = read_metrics(workdir)
+  if not records:
+    return None
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  steps = [r['step'] for r in records]
+  loss_keys = sorted({k for r in records for k in r if k.startswith('loss')})
+  fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True,
+                                       gridspec_kw={'height_ratios': [3, 1]})
+  for key in loss_keys:
+    ax_loss.plot(steps, [r.get(key, float('nan')) for r in records], label=key,
+                 linewidth=2.0 if key == 'loss' else 1.0)
+  ax_loss.set_ylabel('loss')
+  ax_loss.legend(fontsize='small')
+  ax_loss.grid(alpha=0.3)
+  ax_lr.plot(steps, [r.get('learning_rate', float('nan')) for r in records], color='tab:gray')
+  ax_lr.set_ylabel('learning rate')
+  ax_lr.set_xlabel('step')
+  ax_lr.grid(alpha=0.3)
+  fig.tight_layout()
+  out_path = out_path or os.path.join(workdir, PLOT_FILE)
+  fig.savefig(out_path, dpi=100)
+  plt.close(fig)
+  return out_path
+
+
+class MetricsWriter:
+  """Writes one record per log step; throughput is measured between records."""
+
+  def __init__(self, workdir: str, num_steps: int, global_batch_size: int,
+               start_step: int = 0, plot_every: int = 0, is_writer: bool | None = None,
+               use_tensorboard: bool = True):
+    self.workdir = workdir
+    self.num_steps = num_steps
+    self.global_batch_size = global_batch_size
+    self.plot_every = plot_every
+    self.is_writer = jax.process_index() == 0 if is_writer is None else is_writer
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+    self._last_plot_step = start_step
+    self._tb = None
+    if self.is_writer:
+      os.makedirs(workdir, exist_ok=True)
+      if use_tensorboard:
+        import tensorboardX  # pylint: disable=g-import-not-at-top
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def reset_timer(self, step: int) -> None:
+    """Restarts throughput timing (e.g. after compilation) from `step`."""
+    self._last_step = step
+    self._last_time = time.perf_counter()
+
+  def write(self, step: int, scalars: Mapping[str, float],
+            input_wait_s: float = 0.0, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Logs the metrics of `step` (updates applied so far); returns the record written."""
+    now = time.perf_counter()
+    elapsed = max(now - self._last_time, 1e-9)
+    steps_done = max(step - self._last_step, 0)
+    record: dict[str, Any] = {'step': int(step)}
+    record.update({k: float(v) for k, v in scalars.items()})
+    record['clips_per_s'] = steps_done * self.global_batch_size / elapsed
+    record['input_wait_fraction'] = min(input_wait_s / elapsed, 1.0)
+    record.update(dict(extra or {}))
+    self._last_step, self._last_time = step, now
+    if not self.is_writer:
+      return record
+    with open(os.path.join(self.workdir, METRICS_FILE), 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    if self._tb is not None:
+      for k, v in record.items():
+        if k != 'step' and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, step)
+    secs_per_step = elapsed / steps_done if steps_done else float('nan')
+    eta = (self.num_steps - step) * secs_per_step
+    print(f'step {step}/{self.num_steps} | loss {record.get("loss", float("nan")):.4f} | '
+          f'lr {record.get("learning_rate", float("nan")):.3e} | '
+          f'{record["clips_per_s"]:.1f} clips/s | input wait {record["input_wait_fraction"]:.0%} | '
+          f'ETA {_format_eta(eta)}', flush=True)
+    if self.plot_every and step - self._last_plot_step >= self.plot_every:
+      plot_losses(self.workdir)
+      self._last_plot_step = step
+    return record
+
+  def close(self) -> None:
+    """Flushes TensorBoard and draws the final loss.png."""
+    if not self.is_writer:
+      return
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    plot_losses(self.workdir)

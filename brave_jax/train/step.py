@@ -1,0 +1,161 @@
+"""The pmapped BraVe update: per-device rng, pmean'd grads/metrics, cross-replica BN.
+
+Everything a step needs lives in `TrainState`, and the step's randomness is
+`fold_in(fold_in(rng, step), device)`, so a step is a pure function of
+(state, batch) and a resumed run repeats an uninterrupted one bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+Metrics = Mapping[str, jax.Array]
+
+
+class TrainState(NamedTuple):
+  """All that changes during training; on device it carries a leading [devices] axis."""
+  step: jax.Array  # int32: number of updates applied so far.
+  params: PyTree
+  state: PyTree  # Haiku state (BatchNorm moving averages).
+  opt_state: PyTree
+  rng: jax.Array  # Base key; each step uses fold_in(fold_in(rng, step), device).
+
+
+def mesh_sharding(devices: Sequence[jax.Device], axis_name: str = 'i') -> jax.sharding.Sharding:
+  """The sharding pmap gives its outputs: leading axis split over `devices`."""
+  mesh = jax.sharding.Mesh(np.asarray(devices), (axis_name,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))
+
+
+def replicate(tree: PyTree, devices: Sequence[jax.Device] | None = None) -> PyTree:
+  """Copies an unreplicated tree onto every device, with the leading [devices] axis pmap expects."""
+  devices = list(devices or jax.local_devices())
+  sharding = mesh_sharding(devices)
+
+  def put(x):
+    x = np.asarray(jax.device_get(x))
+    return jax.device_put(np.broadcast_to(x[None], (len(devices),) + x.shape), sharding)
+
+  return jax.tree.map(put, tree)
+
+
+def unreplicate(tree: PyTree) -> PyTree:
+  """Device 0's copy of a replicated tree as host numpy, copied so later donation can't touch it."""
+  def first(x):
+    if isinstance(x, jax.Array):
+      x = x.addressable_shards[0].data
+    return np.array(np.asarray(x)[0, ...], copy=True)
+
+  return jax.tree.map(first, tree)
+
+
+def _leaf_name(key_path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in key_path)
+
+
+def shard_batch(batch: PyTree, num_devices: int) -> PyTree:
+  """Reshapes a flat [N, ...] batch to [devices, N / devices, ...]; refuses an uneven N."""
+  def reshape(key_path, x):
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[0] % num_devices:
+      raise ValueError(
+          f'batch field {_leaf_name(key_path)!r} has {x.shape[0] if x.ndim else "no"} examples, '
+          f'which does not split evenly over {num_devices} device(s); make the batch '
+          f'(config.training.batch_size per process) a multiple of {num_devices}')
+    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
+  return jax.tree_util.tree_map_with_path(reshape, batch)
+
+
+def check_batch(batch: PyTree, num_devices: int) -> int:
+  """Returns the per-device batch size; raises if the leading dims are not [devices, B]."""
+  per_device = None
+  for key_path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
+    shape = np.shape(x)
+    if len(shape) < 2 or shape[0] != num_devices:
+      raise ValueError(
+          f'batch field {_leaf_name(key_path)!r} has shape {shape}, but the update runs on '
+          f'{num_devices} device(s) and needs [devices={num_devices}, per_device_batch, ...]: '
+          f'split the global batch evenly over devices (config.training.batch_size must be a '
+          f'multiple of the device count; see train.step.shard_batch)')
+    if per_device is None:
+      per_device = shape[1]
+    elif shape[1] != per_device:
+      raise ValueError(
+          f'batch field {_leaf_name(key_path)!r} has per-device batch {shape[1]}, other fields '
+          f'have {per_device}: every field of a batch must hold the same examples')
+  if per_device is None:
+    raise ValueError('the batch has no arrays')
+  return per_device
+
+
+def make_init(model: Any, optimizer: optax.GradientTransformation,
+              devices: Sequence[jax.Device] | None = None,
+              axis_name: str = 'i') -> Callable[[jax.Array, PyTree], TrainState]:
+  """(rng, batch [D, B, ...]) -> replicated TrainState; under pmap so cross-replica BN binds."""
+  devices = list(devices or jax.local_devices())
+
+  def init(rng, batch):
+    init_rng, train_rng = jax.random.split(rng)
+    params, state = model.init(init_rng, batch)
+    # Init-time BN averages come from this device's batch; average them so replicas agree.
+    state = jax.tree.map(
+        lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        state)
+    opt_state = optimizer.init(params)
+    return TrainState(jnp.zeros([], jnp.int32), params, state, opt_state, train_rng)
+
+  pmapped = jax.pmap(init, axis_name=axis_name, in_axes=(None, 0), devices=devices)
+
+  def checked(rng: jax.Array, batch: PyTree) -> TrainState:
+    check_batch(batch, len(devices))
+    return pmapped(rng, batch)
+
+  def host_template(rng: jax.Array, batch: PyTree) -> TrainState:
+    """Unreplicated zeros shaped like the state, without compiling init (restore target)."""
+    shapes = jax.eval_shape(pmapped, rng, batch)
+    return jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), shapes)
+
+  checked.host_template = host_template
+  return checked
+
+
+def make_pmapped_update(
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    axis_name: str = 'i',
+    devices: Sequence[jax.Device] | None = None,
+    schedule: optax.Schedule | None = None,
+) -> Callable[[TrainState, PyTree], tuple[TrainState, Metrics]]:
+  """(replicated TrainState, batch [D, B, ...]) -> (new state, metrics [D]); state donated."""
+  devices = list(devices or jax.local_devices())
+
+  def update(ts: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
+    step_rng = jax.random.fold_in(ts.rng, ts.step)
+    device_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+    grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+    (loss, (new_state, metrics)), grads = grad_fn(ts.params, ts.state, device_rng, batch)
+    grads = jax.lax.pmean(grads, axis_name)
+    metrics = dict(metrics)
+    metrics.setdefault('loss', loss)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+    params = optax.apply_updates(ts.params, updates)
+    if schedule is not None:
+      metrics['learning_rate'] = jnp.asarray(schedule(ts.step), jnp.float32)
+    return TrainState(ts.step + 1, params, new_state, opt_state, ts.rng), metrics
+
+  pmapped = jax.pmap(update, axis_name=axis_name, devices=devices, donate_argnums=(0,))
+
+  def checked(ts: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
+    check_batch(batch, len(devices))
+    return pmapped(ts, batch)
+
+  checked.pmapped = pmapped  # For benchmarks that want the raw function.
+  return checked

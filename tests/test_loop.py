@@ -1,0 +1,94 @@
+"""train(): resume is bit-identical, non-finite loss stops before saving, outputs written."""
+import json
+import os
+
+import chex
+import jax
+import pytest
+
+from brave_jax.train import checkpointing
+from brave_jax.train import loop
+from brave_jax.train import step as step_lib
+import train_test_double
+
+BATCH = 4
+
+
+@pytest.fixture
+def config(tiny_va_config):
+  c = tiny_va_config
+  c.training.update(batch_size=BATCH, num_steps=6, checkpoint_every=2, log_every=2,
+                    keep_checkpoints=5, plot_every=0)
+  c.optimizer.warmup_steps = 1
+  return c
+
+
+def _iter_fn(**kwargs):
+  return train_test_double.make_batch_iterator_fn(BATCH, jax.local_device_count(), **kwargs)
+
+
+def _model():
+  return train_test_double.build_test_double_model('i')
+
+
+def _host(ts):
+  return step_lib.unreplicate(ts)
+
+
+def test_stop_and_resume_is_bit_identical(config, tmp_path):
+  straight = _host(loop.train(config, str(tmp_path / 'a'), _iter_fn(), _model()))
+
+  loop.train(config, str(tmp_path / 'b'), _iter_fn(), _model(), stop_at_step=4)
+  assert checkpointing.Checkpointer(str(tmp_path / 'b' / 'checkpoints'), 5).latest_step() == 4
+  resumed = _host(loop.train(config, str(tmp_path / 'b'), _iter_fn(), _model()))
+
+  assert int(straight.step) == int(resumed.step) == 6
+  chex.assert_trees_all_equal(resumed.params, straight.params)
+  chex.assert_trees_all_equal(resumed.state, straight.state)
+  chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
+  records = [json.loads(l) for l in open(tmp_path / 'b' / 'metrics.jsonl')]
+  assert [r['step'] for r in records] == [2, 4, 6]
+  for r in records:
+    assert {'loss', 'loss/narrow_to_audio', 'learning_rate', 'clips_per_s',
+            'input_wait_fraction'} <= set(r)
+  for name in ('loss.png', 'config.json', 'tensorboard'):
+    assert os.path.exists(tmp_path / 'b' / name), name
+  assert json.load(open(tmp_path / 'b' / 'config.json'))['training']['num_steps'] == 6
+
+
+def test_crash_then_resume_is_bit_identical(config, tmp_path):
+  """A run killed by its input pipeline resumes from the last checkpoint to the same params."""
+  straight = _host(loop.train(config, str(tmp_path / 'a'), _iter_fn(), _model()))
+  make = _iter_fn()
+
+  def crashing(start_step):
+    for i, batch in enumerate(make(start_step)):
+      if start_step + i == 5:
+        raise RuntimeError('input pipeline died')
+      yield batch
+
+  with pytest.raises(RuntimeError, match='input pipeline died'):
+    loop.train(config, str(tmp_path / 'b'), crashing, _model())
+  ckpt_dir = str(tmp_path / 'b' / 'checkpoints')
+  assert checkpointing.Checkpointer(ckpt_dir, 5).latest_step() in (2, 4)
+  resumed = _host(loop.train(config, str(tmp_path / 'b'), _iter_fn(), _model()))
+  chex.assert_trees_all_equal(resumed.params, straight.params)
+
+
+def test_non_finite_loss_raises_and_keeps_last_checkpoint(config, tmp_path):
+  with pytest.raises(loop.NonFiniteError, match=r'non-finite loss = nan at step 4'):
+    loop.train(config, str(tmp_path / 'w'), _iter_fn(nan_at_step=3), _model())
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'w' / 'checkpoints'), 5)
+  assert ckpt.all_steps() == [2]  # Step 4 was never written; step 2 is intact.
+  assert os.path.exists(tmp_path / 'w' / 'checkpoints' / '2' / 'commit_success.txt') or \
+      os.path.isdir(tmp_path / 'w' / 'checkpoints' / '2' / 'train_state')
+
+
+def test_uneven_batch_from_iterator_refused(config, tmp_path):
+  def bad(start_step):
+    del start_step
+    while True:  # [1, 4, ...] on 2 devices.
+      yield jax.tree.map(lambda x: x[None], train_test_double.make_global_batch(0, BATCH))
+
+  with pytest.raises(ValueError, match='devices=2'):
+    loop.train(config, str(tmp_path / 'w'), bad, _model())
