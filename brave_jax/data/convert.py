@@ -1,0 +1,754 @@
+r"""Converts a folder (or CSV) of video files into DMVR shards.
+
+Every training and evaluation dataset enters the project through this file, so
+it is written to survive real collections: mixed containers and codecs,
+variable frame rates, files without audio, truncated downloads and files that
+will not open at all. Bad files are reported by name and skipped; the rest
+still convert.
+
+  python -m brave_jax.data.convert --videos=/data/UCF-101 --output_dir=/data/ucf_dmvr \
+      --prefix=train --split_file=/data/ucfTrainTestlist/trainlist01.txt \
+      --classes_file=/data/ucfTrainTestlist/classInd.txt --workers=8
+
+Frames are resampled by timestamp to `--fps` (for output time t = k/fps the
+latest decoded frame with pts <= t is kept), resized so the short side is
+`--short_side` and JPEG-encoded; audio is resampled to mono float PCM at
+`--audio_rate`, aligned to the first video frame and cut to the video's length.
+Shards are written by `dmvr_format.write_shards` in the parent process, and a
+summary is printed and saved as `<output_dir>/<prefix>_summary.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import fractions
+import glob
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import av
+import cv2
+import numpy as np
+
+from brave_jax.data import dmvr_format
+
+VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.avi', '.mkv', '.webm', '.mov', '.mpg', '.mpeg', '.m2v',
+                    '.ts', '.mts', '.m2ts', '.flv', '.wmv', '.3gp', '.ogv', '.ogg', '.vob')
+_HMDB_SPLIT_RE = re.compile(r'^(?P<cls>.+)_test_split\d+\.txt$')
+_HMDB_SPLIT_CODES = {'train': '1', 'test': '2'}
+_MAX_GAP_S = 30.0  # Longer pauses between video frames are treated as broken timestamps.
+_MAX_AUDIO_OFFSET_S = 10.0  # Larger audio/video start offsets are treated as broken timestamps.
+
+
+class ConvertError(Exception):
+  """A problem with one video file; the message names the file."""
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+  """Resampled frames of one file plus the timing facts the summary reports."""
+  frames: list  # One entry per output frame: uint8 [H, W, 3] RGB, or frame_fn's result.
+  fps: float  # The output frame rate.
+  duration_s: float  # Source duration covered by the frames (first pts to end of last frame).
+  start_s: float  # pts of the first decoded frame, the time origin of frame 0.
+  source_fps: float | None  # The stream's average rate, for information.
+  num_decoded: int  # Source frames decoded (before resampling).
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def frames_TxHxWx3(self) -> np.ndarray:
+    """The frames as one array (only when no frame_fn transformed them)."""
+    return np.stack(self.frames)
+
+
+def resize_short_side(image_HxWx3: np.ndarray, short_side: int) -> np.ndarray:
+  """Resizes so min(H, W) == short_side (INTER_AREA down, INTER_LINEAR up); <= 0 keeps the size."""
+  h, w = image_HxWx3.shape[:2]
+  if short_side <= 0 or min(h, w) == short_side:
+    return image_HxWx3
+  scale = short_side / min(h, w)
+  new_w = max(1, round(w * scale)) if w > h else short_side
+  new_h = max(1, round(h * scale)) if h >= w else short_side
+  if w == h:
+    new_h = new_w = short_side
+  interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+  return cv2.resize(image_HxWx3, (new_w, new_h), interpolation=interp)
+
+
+def _frame_time(frame: Any, fallback_index: int, fallback_fps: float) -> float | None:
+  """Presentation time of a decoded frame in seconds (index-based when pts is missing)."""
+  if frame.pts is not None and frame.time_base is not None:
+    return float(frame.pts * frame.time_base)
+  if fallback_fps > 0:
+    return fallback_index / fallback_fps
+  return None
+
+
+def _open(path: str) -> Any:
+  """av.open, with failures turned into a ConvertError that names the file."""
+  try:
+    return av.open(path)
+  except (av.FFmpegError, OSError, ValueError) as e:
+    hint = ''
+    if path.lower().endswith(('.mp4', '.m4v', '.mov')) and isinstance(e, av.InvalidDataError):
+      hint = ' -- an MP4/MOV cut short before its index (moov atom) cannot be read; re-download it'
+    raise ConvertError(f'{path}: cannot open ({type(e).__name__}: {e}){hint}') from e
+
+
+def _declared_duration(container: Any, stream: Any) -> float:
+  """The video length the file's headers claim (0 when unknown), to notice truncation."""
+  if stream.duration and stream.time_base is not None:
+    claimed = float(stream.duration * stream.time_base)
+    if stream.frames and stream.average_rate:  # AVI: header frame count outlives truncation.
+      claimed = max(claimed, stream.frames / float(stream.average_rate))
+    return claimed
+  return container.duration / 1e6 if container.duration else 0.0
+
+
+def _own_duration(frame: Any) -> float:
+  """A frame's own duration in seconds when the container records one, else 0."""
+  if frame.duration and frame.time_base is not None:
+    return float(frame.duration * frame.time_base)
+  return 0.0
+
+
+def _rgb(frame: Any, short_side: int) -> np.ndarray:
+  """A decoded PyAV frame as an upright, resized uint8 RGB array."""
+  image = frame.to_ndarray(format='rgb24')
+  rotation = getattr(frame, 'rotation', 0) or 0
+  quarter_turns = round(rotation / 90) % 4
+  if quarter_turns:
+    image = np.ascontiguousarray(np.rot90(image, k=quarter_turns))
+  return resize_short_side(image, short_side)
+
+
+def _decode_packets(container: Any, stream: Any, path: str, kind: str,
+                    warnings: list[str]) -> Iterator[Any]:
+  """Yields decoded frames, skipping packets that fail and noting them (keeps what decodes)."""
+  failed, corrupt, first_error = 0, 0, ''
+  try:
+    for packet in container.demux(stream):
+      try:
+        for frame in packet.decode():
+          corrupt += bool(getattr(frame, 'is_corrupt', False))
+          yield frame
+      except (av.FFmpegError, ValueError) as e:  # A corrupt packet: skip it, keep going.
+        failed += 1
+        first_error = first_error or f'{type(e).__name__}: {e}'
+  except (av.FFmpegError, ValueError) as e:  # Demuxer gave up (typically a truncated file).
+    warnings.append(f'{path}: {kind} demuxing stopped early ({type(e).__name__}: {e}); '
+                    'kept what decoded before it')
+  if failed:
+    warnings.append(f'{path}: {failed} {kind} packet(s) failed to decode and were skipped '
+                    f'(first: {first_error})')
+  if corrupt:
+    warnings.append(f'{path}: {corrupt} {kind} frame(s) decoded with errors (kept)')
+
+
+def decode_video(path: str, fps: float = 25.0, short_side: int = 256,
+                 max_seconds: float | None = None,
+                 frame_fn: Callable[[np.ndarray], Any] | None = None) -> DecodedVideo:
+  """Decodes one file's first video stream, resampled by timestamp to `fps`.
+
+  Streaming and memory-bounded: only the current source frame is held, each is
+  converted to RGB and resized at most once, and `frame_fn` (e.g. JPEG encoding)
+  runs once per distinct kept frame, its result shared by repeated output frames.
+  """
+  if fps <= 0:
+    raise ValueError(f'fps must be > 0, got {fps}')
+  frame_fn = frame_fn or (lambda x: x)
+  warnings: list[str] = []
+  container = _open(path)
+  with container:
+    if not container.streams.video:
+      raise ConvertError(f'{path}: no video stream')
+    stream = container.streams.video[0]
+    source_fps = float(stream.average_rate) if stream.average_rate else None
+    guess_fps = source_fps or fps
+
+    frames: list = []
+    current = None  # [time_s, pyav frame (until converted), converted frame, own duration_s]
+    t0 = start_s = None  # t0 = time origin; moves when a timestamp gap is closed.
+    last_gap = None
+    num_decoded = 0
+    limit = max_seconds if max_seconds and max_seconds > 0 else math.inf
+    end = None  # Set when the time limit cut decoding short.
+
+    def emit_until(t_end: float) -> None:
+      """Emits `current` for every output time k/fps in [len(frames)/fps, t_end)."""
+      while len(frames) / fps < min(t_end, limit) - 1e-9:
+        if current[2] is None:
+          current[2] = frame_fn(_rgb(current[1], short_side))
+          current[1] = None  # Release the decoder's buffer.
+        frames.append(current[2])
+
+    for av_frame in _decode_packets(container, stream, path, 'video', warnings):
+      t = _frame_time(av_frame, num_decoded, guess_fps)
+      num_decoded += 1
+      if t is None:
+        continue
+      if t0 is None:
+        t0 = start_s = t
+      t -= t0
+      if current is not None:
+        if t <= current[0]:  # Duplicate or out-of-order timestamp.
+          if t == current[0] and current[2] is None:  # The later frame wins.
+            current = [t, av_frame, None, _own_duration(av_frame)]
+          continue
+        if t - current[0] > _MAX_GAP_S:  # Broken timestamps; do not emit hours of copies.
+          warnings.append(f'{path}: video timestamps jump {t - current[0]:.1f}s after '
+                          f'{current[0]:.2f}s; the gap was closed')
+          t0 += t - current[0] - (last_gap or 1.0 / guess_fps)
+          t = current[0] + (last_gap or 1.0 / guess_fps)
+        last_gap = t - current[0]
+        emit_until(t)
+      if t >= limit:
+        end = limit
+        break
+      current = [t, av_frame, None, _own_duration(av_frame)]
+
+    if current is None:
+      raise ConvertError(f'{path}: no video frame could be decoded'
+                         + (f' ({"; ".join(warnings)})' if warnings else ''))
+    if end is None:
+      # The last frame lasts its own duration, else the typical gap, else 1/source fps.
+      end = min(current[0] + (current[3] or last_gap or 1.0 / guess_fps), limit)
+      emit_until(end)
+    if not frames:
+      raise ConvertError(f'{path}: video is shorter than one output frame at {fps} fps')
+    declared = _declared_duration(container, stream)
+    if end < min(declared, limit) - max(2.0 / guess_fps, 0.1):
+      warnings.append(f'{path}: decoded {end:.2f}s of video but the file declares '
+                      f'{declared:.2f}s; the rest did not decode (truncated or corrupt file?)')
+  return DecodedVideo(frames=frames, fps=fps, duration_s=float(end), start_s=float(start_s),
+                      source_fps=source_fps, num_decoded=num_decoded, warnings=warnings)
+
+
+@dataclasses.dataclass
+class DecodedAudio:
+  """Mono float32 PCM plus where it starts, so it can be aligned to the video."""
+  waveform: np.ndarray  # float32 [num_samples] in [-1, 1].
+  rate: int
+  start_s: float  # Time of the first sample in the container's clock.
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def decode_audio(path: str, rate: int = 48000,
+                 max_seconds: float | None = None) -> DecodedAudio | None:
+  """Decodes the first audio stream to mono float PCM at `rate`; None when there is none."""
+  warnings: list[str] = []
+  container = _open(path)
+  with container:
+    if not container.streams.audio:
+      return None
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format='flt', layout='mono', rate=rate)
+    chunks: list[np.ndarray] = []
+    num_samples = 0
+    start_s = None
+    limit = (max_seconds * rate + rate) if max_seconds and max_seconds > 0 else math.inf
+    for frame in _decode_packets(container, stream, path, 'audio', warnings):
+      if start_s is None and frame.pts is not None and frame.time_base is not None:
+        start_s = float(frame.pts * frame.time_base)
+      try:
+        out_frames = resampler.resample(frame)
+      except (av.FFmpegError, ValueError) as e:
+        warnings.append(f'{path}: audio frame could not be resampled ({e}); skipped')
+        continue
+      for out in out_frames:
+        chunk = out.to_ndarray().reshape(-1)
+        chunks.append(chunk)
+        num_samples += chunk.size
+      if num_samples >= limit:
+        break
+    else:
+      for out in resampler.resample(None):  # Flush the resampler's delay line.
+        chunks.append(out.to_ndarray().reshape(-1))
+    if not chunks:
+      return DecodedAudio(np.zeros([0], np.float32), rate, start_s or 0.0,
+                          warnings + [f'{path}: audio stream holds no decodable samples'])
+  waveform = np.concatenate(chunks).astype(np.float32, copy=False)
+  if not np.all(np.isfinite(waveform)):
+    warnings.append(f'{path}: non-finite audio samples replaced by 0')
+    waveform = np.nan_to_num(waveform, nan=0.0, posinf=0.0, neginf=0.0)
+  peak = float(np.abs(waveform).max()) if waveform.size else 0.0
+  if peak > 1.0:
+    warnings.append(f'{path}: audio peaked at {peak:.3f} after downmix; clipped to [-1, 1]')
+    waveform = np.clip(waveform, -1.0, 1.0)
+  return DecodedAudio(waveform, rate, start_s or 0.0, warnings)
+
+
+def align_audio(audio: DecodedAudio, video_start_s: float, video_duration_s: float,
+                path: str = '', tolerance_s: float = 0.04) -> tuple[np.ndarray, bool, list[str]]:
+  """Cuts/pads the waveform so sample 0 is the first video frame; cuts it at the video's end.
+
+  Returns (waveform, is_short, notes). Audio that ends more than `tolerance_s`
+  before the video is kept as is and reported, never padded at the end.
+  """
+  notes: list[str] = []
+  waveform = audio.waveform
+  offset_s = audio.start_s - video_start_s
+  if abs(offset_s) > _MAX_AUDIO_OFFSET_S:
+    notes.append(f'{path}: audio starts {offset_s:+.3f}s from video; timestamps ignored')
+    offset_s = 0.0
+  offset = int(round(offset_s * audio.rate))
+  if offset > 0:
+    waveform = np.concatenate([np.zeros([offset], np.float32), waveform])
+  elif offset < 0:
+    waveform = waveform[-offset:]
+  want = int(round(video_duration_s * audio.rate))
+  waveform = waveform[:want]
+  short = waveform.size < want - tolerance_s * audio.rate
+  if short:
+    notes.append(f'{path}: audio ends {(want - waveform.size) / audio.rate:.3f}s before the '
+                 'video; kept as is')
+  return waveform, short, notes
+
+
+# ----------------------------------------------------------------------------- one video
+
+
+@dataclasses.dataclass
+class Task:
+  """One video to convert (picklable, sent to a worker)."""
+  path: str
+  video_id: str
+  label_index: int | None
+  label_text: str | None
+
+
+@dataclasses.dataclass
+class Result:
+  """What a worker sends back: the serialized example or the reason there is none."""
+  video_id: str
+  serialized: bytes | None
+  error: str | None = None
+  num_frames: int = 0
+  duration_s: float = 0.0
+  has_audio: bool = False
+  audio_s: float = 0.0
+  short_audio: bool = False
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def convert_one(path: str, label_index: int | None = None, label_text: str | None = None,
+                video_id: str | None = None, fps: float = 25.0, audio_rate: int = 48000,
+                short_side: int = 256, jpeg_quality: int = 95,
+                max_seconds: float | None = None) -> Result:
+  """Converts one file to a serialized SequenceExample; failures come back as Result.error."""
+  video_id = video_id or os.path.basename(path)
+  try:
+    video = decode_video(path, fps, short_side, max_seconds,
+                         frame_fn=lambda f: dmvr_format.encode_jpeg(f, jpeg_quality))
+    warnings = list(video.warnings)
+    waveform, short_audio = None, False
+    audio = decode_audio(path, audio_rate, max_seconds)
+    if audio is not None:
+      warnings += audio.warnings
+      waveform, short_audio, notes = align_audio(audio, video.start_s, video.duration_s, path,
+                                                 tolerance_s=1.0 / fps)
+      warnings += notes
+    clip = dmvr_format.Clip(encoded_frames=video.frames, waveform=waveform,
+                            label_index=label_index, label_text=label_text, video_id=video_id,
+                            fps=fps, audio_rate=audio_rate if waveform is not None else None)
+    serialized = dmvr_format.encode_clip(clip, jpeg_quality)
+  except ConvertError as e:
+    return Result(video_id, None, error=str(e))
+  except Exception as e:  # pylint: disable=broad-except  # One bad file must not stop the run.
+    return Result(video_id, None, error=f'{path}: {type(e).__name__}: {e}')
+  return Result(video_id, serialized, num_frames=len(video.frames),
+                duration_s=len(video.frames) / fps, has_audio=waveform is not None,
+                audio_s=0.0 if waveform is None else waveform.size / audio_rate,
+                short_audio=short_audio, warnings=warnings)
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def read_classes_file(path: str) -> list[str]:
+  """Class names in label order: one name per line, or UCF `classInd.txt` lines `N name`."""
+  entries = []
+  with open(path) as f:
+    for line_no, line in enumerate(f, 1):
+      parts = line.split()
+      if not parts:
+        continue
+      if len(parts) == 2 and parts[0].isdigit():
+        entries.append((int(parts[0]), parts[1]))
+      elif len(parts) == 1:
+        entries.append((len(entries), parts[0]))
+      else:
+        raise ValueError(f'{path}:{line_no}: expected "name" or "index name", got {line!r}')
+  names = [name for _, name in sorted(entries)]
+  if len(set(names)) != len(names):
+    raise ValueError(f'{path}: duplicate class names')
+  return names
+
+
+def list_folder(root: str) -> list[tuple[str, str, str | None]]:
+  """(path, video_id, label) for every video under root; label = first sub-folder name."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    for name in sorted(filenames):
+      if name.startswith('.') or not name.lower().endswith(VIDEO_EXTENSIONS):
+        continue
+      path = os.path.join(dirpath, name)
+      rel = os.path.relpath(path, root)
+      parts = rel.split(os.sep)
+      found.append((path, rel.replace(os.sep, '/'), parts[0] if len(parts) > 1 else None))
+  return found
+
+
+def list_csv(csv_path: str) -> list[tuple[str, str, str | None]]:
+  """(path, video_id, label) from `path[,label]` rows; relative paths are relative to the CSV."""
+  base = os.path.dirname(os.path.abspath(csv_path))
+  found = []
+  with open(csv_path, newline='') as f:
+    for row_no, row in enumerate(csv.reader(f), 1):
+      row = [c.strip() for c in row]
+      if not row or not row[0] or row[0].startswith('#'):
+        continue
+      if row_no == 1 and row[0].lower() in ('path', 'video', 'filename', 'file'):
+        continue  # Header.
+      if len(row) > 2:
+        raise ValueError(f'{csv_path}:{row_no}: expected "path[,label]", got {row}')
+      path = row[0] if os.path.isabs(row[0]) else os.path.join(base, row[0])
+      label = row[1] if len(row) > 1 and row[1] else None
+      found.append((path, row[0], label))
+  return found
+
+
+def read_split_files(patterns: Sequence[str], hmdb_split: str | None
+                     ) -> dict[str, str | None]:
+  """Selected videos from UCF101/HMDB51 split files: {relative path or basename: label}.
+
+  UCF lines are `Class/v_x.avi [index]` (label = Class); HMDB files
+  `<class>_test_splitN.txt` hold `x.avi 0|1|2` (1 train, 2 test), picked by `hmdb_split`.
+  """
+  files = []
+  for pattern in patterns:
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+      raise ValueError(f'--split_file {pattern!r} matches no file')
+    files += matches
+  selected: dict[str, str | None] = {}
+  for split_path in files:
+    hmdb = _HMDB_SPLIT_RE.match(os.path.basename(split_path))
+    if hmdb and hmdb_split not in _HMDB_SPLIT_CODES:
+      raise ValueError(f'{split_path} is an HMDB51 split file: pass --hmdb_split=train|test')
+    with open(split_path) as f:
+      for line_no, line in enumerate(f, 1):
+        parts = line.split()
+        if not parts:
+          continue
+        if hmdb:
+          if len(parts) != 2:
+            raise ValueError(f'{split_path}:{line_no}: expected "video.avi 0|1|2", got {line!r}')
+          if parts[1] == _HMDB_SPLIT_CODES[hmdb_split]:
+            selected[parts[0]] = hmdb.group('cls')
+        else:
+          rel = parts[0].replace('\\', '/')
+          selected[rel] = rel.split('/')[0] if '/' in rel else None
+  return selected
+
+
+def apply_split(videos: list[tuple[str, str, str | None]], selected: dict[str, str | None]
+                ) -> tuple[list[tuple[str, str, str | None]], list[str]]:
+  """Keeps videos named in the split (by relative path, else basename); lists the missing."""
+  by_key = {}
+  for entry in videos:
+    by_key.setdefault(entry[1], entry)
+    by_key.setdefault(os.path.basename(entry[1]), entry)
+  kept, missing = [], []
+  for key, label in selected.items():
+    entry = by_key.get(key) or by_key.get(os.path.basename(key))
+    if entry is None:
+      missing.append(key)
+    else:
+      kept.append((entry[0], entry[1], label if label is not None else entry[2]))
+  return kept, missing
+
+
+def make_tasks(videos: list[tuple[str, str, str | None]], classes: list[str]) -> list[Task]:
+  """Attaches label indices (positions in `classes`) to the listed videos."""
+  index = {name: i for i, name in enumerate(classes)}
+  unknown = sorted({label for _, _, label in videos if label is not None and label not in index})
+  if unknown:
+    raise ValueError(f'labels not in the class list: {unknown[:10]}; fix --classes_file or the '
+                     'input labels')
+  return [Task(path, vid, index[label] if label is not None else None, label)
+          for path, vid, label in videos]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _convert_task(task: Task, options: dict[str, Any]) -> Result:
+  """Worker entry point (module level so it pickles)."""
+  return convert_one(task.path, task.label_index, task.label_text, task.video_id, **options)
+
+
+def _run_tasks(tasks: Sequence[Task], options: dict[str, Any], workers: int) -> Iterator[Result]:
+  """Results in task order; at most 2*workers videos in flight, so memory stays bounded."""
+  if workers <= 1:
+    for task in tasks:
+      yield _convert_task(task, options)
+    return
+  # spawn: the parent may already run TensorFlow threads, which fork does not survive safely.
+  ctx = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    pending: collections.deque = collections.deque()  # (task, future), in task order.
+    task_iter = iter(tasks)
+    for task in task_iter:
+      pending.append((task, pool.submit(_convert_task, task, options)))
+      if len(pending) >= 2 * workers:
+        break
+    while pending:
+      task, future = pending.popleft()
+      try:
+        yield future.result()
+      except concurrent.futures.BrokenExecutor as e:
+        raise RuntimeError(
+            f'a worker process died while converting {task.path} or a neighbour (FFmpeg crash or '
+            'out of memory?); rerun with --workers=1 to find the file, or lower --workers') from e
+      task = next(task_iter, None)
+      if task is not None:
+        pending.append((task, pool.submit(_convert_task, task, options)))
+
+
+@dataclasses.dataclass
+class Summary:
+  """What the run did, printed at the end and saved beside the shards."""
+  prefix: str
+  videos_listed: int = 0
+  converted: int = 0
+  total_seconds: float = 0.0
+  total_frames: int = 0
+  no_audio: int = 0
+  no_audio_files: list[str] = dataclasses.field(default_factory=list)
+  short_audio_files: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+  missing_from_split: list[str] = dataclasses.field(default_factory=list)
+  warnings: list[str] = dataclasses.field(default_factory=list)
+  classes: list[str] = dataclasses.field(default_factory=list)
+  shards: list[str] = dataclasses.field(default_factory=list)
+  fps: float = 25.0
+  audio_rate: int = 48000
+  short_side: int = 256
+  wall_seconds: float = 0.0
+
+  def add(self, result: Result) -> None:
+    """Counts one worker result."""
+    self.warnings += result.warnings
+    if result.serialized is None:
+      self.skipped.append({'video': result.video_id, 'reason': result.error or 'unknown'})
+      return
+    self.converted += 1
+    self.total_seconds += result.duration_s
+    self.total_frames += result.num_frames
+    if not result.has_audio:
+      self.no_audio += 1
+      self.no_audio_files.append(result.video_id)
+    if result.short_audio:
+      self.short_audio_files.append(result.video_id)
+
+  def text(self) -> str:
+    """Human-readable lines for the end of the run."""
+    lines = [f'[{self.prefix}] converted {self.converted}/{self.videos_listed} videos, '
+             f'{self.total_seconds:.1f}s of video ({self.total_frames} frames at {self.fps:g} fps) '
+             f'in {self.wall_seconds:.1f}s into {len(self.shards)} shard(s)',
+             f'  without audio: {self.no_audio}; audio shorter than video: '
+             f'{len(self.short_audio_files)}; skipped: {len(self.skipped)}']
+    lines += [f'  skipped {s["video"]}: {s["reason"]}' for s in self.skipped[:50]]
+    if self.missing_from_split:
+      lines.append(f'  {len(self.missing_from_split)} video(s) named in the split file were not '
+                   f'found, e.g. {self.missing_from_split[:5]}')
+    lines += [f'  warning: {w}' for w in self.warnings[:50]]
+    if len(self.warnings) > 50:
+      lines.append(f'  ... {len(self.warnings) - 50} more warnings in the summary JSON')
+    return '\n'.join(lines)
+
+
+def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25.0,
+            audio_rate: int = 48000, short_side: int = 256, num_shards: int | None = None,
+            workers: int = 1, split_files: Sequence[str] = (), hmdb_split: str | None = None,
+            classes_file: str | None = None, jpeg_quality: int = 95,
+            max_seconds: float | None = None, progress: bool = True) -> Summary:
+  """Lists, converts and shards a dataset; returns (and saves) the summary."""
+  start = time.time()
+  if os.path.isdir(videos):
+    listed = list_folder(videos)
+  elif os.path.isfile(videos):
+    listed = list_csv(videos)
+  else:
+    raise FileNotFoundError(f'--videos={videos!r} is neither a folder nor a CSV file')
+  if classes_file:
+    classes = read_classes_file(classes_file)
+  else:  # Sorted names, so separately written train and test shards agree.
+    classes = sorted({label for _, _, label in listed if label is not None})
+  missing: list[str] = []
+  if split_files:
+    selection = read_split_files(split_files, hmdb_split)
+    listed, missing = apply_split(listed, selection)
+    if not classes_file:
+      classes = sorted(set(classes) | {l for _, _, l in listed if l is not None})
+  tasks = make_tasks(listed, classes)
+  if not tasks:
+    raise ValueError(f'no videos found in {videos!r}'
+                     + (' after applying the split file(s)' if split_files else ''))
+  num_shards = num_shards or max(1, math.ceil(len(tasks) / 32))
+
+  summary = Summary(prefix=prefix, videos_listed=len(tasks), classes=classes,
+                    missing_from_split=missing, fps=fps, audio_rate=audio_rate,
+                    short_side=short_side)
+  options = dict(fps=fps, audio_rate=audio_rate, short_side=short_side,
+                 jpeg_quality=jpeg_quality, max_seconds=max_seconds)
+  results: Iterable[Result] = _run_tasks(tasks, options, workers)
+  bar = None
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    bar = tqdm.tqdm(total=len(tasks), desc=f'convert {prefix}', unit='video')
+
+  def examples() -> Iterator[bytes]:
+    for result in results:
+      summary.add(result)
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(ok=summary.converted, skipped=len(summary.skipped), refresh=False)
+      if result.serialized is not None:
+        yield result.serialized
+
+  try:
+    summary.shards = dmvr_format.write_shards(examples(), output_dir, prefix, num_shards)
+  finally:
+    if bar is not None:
+      bar.close()
+  summary.wall_seconds = time.time() - start
+  with open(os.path.join(output_dir, f'{prefix}_summary.json'), 'w') as f:
+    json.dump(dataclasses.asdict(summary), f, indent=1)
+  return summary
+
+
+# ----------------------------------------------------------------------------- test videos
+
+
+_DEFAULT_AUDIO_CODEC = {'.mp4': 'aac', '.m4v': 'aac', '.mov': 'aac', '.mkv': 'aac',
+                        '.webm': 'libopus', '.avi': 'pcm_s16le', '.mpg': 'mp2', '.mpeg': 'mp2',
+                        '.ts': 'mp2'}
+
+
+def write_test_video(path: str, frames_TxHxWx3: np.ndarray, fps: float = 25.0,
+                     codec: str = 'libx264', audio: np.ndarray | None = None,
+                     audio_rate: int = 48000, audio_codec: str | None = None,
+                     timestamps_s: Sequence[float] | None = None,
+                     pix_fmt: str = 'yuv420p', bit_rate: int | None = None) -> str:
+  """Writes a synthetic video (and optional mono float audio) with PyAV, for tests and demos.
+
+  `timestamps_s` gives each frame's presentation time, making a variable-frame-rate
+  file; the container follows the extension and the audio codec defaults per container.
+  """
+  frames_TxHxWx3 = np.asarray(frames_TxHxWx3, np.uint8)
+  _, height, width, _ = frames_TxHxWx3.shape
+  ext = os.path.splitext(path)[1].lower()
+  rate = fractions.Fraction(fps).limit_denominator(1001)
+  with av.open(path, 'w') as container:
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+    if bit_rate:
+      stream.bit_rate = bit_rate
+    elif codec in ('mpeg4', 'mpeg1video', 'mpeg2video'):
+      stream.codec_context.qmin, stream.codec_context.qmax = 1, 4  # Near-lossless.
+    elif codec in ('libx264', 'h264'):
+      stream.options = {'crf': '12'}
+    elif codec in ('libx265', 'hevc'):
+      stream.options = {'crf': '12', 'x265-params': 'log-level=error'}
+    elif codec.startswith('libvpx'):
+      stream.bit_rate = 2_000_000
+    time_base = fractions.Fraction(1, 1000) if timestamps_s is not None else 1 / rate
+    stream.codec_context.time_base = time_base
+    a_stream = None
+    if audio is not None:
+      a_codec = audio_codec or _DEFAULT_AUDIO_CODEC.get(ext, 'aac')
+      a_stream = container.add_stream(a_codec, rate=audio_rate)
+      a_stream.layout = 'mono'
+      a_stream.bit_rate = 192_000
+    for i, image in enumerate(frames_TxHxWx3):
+      frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+      frame.pts = (round(timestamps_s[i] * 1000) if timestamps_s is not None else i)
+      frame.time_base = time_base
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+    if a_stream is not None:
+      samples = np.asarray(audio, np.float32).reshape(-1)
+      chunk = 4800
+      for start in range(0, samples.size, chunk):
+        frame = av.AudioFrame.from_ndarray(samples[None, start:start + chunk], format='flt',
+                                           layout='mono')
+        frame.sample_rate = audio_rate
+        frame.pts = start
+        frame.time_base = fractions.Fraction(1, audio_rate)
+        container.mux(a_stream.encode(frame))
+      container.mux(a_stream.encode())
+  return path
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog='python -m brave_jax.data.convert',
+                              description=__doc__.split('\n\n')[0])
+  p.add_argument('--videos', required=True,
+                 help='folder of videos (labels = first sub-folder) or CSV of path[,label]')
+  p.add_argument('--output_dir', required=True)
+  p.add_argument('--prefix', default='train', help='shard name prefix, e.g. train or test')
+  p.add_argument('--fps', type=float, default=25.0)
+  p.add_argument('--audio_rate', type=int, default=48000)
+  p.add_argument('--short_side', type=int, default=256, help='<= 0 keeps the source size')
+  p.add_argument('--num_shards', type=int, default=None, help='default: one per 32 videos')
+  p.add_argument('--workers', type=int, default=1, help='decoding processes')
+  p.add_argument('--split_file', action='append', default=[],
+                 help='UCF101 train/testlist or HMDB51 *_test_splitN.txt; repeat or glob')
+  p.add_argument('--hmdb_split', choices=('train', 'test'), default=None)
+  p.add_argument('--classes_file', default=None,
+                 help='class list in label order (names, or UCF classInd.txt); default: sorted')
+  p.add_argument('--jpeg_quality', type=int, default=95)
+  p.add_argument('--max_seconds', type=float, default=None, help='keep at most this much per video')
+  p.add_argument('--no_progress', action='store_true')
+  return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """CLI: converts, prints the summary; exit code 1 when nothing converted."""
+  args = _parse_args(argv)
+  split_files = [s for arg in args.split_file for s in arg.split(',') if s]
+  try:
+    summary = convert(args.videos, args.output_dir, prefix=args.prefix, fps=args.fps,
+                      audio_rate=args.audio_rate, short_side=args.short_side,
+                      num_shards=args.num_shards, workers=args.workers, split_files=split_files,
+                      hmdb_split=args.hmdb_split, classes_file=args.classes_file,
+                      jpeg_quality=args.jpeg_quality, max_seconds=args.max_seconds,
+                      progress=not args.no_progress)
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(summary.text())
+  print(f'summary: {os.path.join(args.output_dir, args.prefix + "_summary.json")}')
+  return 0 if summary.converted else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

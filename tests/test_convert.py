@@ -1,0 +1,270 @@
+"""Tests for the video-file -> DMVR shard converter, on tiny synthetic videos."""
+import glob
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from brave_jax.data import convert
+from brave_jax.data import dmvr_format
+
+H, W = 48, 64
+RATE = 48000
+SINE_AMPLITUDE = 0.5
+
+
+def _frames(num: int, step: int = 4) -> np.ndarray:
+  """Solid frames whose red level encodes the frame index (index * step)."""
+  frames_TxHxWx3 = np.zeros([num, H, W, 3], np.uint8)
+  frames_TxHxWx3[..., 0] = (np.arange(num) * step % 256)[:, None, None].astype(np.uint8)
+  frames_TxHxWx3[..., 1] = 128
+  return frames_TxHxWx3
+
+
+def _sine(seconds: float, freq: float = 440.0) -> np.ndarray:
+  t = np.arange(int(round(seconds * RATE))) / RATE
+  return (SINE_AMPLITUDE * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _rms(x: np.ndarray) -> float:
+  return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _read_shards(pattern: str) -> list[dict]:
+  """Parses every example of the matching shards into numpy (frames decoded)."""
+  out = []
+  for path in sorted(glob.glob(pattern)):
+    for record in tf.data.TFRecordDataset(path):
+      ctx, seq = tf.io.parse_single_sequence_example(
+          record,
+          context_features={
+              dmvr_format.LABEL_INDEX_KEY: tf.io.VarLenFeature(tf.int64),
+              dmvr_format.LABEL_TEXT_KEY: tf.io.VarLenFeature(tf.string),
+              dmvr_format.VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+          },
+          sequence_features={
+              dmvr_format.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string),
+              dmvr_format.WAVEFORM_KEY: tf.io.VarLenFeature(tf.float32),
+          })
+      jpegs = seq[dmvr_format.IMAGE_KEY].numpy()
+      waveform = tf.sparse.to_dense(seq[dmvr_format.WAVEFORM_KEY]).numpy().reshape(-1)
+      out.append({
+          'frames': np.stack([tf.io.decode_jpeg(j).numpy() for j in jpegs]),
+          'waveform': waveform if waveform.size else None,
+          'label': ctx[dmvr_format.LABEL_INDEX_KEY].values.numpy().tolist(),
+          'text': [t.decode() for t in ctx[dmvr_format.LABEL_TEXT_KEY].values.numpy()],
+          'id': ctx[dmvr_format.VIDEO_ID_KEY].numpy().decode(),
+      })
+  return out
+
+
+def test_mp4_h264_aac_round_trip_matches_source(tmp_path):
+  """Acceptance: frame count at 25 fps within one frame, audio length and RMS within 1%."""
+  seconds = 2.0
+  src = tmp_path / 'videos' / 'sines' / 'clip.mp4'
+  src.parent.mkdir(parents=True)
+  frames = _frames(50)
+  sine = _sine(seconds)
+  convert.write_test_video(str(src), frames, fps=25, codec='libx264', audio=sine,
+                           audio_codec='aac')
+  out = tmp_path / 'shards'
+  rc = convert.main([f'--videos={tmp_path / "videos"}', f'--output_dir={out}', '--prefix=train',
+                     '--num_shards=2', '--short_side=32', '--no_progress'])
+  assert rc == 0
+  assert sorted(os.listdir(out)) == ['train-00000-of-00002', 'train-00001-of-00002',
+                                     'train_summary.json']
+  [ex] = _read_shards(str(out / 'train-*'))
+  assert abs(len(ex['frames']) - seconds * 25) <= 1
+  assert ex['frames'].shape[1:] == (32, 43, 3)
+  # Frame k shows source frame k (red level 4k), up to JPEG/H.264 error.
+  red = ex['frames'][..., 0].mean(axis=(1, 2))
+  np.testing.assert_allclose(red, np.arange(len(red)) * 4, atol=4)
+  assert abs(ex['waveform'].size - seconds * RATE) <= 0.005 * RATE
+  assert abs(_rms(ex['waveform']) / _rms(sine) - 1) < 0.01
+  assert ex['label'] == [0] and ex['text'] == ['sines'] and ex['id'] == 'sines/clip.mp4'
+  summary = json.loads((out / 'train_summary.json').read_text())
+  assert summary['converted'] == 1 and summary['no_audio'] == 0 and not summary['skipped']
+  assert summary['total_seconds'] == pytest.approx(2.0)
+
+
+def test_30fps_source_resamples_to_25fps_by_timestamp(tmp_path):
+  path = convert.write_test_video(str(tmp_path / 'v30.mp4'), _frames(60), fps=30)
+  video = convert.decode_video(path, fps=25, short_side=0)
+  assert len(video.frames) == 50 and video.duration_s == pytest.approx(2.0)
+  assert video.source_fps == pytest.approx(30) and video.num_decoded == 60
+  # Output time k/25 shows the latest source frame with pts <= k/25: index floor(k*30/25).
+  want = np.floor(np.arange(50) * 30 / 25 + 1e-9) * 4
+  np.testing.assert_allclose(video.frames_TxHxWx3[..., 0].mean(axis=(1, 2)), want, atol=3)
+
+
+def test_variable_frame_rate_picks_latest_frame_before_each_output_time(tmp_path):
+  timestamps = [0.0, 0.1, 0.13, 0.3, 0.31, 0.32, 0.6, 0.7]
+  path = convert.write_test_video(str(tmp_path / 'vfr.mkv'), _frames(8, step=30), fps=25,
+                                  timestamps_s=timestamps)
+  video = convert.decode_video(path, fps=25, short_side=0)
+  # The last frame lasts its recorded duration (or the previous gap): the video ends in
+  # (0.7, 0.8] s, and every output time k/25 before the end gets a frame.
+  assert 0.7 < video.duration_s <= 0.8
+  num = len(video.frames)
+  assert num == int(np.ceil(video.duration_s * 25 - 1e-6))
+  want = [np.searchsorted(timestamps, k / 25 + 1e-9, side='right') - 1 for k in range(num)]
+  got = video.frames_TxHxWx3[..., 0].mean(axis=(1, 2)) / 30
+  np.testing.assert_allclose(got, want, atol=0.2)
+
+
+def test_huge_timestamp_gap_is_closed_not_filled(tmp_path):
+  path = convert.write_test_video(str(tmp_path / 'gap.mkv'), _frames(4), fps=25,
+                                  timestamps_s=[0.0, 0.04, 100.0, 100.04])
+  video = convert.decode_video(path, fps=25, short_side=0)
+  assert len(video.frames) == 4
+  assert any('gap.mkv' in w and 'jump' in w for w in video.warnings)
+
+
+@pytest.mark.parametrize('name,codec', [
+    ('h264.mp4', 'libx264'),
+    ('mpeg4.avi', 'mpeg4'),
+    ('vp9.mkv', 'libvpx-vp9'),
+    ('vp8.webm', 'libvpx'),
+    ('mpeg1.mpg', 'mpeg1video'),
+    ('mpeg2.mpg', 'mpeg2video'),
+    ('h264.mov', 'libx264'),
+    ('hevc.mp4', 'libx265'),
+])
+def test_containers_and_codecs_round_trip(tmp_path, name, codec):
+  """Each container/codec (with its usual audio codec) gives 25 frames and the source audio."""
+  try:
+    av.codec.Codec(codec, 'w')
+  except av.FFmpegError:
+    pytest.skip(f'encoder {codec} not in this FFmpeg build')
+  sine = _sine(1.0)
+  path = convert.write_test_video(str(tmp_path / name), _frames(25, step=8), fps=25,
+                                  codec=codec, audio=sine)
+  result = convert.convert_one(path, label_index=3, label_text='x', short_side=0)
+  assert result.error is None, result.error
+  assert result.num_frames == 25 and result.has_audio
+  [ex] = _read_and_write(tmp_path, result.serialized)
+  red = ex['frames'][..., 0].mean(axis=(1, 2))
+  np.testing.assert_allclose(red, np.arange(25) * 8, atol=6)
+  assert abs(ex['waveform'].size - RATE) <= 0.005 * RATE
+  assert abs(_rms(ex['waveform']) / _rms(sine) - 1) < 0.01
+  assert ex['label'] == [3]
+
+
+def _read_and_write(tmp_path, serialized: bytes) -> list[dict]:
+  dmvr_format.write_shards([serialized], str(tmp_path / 'out'), 'one', 1)
+  return _read_shards(str(tmp_path / 'out' / 'one-*'))
+
+
+def test_no_audio_unopenable_and_truncated_files_in_one_run(tmp_path):
+  """Bad files are reported by name and skipped; the good ones still convert."""
+  root = tmp_path / 'videos'
+  (root / 'cls').mkdir(parents=True)
+  convert.write_test_video(str(root / 'cls' / 'silent.mp4'), _frames(10), fps=25)
+  (root / 'cls' / 'garbage.mp4').write_bytes(b'this is not a video' * 100)
+  full = convert.write_test_video(str(tmp_path / 'full.mkv'), _frames(50), fps=25,
+                                  audio=_sine(2.0))
+  data = open(full, 'rb').read()
+  (root / 'cls' / 'truncated.mkv').write_bytes(data[:int(len(data) * 0.6)])
+
+  summary = convert.convert(str(root), str(tmp_path / 'out'), prefix='test', num_shards=1,
+                            progress=False, short_side=0)
+  assert summary.converted == 2 and summary.videos_listed == 3
+  assert summary.no_audio == 1 and summary.no_audio_files == ['cls/silent.mp4']
+  [skipped] = summary.skipped
+  assert skipped['video'] == 'cls/garbage.mp4'
+  assert 'garbage.mp4' in skipped['reason'] and 'cannot open' in skipped['reason']
+  assert any('truncated.mkv' in w and 'did not decode' in w for w in summary.warnings)
+
+  by_id = {ex['id']: ex for ex in _read_shards(str(tmp_path / 'out' / 'test-*'))}
+  assert by_id['cls/silent.mp4']['waveform'] is None
+  assert len(by_id['cls/silent.mp4']['frames']) == 10
+  truncated = by_id['cls/truncated.mkv']
+  assert 20 <= len(truncated['frames']) < 50  # Kept what decoded.
+  red = truncated['frames'][..., 0].mean(axis=(1, 2))
+  np.testing.assert_allclose(red, np.arange(len(red)) * 4, atol=4)
+  saved = json.loads((tmp_path / 'out' / 'test_summary.json').read_text())
+  assert saved['skipped'] == summary.skipped
+
+
+def test_labels_are_indices_into_sorted_class_names(tmp_path):
+  """Train and test written separately agree; --classes_file pins the list and its order."""
+  for split, classes in [('train', ['zebra', 'apple', 'mango']), ('test', ['mango', 'zebra'])]:
+    for cls in classes:
+      (tmp_path / split / cls).mkdir(parents=True)
+      convert.write_test_video(str(tmp_path / split / cls / f'{cls}.avi'), _frames(3),
+                               fps=25, codec='mpeg4')
+  def labels(split, **kw):
+    convert.convert(str(tmp_path / split), str(tmp_path / 'out'), prefix=split,
+                    progress=False, short_side=0, **kw)
+    return {ex['text'][0]: ex['label'][0]
+            for ex in _read_shards(str(tmp_path / 'out' / f'{split}-*'))}
+  assert labels('train') == {'apple': 0, 'mango': 1, 'zebra': 2}
+  classes_file = tmp_path / 'classInd.txt'
+  classes_file.write_text('1 zebra\n2 apple\n3 mango\n')
+  assert labels('test', classes_file=str(classes_file)) == {'zebra': 0, 'mango': 2}
+  with pytest.raises(ValueError, match='not in the class list'):
+    classes_file.write_text('apple\n')
+    labels('test', classes_file=str(classes_file))
+
+
+def test_csv_input_with_relative_paths_and_parallel_workers(tmp_path):
+  (tmp_path / 'v').mkdir()
+  for i in range(3):
+    convert.write_test_video(str(tmp_path / 'v' / f'{i}.mp4'), _frames(4), fps=25)
+  csv_path = tmp_path / 'list.csv'
+  csv_path.write_text('path,label\nv/0.mp4,b\nv/1.mp4,a\nv/2.mp4\n')
+  summary = convert.convert(str(csv_path), str(tmp_path / 'out'), num_shards=2, workers=2,
+                            progress=False, short_side=0)
+  assert summary.converted == 3 and summary.classes == ['a', 'b']
+  examples = _read_shards(str(tmp_path / 'out' / 'train-*'))
+  assert {ex['id']: ex['label'] for ex in examples} == {'v/0.mp4': [1], 'v/1.mp4': [0],
+                                                        'v/2.mp4': []}
+
+
+def test_ucf_and_hmdb_split_files_select_videos(tmp_path):
+  ucf_videos = [(f'/d/{c}/v_{c}_g0{i}_c01.avi', f'{c}/v_{c}_g0{i}_c01.avi', c)
+                for c in ('ApplyEyeMakeup', 'YoYo') for i in (1, 8)]
+  (tmp_path / 'trainlist01.txt').write_text(
+      'ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g08_c01.avi 101\n')
+  (tmp_path / 'testlist01.txt').write_text(
+      'ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\nYoYo/v_YoYo_g01_c01.avi\nYoYo/v_missing.avi\n')
+  kept, missing = convert.apply_split(
+      ucf_videos, convert.read_split_files([str(tmp_path / 'trainlist01.txt')], None))
+  assert [v[1] for v in kept] == ['ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi',
+                                  'YoYo/v_YoYo_g08_c01.avi'] and not missing
+  kept, missing = convert.apply_split(
+      ucf_videos, convert.read_split_files([str(tmp_path / 'testlist01.txt')], None))
+  assert [v[2] for v in kept] == ['ApplyEyeMakeup', 'YoYo'] and missing == ['YoYo/v_missing.avi']
+
+  hmdb_videos = [(f'/h/brush_hair/{n}.avi', f'brush_hair/{n}.avi', 'brush_hair')
+                 for n in ('a', 'b', 'c')]
+  (tmp_path / 'brush_hair_test_split1.txt').write_text('a.avi 1\nb.avi 2\nc.avi 0\n')
+  pattern = str(tmp_path / '*_test_split1.txt')
+  with pytest.raises(ValueError, match='hmdb_split'):
+    convert.read_split_files([pattern], None)
+  for split, want in [('train', 'brush_hair/a.avi'), ('test', 'brush_hair/b.avi')]:
+    kept, _ = convert.apply_split(hmdb_videos, convert.read_split_files([pattern], split))
+    assert [(v[1], v[2]) for v in kept] == [(want, 'brush_hair')]
+
+
+def test_align_audio_shifts_to_first_frame_and_reports_short_audio():
+  audio = convert.DecodedAudio(np.ones([1500], np.float32), rate=1000, start_s=0.5)
+  waveform, short, notes = convert.align_audio(audio, video_start_s=0.0, video_duration_s=2.0)
+  assert waveform.size == 2000 and not waveform[:500].any() and not short  # Padded at the start.
+  audio = convert.DecodedAudio(np.arange(3000, dtype=np.float32), rate=1000, start_s=0.0)
+  waveform, short, _ = convert.align_audio(audio, video_start_s=0.25, video_duration_s=2.0)
+  assert waveform.size == 2000 and waveform[0] == 250 and not short  # Cut at both ends.
+  audio = convert.DecodedAudio(np.ones([500], np.float32), rate=1000, start_s=0.0)
+  _, short, notes = convert.align_audio(audio, 0.0, 2.0, path='x.mp4')
+  assert short and 'x.mp4' in notes[0]
+
+
+def test_max_seconds_bounds_the_clip(tmp_path):
+  path = convert.write_test_video(str(tmp_path / 'long.mp4'), _frames(50), fps=25,
+                                  audio=_sine(2.0))
+  result = convert.convert_one(path, short_side=0, max_seconds=1.0)
+  assert result.num_frames == 25 and result.audio_s == pytest.approx(1.0)
+  assert not result.warnings
