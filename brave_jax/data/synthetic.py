@@ -1,0 +1,442 @@
+"""The embedded default dataset: small labelled audio-visual videos, made on first use.
+
+Lets `python -m brave_jax.main --config=...:demo` run with no download, and
+still show what BraVe learns. Each class is (object shape, motion pattern,
+sound); everything a randomly initialised network reads easily (global colour,
+brightness, layout, texture) is a per-video nuisance, so a linear probe on
+random features stays weak while one on BraVe features, which must predict the
+class-determined sound from the narrow clip, gets strong.
+
+  shape   disk, square, triangle, cross, ring, ...   (same area, random rotation/scale)
+  motion  horizontal / vertical oscillation, circle, pulsing  (flip-invariant)
+  sound   class pitch (with harmonics) beeping at a class rhythm
+  nuisance object and background colour, background gratings and pan, an
+          ellipse distractor, position, amplitude, period, phase, spin, pixel
+          noise, audio loudness, noise and hum.
+
+Written as DMVR shards (dmvr_format) and cached under
+`expanduser(cache_dir)/<hash of the config>`; a build goes to a temporary
+directory that is renamed when complete, so an interrupted build is never used.
+
+CLI: python -m brave_jax.data.synthetic --output_dir=/tmp/synth [--num_classes=10]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import tqdm
+
+from brave_jax.data import dmvr_format
+
+GENERATOR_VERSION = 1  # Bump when the generated content changes, so old caches are not reused.
+FPS = 25.0  # Matches config.data.video_fps.
+AUDIO_RATE = 48000  # Matches config.data.audio_sample_rate.
+JPEG_QUALITY = 90
+MANIFEST = 'dataset.json'  # Written last: its presence marks a complete dataset directory.
+FLOW_METHOD = 'synthetic_ground_truth'
+DISTRACTOR_OPACITY = (0.3, 0.7)  # A blob the size of the object: breaks 'any blob = the object'.
+
+# Mirror-symmetric shapes only: horizontal flip (an augmentation) then never turns one
+# class into another. Rotation is a nuisance, so e.g. a diamond is just a square.
+SHAPES = ('disk', 'square', 'triangle', 'cross', 'ring', 'star', 'bar', 'semicircle')
+# Flip-invariant motions (left/right would be swapped by the flip augmentation).
+MOTIONS = ('horizontal', 'vertical', 'circular', 'pulsing')
+MAX_CLASSES = len(SHAPES) * len(MOTIONS)
+CONFIG_FIELDS = ('num_classes', 'train_videos_per_class', 'test_videos_per_class', 'seconds',
+                 'height', 'width', 'seed')
+SPLITS = ('train', 'test')
+
+
+# ----------------------------------------------------------------------------- classes
+
+def class_factors(num_classes: int) -> list[tuple[str, str]]:
+  """(shape, motion) per class: as few shapes as possible, so shape alone never names the class."""
+  if not 1 <= num_classes <= MAX_CLASSES:
+    raise ValueError(f'config.data.synthetic.num_classes must be in [1, {MAX_CLASSES}], '
+                     f'got {num_classes}')
+  num_motions = 1 if num_classes == 1 else max(2, math.ceil(num_classes / len(SHAPES)))
+  num_shapes = math.ceil(num_classes / num_motions)
+  return [(SHAPES[c % num_shapes], MOTIONS[c // num_shapes]) for c in range(num_classes)]
+
+
+def class_names(num_classes: int) -> list[str]:
+  """Names that sort in label order, so label index == position in sorted(class names)."""
+  return [f'{c:02d}_{shape}_{motion}' for c, (shape, motion) in
+          enumerate(class_factors(num_classes))]
+
+
+def class_sound(label: int) -> tuple[float, float, float]:
+  """(pitch Hz, beeps per second, duty cycle): distinct per class, pitch and rhythm decorrelated."""
+  pitches = 400.0 * 2.0 ** (np.arange(MAX_CLASSES) * (math.log2(4000 / 400) / (MAX_CLASSES - 1)))
+  # Spread neighbouring classes far apart in pitch (classes differing only by motion sound different).
+  pitch = float(pitches[(label * 13) % MAX_CLASSES])
+  rates = (1.5, 2.5, 3.5, 4.5, 6.0)
+  duties = (0.25, 0.5, 0.75)
+  return pitch, rates[label % len(rates)], duties[(label // len(rates)) % len(duties)]
+
+
+# ----------------------------------------------------------------------------- shapes
+
+def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """Approximate signed distance (unit-radius scale, <0 inside) of a shape centred at 0."""
+  r = np.sqrt(u * u + v * v)
+  if shape == 'disk':
+    return r - 1.0
+  if shape == 'square':
+    return np.maximum(np.abs(u), np.abs(v)) - 0.8
+  if shape == 'triangle':
+    d = None
+    for k in range(3):
+      a = 2 * math.pi * k / 3 + math.pi / 2
+      half = u * math.cos(a) + v * math.sin(a) - 0.5
+      d = half if d is None else np.maximum(d, half)
+    return d
+  if shape == 'cross':
+    arm_h = np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.33)
+    arm_v = np.maximum(np.abs(u) - 0.33, np.abs(v) - 1.0)
+    return np.minimum(arm_h, arm_v)
+  if shape == 'ring':
+    return np.abs(r - 0.8) - 0.25
+  if shape == 'star':
+    phi = np.arctan2(v, u)
+    return r - 0.75 * (1.0 + 0.45 * np.cos(5 * phi))
+  if shape == 'bar':
+    return np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.3)
+  if shape == 'semicircle':
+    return np.maximum(r - 1.0, -v - 0.0)
+  raise ValueError(f'unknown shape {shape!r}; known: {SHAPES}')
+
+
+def _shape_areas() -> dict[str, float]:
+  grid = np.linspace(-1.5, 1.5, 301)
+  u, v = np.meshgrid(grid, grid)
+  cell = (grid[1] - grid[0]) ** 2
+  return {s: float((_shape_sdf(s, u, v) < 0).sum() * cell) for s in SHAPES}
+
+
+_AREAS = _shape_areas()
+# Scales every shape to the disk's area, so the object's pixel count says nothing about the class.
+_SIZE_FACTOR = {s: math.sqrt(_AREAS['disk'] / a) for s, a in _AREAS.items()}
+
+
+def _soft_mask(shape: str, dx: np.ndarray, dy: np.ndarray, angle: np.ndarray,
+               radius_px: np.ndarray) -> np.ndarray:
+  """Anti-aliased coverage in [0, 1] of a rotated, scaled shape; offsets in pixels from its centre."""
+  cos, sin = np.cos(angle), np.sin(angle)
+  k = _SIZE_FACTOR[shape]
+  scale = radius_px * k
+  u = (dx * cos + dy * sin) / scale
+  v = (-dx * sin + dy * cos) / scale
+  return np.clip(0.5 - _shape_sdf(shape, u, v) * scale, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- one video
+
+def _random_colour(rng: np.random.Generator, size: int = 1) -> np.ndarray:
+  """Saturated-ish RGB colours in [0, 1], uniform hue: colour is a nuisance, never a class cue."""
+  hue = rng.uniform(0, 1, size)
+  sat = rng.uniform(0.3, 1.0, size)
+  val = rng.uniform(0.3, 1.0, size)
+  k = (np.array([5.0, 3.0, 1.0])[None] + hue[:, None] * 6) % 6
+  rgb = val[:, None] * (1 - sat[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1))
+  return rgb
+
+
+def _object_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+  """An object colour far enough from the background colour to be visible."""
+  candidates = _random_colour(rng, 16)
+  far = np.linalg.norm(candidates - background, axis=1) > 0.45
+  return candidates[int(np.argmax(far))] if far.any() else 1.0 - background
+
+
+def _trajectory(rng: np.random.Generator, motion: str, t_T: np.ndarray, height: int, width: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Object centre (x, y) in pixels and scale multiplier per frame for a motion pattern."""
+  short = min(height, width)
+  period = rng.uniform(0.8, 1.3)
+  phase = rng.uniform(0, 2 * math.pi)
+  w = 2 * math.pi * t_T / period + phase
+  amp_x = rng.uniform(0.15, 0.22) * width
+  amp_y = rng.uniform(0.15, 0.22) * height
+  cx = width / 2 + rng.uniform(-0.06, 0.06) * width
+  cy = height / 2 + rng.uniform(-0.06, 0.06) * height
+  drift = rng.uniform(-0.03, 0.03, 2) * short * t_T[:, None]  # Slow wander of the centre.
+  jitter = rng.normal(0, 0.01 * short, (2,)) * np.sin(3.1 * w)[:, None]
+  scale = np.ones_like(t_T)
+  if motion == 'horizontal':
+    x, y = cx + amp_x * np.sin(w), np.full_like(t_T, cy)
+  elif motion == 'vertical':
+    x, y = np.full_like(t_T, cx), cy + amp_y * np.sin(w)
+  elif motion == 'circular':
+    direction = rng.choice([-1.0, 1.0])
+    x, y = cx + 0.8 * amp_x * np.cos(w), cy + direction * 0.8 * amp_y * np.sin(w)
+  elif motion == 'pulsing':
+    x, y = np.full_like(t_T, cx), np.full_like(t_T, cy)
+    scale = 1.0 + 0.4 * np.sin(w)
+  else:
+    raise ValueError(f'unknown motion {motion!r}; known: {MOTIONS}')
+  return x + drift[:, 0] + jitter[:, 0], y + drift[:, 1] + jitter[:, 1], scale
+
+
+def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: int, height: int,
+                 width: int, with_flow: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+  """uint8 frames [T, H, W, 3] (and true flow [T, H, W, 2] in px/frame) of one clip."""
+  t_T = np.arange(num_frames) / FPS
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  short = min(height, width)
+
+  # Background: random colour + two drifting gratings of random orientation, frequency and tint.
+  bg_colour = _random_colour(rng)[0]
+  pan = rng.uniform(-0.08, 0.08, 2) * short  # Slow camera-like pan, px/s.
+  bx_T, by_T = pan[0] * t_T, pan[1] * t_T
+  bg_TxHxWx3 = np.broadcast_to(bg_colour, (num_frames, height, width, 3)).astype(np.float32)
+  for _ in range(2):
+    theta = rng.uniform(0, math.pi)
+    freq = rng.uniform(0.5, 3.0) / short  # Cycles per pixel.
+    tint = rng.normal(0, 0.08, 3)
+    gx = (xx[None] - bx_T[:, None, None]) * math.cos(theta)
+    gy = (yy[None] - by_T[:, None, None]) * math.sin(theta)
+    wave = np.sin(2 * math.pi * freq * (gx + gy) + rng.uniform(0, 2 * math.pi))
+    bg_TxHxWx3 = bg_TxHxWx3 + wave[..., None] * tint
+  frames = bg_TxHxWx3
+
+  # Distractor: a drifting ellipse (not a class shape) of random colour, size and place.
+  d_colour = _random_colour(rng)[0]
+  d_pos = rng.uniform([0.1 * width, 0.1 * height], [0.9 * width, 0.9 * height])
+  d_vel = rng.uniform(-0.1, 0.1, 2) * short
+  d_axes = rng.uniform(0.05, 0.12, 2) * short
+  d_x_T, d_y_T = d_pos[0] + d_vel[0] * t_T, d_pos[1] + d_vel[1] * t_T
+  dist = np.sqrt(((xx[None] - d_x_T[:, None, None]) / d_axes[0]) ** 2 +
+                 ((yy[None] - d_y_T[:, None, None]) / d_axes[1]) ** 2)
+  d_alpha = np.clip((1.0 - dist) * d_axes.min(), 0, 1)[..., None] * rng.uniform(*DISTRACTOR_OPACITY)
+  frames = frames * (1 - d_alpha) + d_alpha * d_colour
+
+  # The class object.
+  colour = _object_colour(rng, bg_colour)
+  x_T, y_T, pulse_T = _trajectory(rng, motion, t_T, height, width)
+  radius = rng.uniform(0.2, 0.26) * short
+  spin = rng.uniform(-1.5, 1.5)  # rad/s
+  angle_T = rng.uniform(0, 2 * math.pi) + spin * t_T
+  radius_T = radius * pulse_T
+  alpha = _soft_mask(shape, xx[None] - x_T[:, None, None], yy[None] - y_T[:, None, None],
+                     angle_T[:, None, None], radius_T[:, None, None])[..., None]
+  frames = frames * (1 - alpha) + alpha * colour
+
+  # Global gain and sensor noise.
+  frames = frames * rng.uniform(0.75, 1.15) + rng.normal(0, rng.uniform(0.0, 0.01),
+                                                        frames.shape).astype(np.float32)
+  frames_u8 = np.clip(np.round(frames * 255), 0, 255).astype(np.uint8)
+
+  flow = None
+  if with_flow:
+    flow = _true_flow(xx, yy, x_T, y_T, angle_T, radius_T, alpha[..., 0], d_alpha[..., 0], pan,
+                      d_vel)
+  return frames_u8, flow
+
+
+def _true_flow(xx, yy, x_T, y_T, angle_T, radius_T, obj_alpha, d_alpha, pan, d_vel) -> np.ndarray:
+  """Forward flow (px/frame) from the known motion: layer velocities composited by coverage."""
+  def step(a):  # Forward difference per frame; the last frame repeats the one before.
+    d = np.zeros_like(a)
+    d[:-1] = a[1:] - a[:-1]
+    if len(a) > 1:
+      d[-1] = d[-2]
+    return d
+  vx_T, vy_T, w_T = step(x_T), step(y_T), step(angle_T)
+  grow_T = step(radius_T) / radius_T
+  dx, dy = xx[None] - x_T[:, None, None], yy[None] - y_T[:, None, None]
+  obj_u = vx_T[:, None, None] - w_T[:, None, None] * dy + grow_T[:, None, None] * dx
+  obj_v = vy_T[:, None, None] + w_T[:, None, None] * dx + grow_T[:, None, None] * dy
+  bg = pan / FPS
+  dv = d_vel / FPS
+  u = bg[0] * (1 - d_alpha) + dv[0] * d_alpha
+  v = bg[1] * (1 - d_alpha) + dv[1] * d_alpha
+  u = u * (1 - obj_alpha) + obj_u * obj_alpha
+  v = v * (1 - obj_alpha) + obj_v * obj_alpha
+  return np.stack([u, v], axis=-1).astype(np.float32)
+
+
+def render_audio(rng: np.random.Generator, label: int, seconds: float) -> np.ndarray:
+  """float32 mono PCM in [-1, 1]: class pitch and rhythm, random loudness, noise and hum."""
+  n = int(round(seconds * AUDIO_RATE))
+  t = np.arange(n, dtype=np.float64) / AUDIO_RATE
+  pitch, rate, duty = class_sound(label)
+  pitch *= rng.uniform(0.97, 1.03)
+  rate *= rng.uniform(0.93, 1.07)
+  harmonics = rng.uniform(0.2, 0.6, 2)
+  tone = np.sin(2 * math.pi * pitch * t + rng.uniform(0, 2 * math.pi))
+  for h, weight in zip((2, 3), harmonics):
+    tone += weight * np.sin(2 * math.pi * h * pitch * t + rng.uniform(0, 2 * math.pi))
+  tone /= 1.0 + harmonics.sum()
+  cycle = (t * rate + rng.uniform(0, 1)) % 1.0
+  edge = 0.02 * rate  # ~20 ms attack and release.
+  envelope = np.clip(cycle / edge, 0, 1) * np.clip((duty - cycle) / edge, 0, 1)
+  hum_freq = rng.uniform(60, 8000)
+  hum = rng.uniform(0, 0.15) * np.sin(2 * math.pi * hum_freq * t)
+  noise = rng.normal(0, rng.uniform(0.005, 0.08), n)
+  wave = rng.uniform(0.25, 0.7) * tone * envelope + hum + noise
+  return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def _config_values(synthetic_config: Any) -> dict[str, Any]:
+  try:
+    values = {f: synthetic_config[f] for f in CONFIG_FIELDS}
+  except (KeyError, AttributeError) as e:
+    raise ValueError(f'config.data.synthetic is missing field {e}; it needs {CONFIG_FIELDS} '
+                     '(see brave_jax/config_base.py)') from e
+  for f in ('num_classes', 'train_videos_per_class', 'test_videos_per_class', 'height', 'width'):
+    if not isinstance(values[f], int) or values[f] < 1:
+      raise ValueError(f'config.data.synthetic.{f} must be a positive integer, got {values[f]!r}')
+  if values['seconds'] * FPS < 2:
+    raise ValueError(f'config.data.synthetic.seconds={values["seconds"]} gives fewer than 2 frames')
+  class_factors(values['num_classes'])
+  values['seconds'] = float(values['seconds'])
+  return values
+
+
+def config_hash(synthetic_config: Any, with_flow: bool = False) -> str:
+  """Cache key: every field that changes the content, plus the generator version."""
+  key = dict(_config_values(synthetic_config), with_flow=bool(with_flow),
+             version=GENERATOR_VERSION, fps=FPS, audio_rate=AUDIO_RATE)
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _split_examples(values: Mapping[str, Any], split: str, with_flow: bool,
+                    progress: tqdm.tqdm | None) -> Iterator[bytes]:
+  """Serialised clips of one split, classes interleaved so every shard holds every class."""
+  names = class_names(values['num_classes'])
+  factors = class_factors(values['num_classes'])
+  per_class = values[f'{split}_videos_per_class']
+  num_frames = int(round(values['seconds'] * FPS))
+  for i in range(per_class):
+    for label, (shape, motion) in enumerate(factors):
+      # One generator per video: content is independent of generation order and of other splits.
+      rng = np.random.default_rng([values['seed'], SPLITS.index(split), label, i])
+      frames, flow = render_video(rng, shape, motion, num_frames, values['height'],
+                                  values['width'], with_flow)
+      clip = dmvr_format.Clip(
+          frames_TxHxWx3=frames, waveform=render_audio(rng, label, values['seconds']),
+          label_index=label, label_text=names[label], video_id=f'synthetic_{split}_{label:02d}_{i:04d}',
+          fps=FPS, audio_rate=AUDIO_RATE, flow_TxHxWx2=flow,
+          flow_method=FLOW_METHOD if with_flow else None)
+      yield dmvr_format.encode_clip(clip, jpeg_quality=JPEG_QUALITY)
+      if progress is not None:
+        progress.update(1)
+
+
+def _num_shards(num_examples: int) -> int:
+  return max(1, min(8, num_examples // 16))
+
+
+def write_dataset(synthetic_config: Any, output_dir: str, with_flow: bool = False,
+                  show_progress: bool = True) -> dict[str, Any]:
+  """Generates both splits into `output_dir` (not atomic: `ensure_dataset` adds that)."""
+  values = _config_values(synthetic_config)
+  names = class_names(values['num_classes'])
+  os.makedirs(output_dir, exist_ok=True)
+  total = values['num_classes'] * (values['train_videos_per_class'] +
+                                   values['test_videos_per_class'])
+  result: dict[str, Any] = {}
+  with tqdm.tqdm(total=total, desc='synthetic dataset', unit='video',
+                 disable=not show_progress, mininterval=1.0) as progress:
+    for split in SPLITS:
+      n = values['num_classes'] * values[f'{split}_videos_per_class']
+      paths = dmvr_format.write_shards(_split_examples(values, split, with_flow, progress),
+                                       output_dir, split, _num_shards(n))
+      result[split] = [os.path.basename(p) for p in paths]
+  manifest = dict(result, class_names=names, config=values, with_flow=with_flow,
+                  version=GENERATOR_VERSION, fps=FPS, audio_rate=AUDIO_RATE)
+  with open(os.path.join(output_dir, MANIFEST), 'w') as f:
+    json.dump(manifest, f, indent=1)
+  return _resolve(output_dir, manifest)
+
+
+def _resolve(directory: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+  return {'train': [os.path.join(directory, p) for p in manifest['train']],
+          'test': [os.path.join(directory, p) for p in manifest['test']],
+          'class_names': list(manifest['class_names'])}
+
+
+def _load_complete(directory: str) -> dict[str, Any] | None:
+  """The dataset in `directory` if its manifest and every shard exist, else None."""
+  try:
+    with open(os.path.join(directory, MANIFEST)) as f:
+      dataset = _resolve(directory, json.load(f))
+  except (OSError, ValueError, KeyError):
+    return None
+  if all(os.path.isfile(p) for p in dataset['train'] + dataset['test']):
+    return dataset
+  return None
+
+
+def ensure_dataset(synthetic_config: Any, with_flow: bool = False,
+                   show_progress: bool = True) -> dict[str, Any]:
+  """{'train': [shards], 'test': [shards], 'class_names': [...]}, generated once and cached.
+
+  The cache directory is `expanduser(cache_dir)/<config_hash>`. Generation
+  writes into a temporary sibling that is renamed into place when complete,
+  so an interrupted or concurrent build never leaves a half dataset in use.
+  """
+  root = os.path.expanduser(str(synthetic_config['cache_dir']))
+  final_dir = os.path.join(root, config_hash(synthetic_config, with_flow))
+  dataset = _load_complete(final_dir)
+  if dataset is not None:
+    return dataset
+  os.makedirs(root, exist_ok=True)
+  tmp_dir = tempfile.mkdtemp(prefix=f'.tmp-{os.path.basename(final_dir)}-', dir=root)
+  try:
+    write_dataset(synthetic_config, tmp_dir, with_flow, show_progress)
+    if os.path.isdir(final_dir) and _load_complete(final_dir) is None:
+      shutil.rmtree(final_dir, ignore_errors=True)  # A broken leftover (e.g. copied by hand).
+    try:
+      os.rename(tmp_dir, final_dir)
+    except OSError:
+      if _load_complete(final_dir) is None:  # Not a lost race with another process: a real error.
+        raise
+  finally:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+  dataset = _load_complete(final_dir)
+  if dataset is None:
+    raise RuntimeError(f'synthetic dataset in {final_dir} is incomplete after generation; '
+                       'delete that directory and retry')
+  return dataset
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv: list[str]) -> None:
+  del argv
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(config_base.base_config().data.synthetic.to_dict())
+  for field in CONFIG_FIELDS:
+    value = getattr(FLAGS, field)
+    if value is not None:
+      cfg[field] = value
+  dataset = write_dataset(cfg, FLAGS.output_dir, with_flow=FLAGS.with_flow)
+  print(json.dumps(dataset, indent=1))
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  flags.DEFINE_string('output_dir', None, 'Directory to write the shards and dataset.json into.',
+                      required=True)
+  flags.DEFINE_integer('num_classes', None, f'Classes (1..{MAX_CLASSES}); default from config_base.')
+  flags.DEFINE_integer('train_videos_per_class', None, 'Train videos per class.')
+  flags.DEFINE_integer('test_videos_per_class', None, 'Test videos per class.')
+  flags.DEFINE_float('seconds', None, 'Length of each video (s).')
+  flags.DEFINE_integer('height', None, 'Frame height (px).')
+  flags.DEFINE_integer('width', None, 'Frame width (px).')
+  flags.DEFINE_integer('seed', None, 'The dataset is a pure function of this seed and the sizes.')
+  flags.DEFINE_bool('with_flow', False, 'Also write flow/encoded from the true motion.')
+  FLAGS = flags.FLAGS
+  app.run(main)
