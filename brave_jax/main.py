@@ -3,6 +3,10 @@
 Flags: --config=configs/<file>.py[:tiny|demo], overrides like --config.training.num_steps=100,
 --workdir (default ./workdirs/<config file>[_<variant>]). Re-running with the same
 workdir resumes from its latest checkpoint.
+
+Multi-host: every process runs this same command plus --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I (on a multi-host TPU slice these are found automatically);
+add --cpu_collectives=gloo for CPU processes. See train/distributed.py.
 """
 import os
 from typing import Iterator
@@ -17,6 +21,13 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:va
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and plots; default '
                                './workdirs/<config name>.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 '
+                                   '(multi-host; with --num_processes and --process_id).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run (multi-host).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+_CPU_COLLECTIVES = flags.DEFINE_enum('cpu_collectives', None, ['gloo', 'mpi'],
+                                     'Cross-process collectives for CPU devices (or env '
+                                     'BRAVE_CPU_COLLECTIVES).')
 
 
 def default_workdir(config_spec: str) -> str:
@@ -48,16 +59,23 @@ def make_batch_iterator_fn(config: ml_collections.ConfigDict):
   return make
 
 
-def main(argv):
-  del argv
+def run(config: ml_collections.ConfigDict, workdir: str):
+  """Trains (resuming from workdir), then evaluates if the config asks; returns the TrainState."""
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
-  workdir = _WORKDIR.value or default_workdir(config_spec)
   train_state = loop.train(config, workdir, make_batch_iterator_fn(config))
   if config.eval.run_after_training:
     from brave_jax.eval import run as eval_run  # pylint: disable=g-import-not-at-top
     eval_run.evaluate_after_training(config, workdir, train_state)
+  return train_state
+
+
+def main(argv):
+  del argv
+  from brave_jax.train import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         _CPU_COLLECTIVES.value)  # Before anything touches a device.
+  config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
+  run(_CONFIG.value, _WORKDIR.value or default_workdir(config_spec))
 
 
 if __name__ == '__main__':

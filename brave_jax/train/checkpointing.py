@@ -5,9 +5,12 @@ opt_state, rng) and a small JSON `meta` with the data position. The data
 iterator is a pure function of (seed, step), so the step is all a resumed run
 needs to continue the exact batch sequence.
 
-Every process calls `save`; Orbax writes from the primary host and commits a
-step directory atomically (temporary directory + rename), so a crash mid-save
-leaves the previous checkpoint as the latest one.
+Every process calls `save` and `restore` (multi-host: with the same host copy,
+since the replicas are identical); Orbax synchronises the processes through
+jax.distributed, writes the host numpy arrays from the primary process, and
+commits a step directory atomically (temporary directory + rename), so a crash
+mid-save leaves the previous checkpoint as the latest one. The directory must be
+shared by all processes (a gs:// bucket on a TPU slice, a shared disk elsewhere).
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int, async_save: bool = True):
     quiet_orbax_info_logs()
-    self.directory = os.path.abspath(os.path.expanduser(directory))
+    self.directory = (directory.rstrip('/') if '://' in directory
+                      else os.path.abspath(os.path.expanduser(directory)))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)

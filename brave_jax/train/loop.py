@@ -5,6 +5,12 @@ Determinism contract: the data iterator is rebuilt from the step it starts at
 `fold_in(rng, step)`, so stopping at a checkpoint and resuming reproduces the
 uninterrupted run bit for bit. Resuming needs no flag: an existing checkpoint
 in `workdir/checkpoints` is picked up.
+
+Multi-host: every process runs `train` with its own iterator over its own
+shards; the pmapped step spans all processes' devices (train/step.py), so
+every process holds the same state. Only process 0 writes config.json and
+metrics; all processes take part in each checkpoint save and restore.
+workdir may be a local path or a remote one (gs://...), written via etils.epath.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import os
 import time
 from typing import Any, Callable, Iterator
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -70,12 +77,18 @@ class DevicePrefetcher:
     return batch
 
 
+def resolve_workdir(workdir: str) -> str:
+  """Absolute local path, or a remote URL (gs://...) as given."""
+  if '://' in workdir:
+    return workdir.rstrip('/')
+  return os.path.abspath(os.path.expanduser(workdir))
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes the resolved config (after overrides) so a run can be reproduced from its workdir."""
   path = os.path.join(workdir, CONFIG_FILE)
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    epath.Path(path).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
   return path
 
 
@@ -125,10 +138,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   for steps start_step, start_step + 1, ... as a pure function of (seed, step).
   stop_at_step ends early with a checkpoint, as a preemption would (schedule unchanged).
   """
-  devices = jax.local_devices()
+  devices = jax.local_devices()  # This process's; the step itself spans every process's.
   config_base.validate(config, jax.process_count(), len(devices))
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  workdir = resolve_workdir(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   write_config(config, workdir)
   t = config.training
   num_steps = int(t.num_steps) if stop_at_step is None else min(int(stop_at_step), int(t.num_steps))
@@ -146,7 +159,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   batches = DevicePrefetcher(host_iterator, devices, size=2)
 
   first_batch = next(batches)
-  init = step_lib.make_init(model, optimizer, devices)
+  init = step_lib.make_init(model, optimizer)  # All processes: same rng -> same replicas.
   init_rng = jax.random.PRNGKey(config.seed)
   if start_step:
     restored, meta = ckpt.restore(init.host_template(init_rng, first_batch), start_step)
@@ -154,7 +167,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     print(f'Resumed from {ckpt_dir} at step {meta["step"]}.', flush=True)
   else:
     train_state = init(init_rng, first_batch)
-  update = step_lib.make_pmapped_update(model, optimizer, 'i', devices, schedule)
+  update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule)
   writer = metrics_lib.MetricsWriter(
       workdir, int(t.num_steps), int(t.batch_size), start_step=start_step,
       plot_every=int(t.plot_every))
@@ -203,5 +216,4 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
 def read_config(workdir: str) -> dict[str, Any]:
   """The config.json a run wrote, as a plain dict."""
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
-    return json.load(f)
+  return json.loads(epath.Path(workdir, CONFIG_FILE).read_text())

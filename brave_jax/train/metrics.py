@@ -1,17 +1,21 @@
 """Where training numbers go: a progress line, metrics.jsonl, TensorBoard and loss.png.
 
 Only process 0 writes. The loop hands over host floats it read one step late,
-so nothing here ever waits on the device.
+so nothing here ever waits on the device. Files go through etils.epath, so the
+workdir may be remote (gs://...); there, where files cannot be appended to,
+metrics.jsonl is rewritten whole at each log step (it stays small).
 """
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import os
 import time
 from typing import Any, Mapping
 
+from etils import epath
 import jax
 
 METRICS_FILE = 'metrics.jsonl'
@@ -26,17 +30,27 @@ def _format_eta(seconds: float) -> str:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All records of workdir/metrics.jsonl (across resumes), last record per step kept."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir, METRICS_FILE)
+  if not path.exists():
     return []
   by_step: dict[int, dict[str, Any]] = {}
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        record = json.loads(line)
-        by_step[int(record['step'])] = record
+  for line in path.read_text().splitlines():
+    line = line.strip()
+    if line:
+      record = json.loads(line)
+      by_step[int(record['step'])] = record
   return [by_step[s] for s in sorted(by_step)]
+
+
+def _append_line(path: str, line: str) -> None:
+  """Appends locally; rewrites remote files (object stores have no append)."""
+  if '://' not in path:
+    with open(path, 'a') as f:
+      f.write(line + '\n')
+    return
+  p = epath.Path(path)
+  old = p.read_text() if p.exists() else ''
+  p.write_text(old + line + '\n')
 
 
 def plot_losses(workdir: str, out_path: str | None = None) -> str | None:
@@ -64,8 +78,10 @@ def plot_losses(workdir: str, out_path: str | None = None) -> str | None:
   ax_lr.grid(alpha=0.3)
   fig.tight_layout()
   out_path = out_path or os.path.join(workdir, PLOT_FILE)
-  fig.savefig(out_path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=100)
   plt.close(fig)
+  epath.Path(out_path).write_bytes(png.getvalue())
   return out_path
 
 
@@ -85,7 +101,7 @@ class MetricsWriter:
     self._last_plot_step = start_step
     self._tb = None
     if self.is_writer:
-      os.makedirs(workdir, exist_ok=True)
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
       if use_tensorboard:
         import tensorboardX  # pylint: disable=g-import-not-at-top
         self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -109,8 +125,7 @@ class MetricsWriter:
     self._last_step, self._last_time = step, now
     if not self.is_writer:
       return record
-    with open(os.path.join(self.workdir, METRICS_FILE), 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    _append_line(os.path.join(self.workdir, METRICS_FILE), json.dumps(record))
     if self._tb is not None:
       for k, v in record.items():
         if k != 'step' and isinstance(v, (int, float)):

@@ -3,6 +3,12 @@
 Everything a step needs lives in `TrainState`, and the step's randomness is
 `fold_in(fold_in(rng, step), device)`, so a step is a pure function of
 (state, batch) and a resumed run repeats an uninterrupted one bit for bit.
+
+Multi-process (jax.distributed): with `devices=None` the pmap spans every
+device of every process; each process passes only its local slice
+`[local_devices, B, ...]` and gets its local slice back, while `pmean`/BN
+statistics over axis 'i' (and `axis_index`) are global. All processes must
+call the pmapped functions in the same order.
 """
 from __future__ import annotations
 
@@ -24,6 +30,13 @@ class TrainState(NamedTuple):
   state: PyTree  # Haiku state (BatchNorm moving averages).
   opt_state: PyTree
   rng: jax.Array  # Base key; each step uses fold_in(fold_in(rng, step), device).
+
+
+def local_devices_of(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
+  """The devices this process feeds: its local ones (all of them when `devices` is None)."""
+  if devices is None:
+    return list(jax.local_devices())
+  return [d for d in devices if d.process_index == jax.process_index()]
 
 
 def mesh_sharding(devices: Sequence[jax.Device], axis_name: str = 'i') -> jax.sharding.Sharding:
@@ -97,8 +110,12 @@ def check_batch(batch: PyTree, num_devices: int) -> int:
 def make_init(model: Any, optimizer: optax.GradientTransformation,
               devices: Sequence[jax.Device] | None = None,
               axis_name: str = 'i') -> Callable[[jax.Array, PyTree], TrainState]:
-  """(rng, batch [D, B, ...]) -> replicated TrainState; under pmap so cross-replica BN binds."""
-  devices = list(devices or jax.local_devices())
+  """(rng, batch [D, B, ...]) -> replicated TrainState; under pmap so cross-replica BN binds.
+
+  devices=None: every process's devices (call on all processes with the same rng, so all
+  replicas start identical); a list: exactly those, e.g. one process's own for evaluation.
+  """
+  local = local_devices_of(devices)
 
   def init(rng, batch):
     init_rng, train_rng = jax.random.split(rng)
@@ -110,15 +127,19 @@ def make_init(model: Any, optimizer: optax.GradientTransformation,
     opt_state = optimizer.init(params)
     return TrainState(jnp.zeros([], jnp.int32), params, state, opt_state, train_rng)
 
-  pmapped = jax.pmap(init, axis_name=axis_name, in_axes=(None, 0), devices=devices)
+  pmapped = jax.pmap(init, axis_name=axis_name, in_axes=(None, 0),
+                     devices=None if devices is None else list(devices))
 
   def checked(rng: jax.Array, batch: PyTree) -> TrainState:
-    check_batch(batch, len(devices))
+    check_batch(batch, len(local))
     return pmapped(rng, batch)
 
   def host_template(rng: jax.Array, batch: PyTree) -> TrainState:
-    """Unreplicated zeros shaped like the state, without compiling init (restore target)."""
-    shapes = jax.eval_shape(pmapped, rng, batch)
+    """Unreplicated zeros shaped like the state (restore target); no compile, no collectives."""
+    one_device = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((1,) + np.shape(x)[1:], x.dtype), batch)
+    shapes = jax.eval_shape(jax.vmap(init, axis_name=axis_name, in_axes=(None, 0)), rng,
+                            one_device)
     return jax.tree.map(lambda s: np.zeros(s.shape[1:], s.dtype), shapes)
 
   checked.host_template = host_template
@@ -132,8 +153,11 @@ def make_pmapped_update(
     devices: Sequence[jax.Device] | None = None,
     schedule: optax.Schedule | None = None,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, Metrics]]:
-  """(replicated TrainState, batch [D, B, ...]) -> (new state, metrics [D]); state donated."""
-  devices = list(devices or jax.local_devices())
+  """(replicated TrainState, batch [D, B, ...]) -> (new state, metrics [D]); state donated.
+
+  devices as in `make_init`: None spans all processes (D = this process's local devices).
+  """
+  local = local_devices_of(devices)
 
   def update(ts: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
     step_rng = jax.random.fold_in(ts.rng, ts.step)
@@ -151,10 +175,11 @@ def make_pmapped_update(
       metrics['learning_rate'] = jnp.asarray(schedule(ts.step), jnp.float32)
     return TrainState(ts.step + 1, params, new_state, opt_state, ts.rng), metrics
 
-  pmapped = jax.pmap(update, axis_name=axis_name, devices=devices, donate_argnums=(0,))
+  pmapped = jax.pmap(update, axis_name=axis_name, devices=None if devices is None else
+                     list(devices), donate_argnums=(0,))
 
   def checked(ts: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
-    check_batch(batch, len(devices))
+    check_batch(batch, len(local))
     return pmapped(ts, batch)
 
   checked.pmapped = pmapped  # For benchmarks that want the raw function.
