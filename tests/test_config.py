@@ -4,7 +4,8 @@ import pytest
 from brave_jax import config_base
 from conftest import config_path
 
-CONFIG_NAMES = ('brave_rgb_audio', 'brave_rgb_rgb')
+CONFIG_NAMES = ('brave_rgb_audio', 'brave_rgb_rgb', 'brave_rgb_flow', 'brave_rgb_flow_audio',
+                'brave_rgb_rc')
 
 
 @pytest.mark.parametrize('name', CONFIG_NAMES)
@@ -22,6 +23,15 @@ def test_full_va_config_has_published_defaults():
   assert c.training.batch_size == 512 and c.training.num_steps == 300_000
   assert config_base.peak_learning_rate(c) == 1.0
   assert c.optimizer.lr_multipliers == (('.*predictor.*', 10.0),)
+
+
+@pytest.mark.parametrize('name, modalities', [
+    ('brave_rgb_flow', ('flow',)), ('brave_rgb_flow_audio', ('flow', 'audio')),
+    ('brave_rgb_rc', ('rc',))])
+def test_broad_view_configs_pick_their_modalities(name, modalities):
+  c = config_base.load(config_path(name, None))
+  assert c.data.broad_modalities == modalities
+  assert not c.data.random_convolve_broad_video  # 'rc' convolves itself; 'video' is absent.
 
 
 def test_vv_config_convolves_broad_rgb():

@@ -16,6 +16,13 @@ latest decoded frame with pts <= t is kept), resized so the short side is
 `--audio_rate`, aligned to the first video frame and cut to the video's length.
 Shards are written by `dmvr_format.write_shards` in the parent process, and a
 summary is printed and saved as `<output_dir>/<prefix>_summary.json`.
+
+`--flow` also stores optical flow (`flow/encoded`, one JPEG per frame) for the
+broad 'flow' view, computed by `brave_jax.data.flow` inside the worker
+processes between consecutive stored frames at the stored resolution, with
+`--flow_method=tvl1|dis|farneback` (recorded per clip as `flow/method` and in
+the summary). TV-L1 runs at about 1 frame/s per core at 256 px, DIS at ~150
+(bench/flow_extraction.py): use many --workers, or --flow_method=dis.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import cv2
 import numpy as np
 
 from brave_jax.data import dmvr_format
+from brave_jax.data import flow as flow_lib
 
 VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.avi', '.mkv', '.webm', '.mov', '.mpg', '.mpeg', '.m2v',
                     '.ts', '.mts', '.m2ts', '.flv', '.wmv', '.3gp', '.ogv', '.ogg', '.vob')
@@ -346,12 +354,22 @@ class Result:
 def convert_one(path: str, label_index: int | None = None, label_text: str | None = None,
                 video_id: str | None = None, fps: float = 25.0, audio_rate: int = 48000,
                 short_side: int = 256, jpeg_quality: int = 95,
-                max_seconds: float | None = None) -> Result:
-  """Converts one file to a serialized SequenceExample; failures come back as Result.error."""
+                max_seconds: float | None = None, flow_method: str | None = None) -> Result:
+  """Converts one file to a serialized SequenceExample; failures come back as Result.error.
+
+  With `flow_method` the clip also gets one flow JPEG per frame (module docstring).
+  """
   video_id = video_id or os.path.basename(path)
   try:
-    video = decode_video(path, fps, short_side, max_seconds,
-                         frame_fn=lambda f: dmvr_format.encode_jpeg(f, jpeg_quality))
+    encoded_flow = None
+    if flow_method:
+      flow_encoder = flow_lib.StreamingFlowEncoder(flow_method, jpeg_quality)
+      video = decode_video(path, fps, short_side, max_seconds, frame_fn=flow_encoder.add)
+      encoded_flow = flow_encoder.encoded_flow(video.frames)
+      video.frames = [f.jpeg for f in video.frames]
+    else:
+      video = decode_video(path, fps, short_side, max_seconds,
+                           frame_fn=lambda f: dmvr_format.encode_jpeg(f, jpeg_quality))
     warnings = list(video.warnings)
     waveform, short_audio = None, False
     audio = decode_audio(path, audio_rate, max_seconds)
@@ -362,7 +380,8 @@ def convert_one(path: str, label_index: int | None = None, label_text: str | Non
       warnings += notes
     clip = dmvr_format.Clip(encoded_frames=video.frames, waveform=waveform,
                             label_index=label_index, label_text=label_text, video_id=video_id,
-                            fps=fps, audio_rate=audio_rate if waveform is not None else None)
+                            fps=fps, audio_rate=audio_rate if waveform is not None else None,
+                            encoded_flow=encoded_flow, flow_method=flow_method or None)
     serialized = dmvr_format.encode_clip(clip, jpeg_quality)
   except ConvertError as e:
     return Result(video_id, None, error=str(e))
@@ -501,6 +520,11 @@ def _convert_task(task: Task, options: dict[str, Any]) -> Result:
   return convert_one(task.path, task.label_index, task.label_text, task.video_id, **options)
 
 
+def _init_worker() -> None:
+  """One OpenCV thread per worker process: the workers already fill the cores (flow solves)."""
+  cv2.setNumThreads(1)
+
+
 def _run_tasks(tasks: Sequence[Task], options: dict[str, Any], workers: int) -> Iterator[Result]:
   """Results in task order; at most 2*workers videos in flight, so memory stays bounded."""
   if workers <= 1:
@@ -509,7 +533,8 @@ def _run_tasks(tasks: Sequence[Task], options: dict[str, Any], workers: int) -> 
     return
   # spawn: the parent may already run TensorFlow threads, which fork does not survive safely.
   ctx = multiprocessing.get_context('spawn')
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx,
+                                              initializer=_init_worker) as pool:
     pending: collections.deque = collections.deque()  # (task, future), in task order.
     task_iter = iter(tasks)
     for task in task_iter:
@@ -548,6 +573,7 @@ class Summary:
   fps: float = 25.0
   audio_rate: int = 48000
   short_side: int = 256
+  flow_method: str | None = None  # Optical flow algorithm of flow/encoded; None = no flow.
   wall_seconds: float = 0.0
 
   def add(self, result: Result) -> None:
@@ -571,7 +597,8 @@ class Summary:
              f'{self.total_seconds:.1f}s of video ({self.total_frames} frames at {self.fps:g} fps) '
              f'in {self.wall_seconds:.1f}s into {len(self.shards)} shard(s)',
              f'  without audio: {self.no_audio}; audio shorter than video: '
-             f'{len(self.short_audio_files)}; skipped: {len(self.skipped)}']
+             f'{len(self.short_audio_files)}; skipped: {len(self.skipped)}'
+             + (f'; flow: {self.flow_method}' if self.flow_method else '')]
     lines += [f'  skipped {s["video"]}: {s["reason"]}' for s in self.skipped[:50]]
     if self.missing_from_split:
       lines.append(f'  {len(self.missing_from_split)} video(s) named in the split file were not '
@@ -586,9 +613,17 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
             audio_rate: int = 48000, short_side: int = 256, num_shards: int | None = None,
             workers: int = 1, split_files: Sequence[str] = (), hmdb_split: str | None = None,
             classes_file: str | None = None, jpeg_quality: int = 95,
-            max_seconds: float | None = None, progress: bool = True) -> Summary:
-  """Lists, converts and shards a dataset; returns (and saves) the summary."""
+            max_seconds: float | None = None, progress: bool = True,
+            flow_method: str | None = None) -> Summary:
+  """Lists, converts and shards a dataset; returns (and saves) the summary.
+
+  `flow_method` (one of flow.METHODS) also stores optical flow; None stores none.
+  """
   start = time.time()
+  if flow_method and flow_method not in flow_lib.METHODS:
+    raise ValueError(f'--flow_method={flow_method!r} is unknown; choose from {flow_lib.METHODS}')
+  if flow_method:
+    flow_lib.make_flow_fn(flow_method)  # Fails here, once, if OpenCV lacks the method.
   if os.path.isdir(videos):
     listed = list_folder(videos)
   elif os.path.isfile(videos):
@@ -613,9 +648,9 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
 
   summary = Summary(prefix=prefix, videos_listed=len(tasks), classes=classes,
                     missing_from_split=missing, fps=fps, audio_rate=audio_rate,
-                    short_side=short_side)
+                    short_side=short_side, flow_method=flow_method or None)
   options = dict(fps=fps, audio_rate=audio_rate, short_side=short_side,
-                 jpeg_quality=jpeg_quality, max_seconds=max_seconds)
+                 jpeg_quality=jpeg_quality, max_seconds=max_seconds, flow_method=flow_method)
   results: Iterable[Result] = _run_tasks(tasks, options, workers)
   bar = None
   if progress:
@@ -727,6 +762,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help='class list in label order (names, or UCF classInd.txt); default: sorted')
   p.add_argument('--jpeg_quality', type=int, default=95)
   p.add_argument('--max_seconds', type=float, default=None, help='keep at most this much per video')
+  p.add_argument('--flow', action='store_true',
+                 help='also store optical flow (flow/encoded) for the broad flow view')
+  p.add_argument('--flow_method', choices=flow_lib.METHODS, default='tvl1',
+                 help='flow algorithm with --flow: tvl1 (accurate, slow), dis or farneback (fast)')
   p.add_argument('--no_progress', action='store_true')
   return p.parse_args(argv)
 
@@ -741,7 +780,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       num_shards=args.num_shards, workers=args.workers, split_files=split_files,
                       hmdb_split=args.hmdb_split, classes_file=args.classes_file,
                       jpeg_quality=args.jpeg_quality, max_seconds=args.max_seconds,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      flow_method=args.flow_method if args.flow else None)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -167,11 +167,17 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
 
 def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
                seed: tf.Tensor) -> tf.Tensor:
-  """Cropped, resized, maybe flipped flow in [-1, 1]; a flip negates the horizontal component."""
+  """Cropped, resized, maybe flipped flow in [-1, 1]: the geometry of an RGB view, no colour.
+
+  The vectors follow the geometry: the resize scales x by size / crop width and
+  y by size / crop height, and a flip negates the horizontal component.
+  """
   s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  frames = decode.decode_random_crop(jpegs_T, size, aug.crop_area_range, aug.crop_aspect_range,
-                                     s_crop)
-  flow = decode.flow_to_unit(frames)
+  window = decode.random_crop_window(decode.jpeg_shape(jpegs_T[0]), aug.crop_area_range,
+                                     aug.crop_aspect_range, s_crop)
+  frames = decode.decode_crop_resize(jpegs_T, window, size, decode.TRAIN_MAX_UPSCALE,
+                                     decode.FLOW_DCT_METHOD)
+  flow = decode.scale_flow_to_view(decode.flow_to_unit(frames), window, size)
   flow, flipped = augment.random_flip(flow, aug.flip_prob, s_flip)
   sign = tf.where(flipped, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
   return tf.ensure_shape(flow * sign, [jpegs_T.shape[0], size, size, 2])

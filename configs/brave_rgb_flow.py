@@ -1,0 +1,22 @@
+"""BraVe V/F: narrow RGB (16x224^2), broad optical flow (64 frames, step 4, 112^2, 2 channels).
+
+The broad view is TV-L1 flow stored in the shards (`flow/encoded`), written by
+the converter with --flow; the embedded synthetic set computes its own.
+
+Run:
+  python -m brave_jax.data.convert --videos=/data/videos --output_dir=/data/flow_shards \
+      --flow --flow_method=tvl1 --workers=16
+  python -m brave_jax.main --config=configs/brave_rgb_flow.py --workdir=/tmp/brave_vf \
+      --config.data.train_shards=/data/flow_shards
+  python -m brave_jax.main --config=configs/brave_rgb_flow.py:tiny --workdir=/tmp/vf_tiny
+  python -m brave_jax.main --config=configs/brave_rgb_flow.py:demo --workdir=/tmp/vf_demo
+"""
+import ml_collections
+
+from brave_jax import config_base
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  c = config_base.base_config()
+  c.data.broad_modalities = ('flow',)
+  return config_base.apply_variant(c, variant)
