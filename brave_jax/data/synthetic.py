@@ -35,13 +35,16 @@ import tqdm
 
 from brave_jax.data import dmvr_format
 
-GENERATOR_VERSION = 1  # Bump when the generated content changes, so old caches are not reused.
+GENERATOR_VERSION = 2  # Bump when the generated content changes, so old caches are not reused.
 FPS = 25.0  # Matches config.data.video_fps.
 AUDIO_RATE = 48000  # Matches config.data.audio_sample_rate.
 JPEG_QUALITY = 90
 MANIFEST = 'dataset.json'  # Written last: its presence marks a complete dataset directory.
 FLOW_METHOD = 'synthetic_ground_truth'
-DISTRACTOR_OPACITY = (0.3, 0.7)  # A blob the size of the object: breaks 'any blob = the object'.
+# Off: with it, a tiny CPU model spent its few hundred steps telling blobs apart, not classes.
+DISTRACTOR_OPACITY = (0.0, 0.0)  # (min, max) opacity of a drifting ellipse distractor.
+GRATING_TINT = 0.04  # Std of the background gratings' colour amplitude (texture nuisance).
+HUM_LEVEL = 0.05  # Max amplitude of a per-video hum tone (audio nuisance, below the class tone).
 
 # Mirror-symmetric shapes only: horizontal flip (an augmentation) then never turns one
 # class into another. Rotation is a nuisance, so e.g. a diamond is just a square.
@@ -185,6 +188,20 @@ def _trajectory(rng: np.random.Generator, motion: str, t_T: np.ndarray, height: 
   return x + drift[:, 0] + jitter[:, 0], y + drift[:, 1] + jitter[:, 1], scale
 
 
+def _distractor(rng: np.random.Generator, t_T: np.ndarray, xx: np.ndarray, yy: np.ndarray,
+                height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+  """Coverage [T, H, W, 1] and velocity (px/s) of a drifting ellipse (not a class shape)."""
+  short = min(height, width)
+  d_pos = rng.uniform([0.1 * width, 0.1 * height], [0.9 * width, 0.9 * height])
+  d_vel = rng.uniform(-0.1, 0.1, 2) * short
+  d_axes = rng.uniform(0.05, 0.12, 2) * short
+  d_x_T, d_y_T = d_pos[0] + d_vel[0] * t_T, d_pos[1] + d_vel[1] * t_T
+  dist = np.sqrt(((xx[None] - d_x_T[:, None, None]) / d_axes[0]) ** 2 +
+                 ((yy[None] - d_y_T[:, None, None]) / d_axes[1]) ** 2)
+  d_alpha = np.clip((1.0 - dist) * d_axes.min(), 0, 1)[..., None] * rng.uniform(*DISTRACTOR_OPACITY)
+  return d_alpha.astype(np.float32), d_vel
+
+
 def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: int, height: int,
                  width: int, with_flow: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
   """uint8 frames [T, H, W, 3] (and true flow [T, H, W, 2] in px/frame) of one clip."""
@@ -200,7 +217,7 @@ def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: 
   for _ in range(2):
     theta = rng.uniform(0, math.pi)
     freq = rng.uniform(0.5, 3.0) / short  # Cycles per pixel.
-    tint = rng.normal(0, 0.08, 3)
+    tint = rng.normal(0, GRATING_TINT, 3)
     gx = (xx[None] - bx_T[:, None, None]) * math.cos(theta)
     gy = (yy[None] - by_T[:, None, None]) * math.sin(theta)
     wave = np.sin(2 * math.pi * freq * (gx + gy) + rng.uniform(0, 2 * math.pi))
@@ -208,15 +225,12 @@ def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: 
   frames = bg_TxHxWx3
 
   # Distractor: a drifting ellipse (not a class shape) of random colour, size and place.
-  d_colour = _random_colour(rng)[0]
-  d_pos = rng.uniform([0.1 * width, 0.1 * height], [0.9 * width, 0.9 * height])
-  d_vel = rng.uniform(-0.1, 0.1, 2) * short
-  d_axes = rng.uniform(0.05, 0.12, 2) * short
-  d_x_T, d_y_T = d_pos[0] + d_vel[0] * t_T, d_pos[1] + d_vel[1] * t_T
-  dist = np.sqrt(((xx[None] - d_x_T[:, None, None]) / d_axes[0]) ** 2 +
-                 ((yy[None] - d_y_T[:, None, None]) / d_axes[1]) ** 2)
-  d_alpha = np.clip((1.0 - dist) * d_axes.min(), 0, 1)[..., None] * rng.uniform(*DISTRACTOR_OPACITY)
-  frames = frames * (1 - d_alpha) + d_alpha * d_colour
+  d_alpha = np.zeros((num_frames, height, width, 1), np.float32)
+  d_vel = np.zeros(2)
+  if max(DISTRACTOR_OPACITY) > 0:
+    d_alpha, d_vel = _distractor(rng, t_T, xx, yy, height, width)
+    d_colour = _random_colour(rng)[0]
+    frames = frames * (1 - d_alpha) + d_alpha * d_colour
 
   # The class object.
   colour = _object_colour(rng, bg_colour)
@@ -279,7 +293,7 @@ def render_audio(rng: np.random.Generator, label: int, seconds: float) -> np.nda
   edge = 0.02 * rate  # ~20 ms attack and release.
   envelope = np.clip(cycle / edge, 0, 1) * np.clip((duty - cycle) / edge, 0, 1)
   hum_freq = rng.uniform(60, 8000)
-  hum = rng.uniform(0, 0.15) * np.sin(2 * math.pi * hum_freq * t)
+  hum = rng.uniform(0, HUM_LEVEL) * np.sin(2 * math.pi * hum_freq * t)
   noise = rng.normal(0, rng.uniform(0.005, 0.08), n)
   wave = rng.uniform(0.25, 0.7) * tone * envelope + hum + noise
   return np.clip(wave, -1.0, 1.0).astype(np.float32)
