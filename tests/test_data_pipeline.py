@@ -216,3 +216,11 @@ def test_eval_train_mode_passes(shard_dir, tiny_va_config):
 def test_bad_mode_raises(shard_dir, tiny_va_config):
   with pytest.raises(ValueError, match='mode'):
     pipeline.make_eval_dataset(tiny_va_config, str(shard_dir), mode='val', batch_size=2)
+
+
+def test_shards_without_needed_audio_fail_before_training(tmp_path, tiny_va_config):
+  cfg = _config(tiny_va_config)
+  examples = [dmvr_format.encode_clip(_clip(i, audio=False)) for i in range(4)]
+  dmvr_format.write_shards(examples, str(tmp_path), 'silent', 2)
+  with pytest.raises(reader.ShardError, match=r'needs audio .*silent-00000-of-00002'):
+    pipeline.make_train_dataset(cfg, str(tmp_path), num_local_devices=1, seed=0)

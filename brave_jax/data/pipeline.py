@@ -244,6 +244,8 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
                      f'not divisible by {num_local_devices} local devices')
   per_device = per_host // num_local_devices
   files = reader.split_for_process(reader.list_shards(shards), process_index, process_count)
+  modalities = config.data.broad_modalities
+  reader.check_features(files, flow='flow' in modalities, audio='audio' in modalities)
   seed = config.seed if seed is None else seed
   host_seed = seed + process_index
   file_seed, record_seed = _seed_ints(host_seed, start_step, 1)

@@ -98,3 +98,33 @@ def parse_example(serialized: tf.Tensor, *, video: bool = True, flow: bool = Fal
   if audio:
     out['audio'] = seq[dmvr_format.WAVEFORM_KEY].flat_values
   return out
+
+
+def check_features(files: Sequence[str], *, flow: bool = False, audio: bool = False,
+                   sample: int = 4) -> None:
+  """Fails before training when sampled shards lack a feature the config needs.
+
+  The training pipeline skips (and counts) records without needed audio or
+  flow; if *no* record has them it would skip forever. Reading the first record
+  of a few shards turns that silent hang into an error naming the files.
+  """
+  needed = {'flow': (flow, dmvr_format.FLOW_KEY), 'audio': (audio, dmvr_format.WAVEFORM_KEY)}
+  needed = {name: key for name, (want, key) in needed.items() if want}
+  if not needed:
+    return
+  checked = []
+  for path in list(files)[:sample]:
+    for record in tf.data.TFRecordDataset(path).take(1):
+      try:
+        example = tf.train.SequenceExample.FromString(record.numpy())
+      except Exception:  # pylint: disable=broad-except
+        continue  # A corrupt record proves nothing; the pipeline skips and counts it.
+      if all(example.feature_lists.feature_list[key].feature for key in needed.values()):
+        return
+      checked.append(path)
+  if checked:
+    missing = ', '.join(f'{name} ({key})' for name, key in needed.items())
+    raise ShardError(
+        f'the config needs {missing}, but the first record of each of {checked} lacks it; '
+        'convert with the matching options (e.g. `brave_jax.data.convert --flow`) or drop the '
+        'modality from config.data.broad_modalities')
