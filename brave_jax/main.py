@@ -13,6 +13,7 @@ from typing import Iterator
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
@@ -71,6 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Progress and results are printed; INFO is noise.
   from brave_jax.train import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          _CPU_COLLECTIVES.value)  # Before anything touches a device.
