@@ -36,19 +36,9 @@ SPOT=0
 JAX_VERSION="0.10.2"
 REMOTE_DIR="brave_jax"
 
-die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
-
-quote() {
-  # Shell-quotes one word for display: plain words as they are, others in single quotes.
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then printf '%s' "$1"
-  else printf "'%s'" "${1//\'/\'\\\'\'}"; fi
-}
-
-run() {
-  # Prints the command, ready to paste; runs it unless --dry-run.
-  printf '+'; for word in "$@"; do printf ' '; quote "$word"; done; printf '\n'
-  if [[ "$DRY_RUN" == 0 ]]; then "$@"; fi
-}
+SCRIPT_NAME="tpu_vm.sh"
+# shellcheck source=launch/common.sh
+source "$(dirname "$0")/common.sh"
 
 while [[ $# -gt 0 ]]; do
   if [[ "$1" == --*=* ]]; then  # --flag=value -> --flag value

@@ -79,6 +79,17 @@ class Clip:
   flow_method: str | None = None
 
 
+def _add_jpeg_sequence(seq: tf.train.SequenceExample, key: str, encoded: Sequence[bytes] | None,
+                       arrays: np.ndarray | None, encode) -> None:
+  """Appends one JPEG per frame under `key`, encoding the arrays unless bytes were given."""
+  if encoded is None and arrays is not None:
+    encoded = [encode(a) for a in arrays]
+  if encoded is not None:
+    feature_list = seq.feature_lists.feature_list[key]
+    for jpeg in encoded:
+      feature_list.feature.add().bytes_list.value.append(jpeg)
+
+
 def encode_clip(clip: Clip, jpeg_quality: int = 95) -> bytes:
   """Serialised tf.train.SequenceExample with the DMVR keys for one clip."""
   seq = tf.train.SequenceExample()
@@ -96,21 +107,10 @@ def encode_clip(clip: Clip, jpeg_quality: int = 95) -> bytes:
   if clip.flow_method is not None:
     ctx[FLOW_METHOD_KEY].bytes_list.value.append(clip.flow_method.encode())
 
-  frames = clip.encoded_frames
-  if frames is None and clip.frames_TxHxWx3 is not None:
-    frames = [encode_jpeg(f, jpeg_quality) for f in clip.frames_TxHxWx3]
-  if frames is not None:
-    feature_list = seq.feature_lists.feature_list[IMAGE_KEY]
-    for jpeg in frames:
-      feature_list.feature.add().bytes_list.value.append(jpeg)
-
-  flow = clip.encoded_flow
-  if flow is None and clip.flow_TxHxWx2 is not None:
-    flow = [encode_flow_jpeg(f, jpeg_quality) for f in clip.flow_TxHxWx2]
-  if flow is not None:
-    feature_list = seq.feature_lists.feature_list[FLOW_KEY]
-    for jpeg in flow:
-      feature_list.feature.add().bytes_list.value.append(jpeg)
+  _add_jpeg_sequence(seq, IMAGE_KEY, clip.encoded_frames, clip.frames_TxHxWx3,
+                     lambda f: encode_jpeg(f, jpeg_quality))
+  _add_jpeg_sequence(seq, FLOW_KEY, clip.encoded_flow, clip.flow_TxHxWx2,
+                     lambda f: encode_flow_jpeg(f, jpeg_quality))
 
   if clip.waveform is not None:
     waveform = np.asarray(clip.waveform, np.float32).reshape(-1)
