@@ -1,17 +1,34 @@
 """Times the pmapped BraVe update on dummy batches of a config's shapes (no input pipeline).
 
   python bench/train_step.py --config=configs/brave_rgb_audio.py:tiny [--config.a.b=v] [--steps=10]
+  python bench/train_step.py --config=configs/brave_rgb_audio.py --memory   # compile only
 
-Compilation is excluded; prints the median step time and ends with `clips_per_s=<number>`.
+Compilation is excluded; prints the median step time, the step's FLOPs per clip
+(XLA cost analysis of the compiled step), the achieved FLOP/s and its fraction
+of a peak measured in the same run (a large matmul and a large convolution,
+the faster of the two), and ends with `clips_per_s=<number>`.
+
+--memory compiles (never runs) the step with and without `model.remat` at two
+per-device batch sizes, prints XLA's buffer-assignment peak per device and the
+largest per-device batch that fits 16 GiB and 80 GiB devices, assuming memory
+grows linearly with the batch (params/optimizer state fixed, activations per clip).
 """
+import collections
+import glob
+import gzip
+import json
 import os
+import re
 import statistics
 import sys
+import tempfile
 import time
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
 
@@ -26,6 +43,16 @@ from brave_jax.train import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
+_PEAK = flags.DEFINE_bool('peak', True, 'Measure matmul/conv peak FLOP/s in this run.')
+_MEMORY = flags.DEFINE_bool('memory', False, 'Compile only: peak memory per device with and '
+                            'without remat, and the largest batch fitting 16/80 GiB.')
+_PROFILE_OPS = flags.DEFINE_integer('profile_ops', 0, 'Trace one step and print the N ops '
+                                    '(XLA:CPU thunks) that took longest, grouped by kind.')
+_MEMORY_BATCHES = flags.DEFINE_list('memory_batches', ['2', '4'], 'Two per-device batch sizes '
+                                    'compiled by --memory to fit memory = a + b * batch.')
+
+GIB = 1024**3
+DEVICE_MEMORY_GIB = (16, 80)
 
 
 def dummy_batch(config, num_devices: int, seed: int = 0) -> dict:
@@ -40,36 +67,191 @@ def dummy_batch(config, num_devices: int, seed: int = 0) -> dict:
   return jax.tree.map(make, pipeline.batch_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  devices = jax.local_devices()
+def _time_best(fn: Callable[[], Any], min_seconds: float = 1.0, repeats: int = 3) -> float:
+  """Best-of-`repeats` seconds per call; each repeat runs >= min_seconds to smooth noise."""
+  jax.block_until_ready(fn())  # Compile and warm up.
+  best = float('inf')
+  for _ in range(repeats):
+    n, start = 0, time.perf_counter()
+    while True:
+      out = fn()
+      n += 1
+      jax.block_until_ready(out)
+      elapsed = time.perf_counter() - start
+      if elapsed >= min_seconds:
+        break
+    best = min(best, elapsed / n)
+  return best
+
+
+def measure_peak(dtype=jnp.float32) -> dict[str, float]:
+  """FLOP/s of a 2048^3 matmul and a ResNet-like 3x3 convolution on device 0."""
+  key = jax.random.PRNGKey(0)
+  n = 2048
+  a = jax.random.normal(key, (n, n), dtype)
+  b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), dtype)
+  matmul = jax.jit(lambda x, y: x @ y)
+  matmul_s = _time_best(lambda: matmul(a, b))
+  # NHWC 32x28x28x128 -> 3x3x128x128: the shape of a ResNet-50 stage-2 conv at 224 px.
+  batch, hw, cin, cout, k = 32, 28, 128, 128, 3
+  x = jax.random.normal(key, (batch, hw, hw, cin), dtype)
+  w = jax.random.normal(key, (k, k, cin, cout), dtype)
+  conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  conv_s = _time_best(lambda: conv(x, w))
+  return {'matmul': 2 * n**3 / matmul_s, 'conv': 2 * batch * hw * hw * cin * cout * k * k / conv_s}
+
+
+def _op_kind(name: str) -> str:
+  """'ynn_fusion.12' -> 'ynn_fusion': groups a thunk trace by what kind of op ran."""
+  return re.sub(r'(\.\d+)+$', '', name)
+
+
+def profile_ops(run_step: Callable[[], Any], top: int) -> None:
+  """Traces one step; prints the most expensive XLA ops and op kinds by total time."""
+  trace_dir = tempfile.mkdtemp(prefix='brave_profile_')
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    jax.block_until_ready(run_step())
+  path = glob.glob(os.path.join(trace_dir, '**', '*perfetto_trace.json.gz'), recursive=True)[0]
+  with gzip.open(path) as f:
+    events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  by_op, by_kind = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get('name', '')
+    # Thunks are named after HLO instructions; skip host-side Python/PjRt frames.
+    if e.get('ph') != 'X' or name.startswith(('$', 'end: ')) or '::' in name or ' ' in name:
+      continue
+    if not re.match(r'^[a-z][a-z0-9_\-]*(\.\d+)*$', name):
+      continue
+    by_op[name] += e.get('dur', 0) / 1e6
+    by_kind[_op_kind(name)] += e.get('dur', 0) / 1e6
+  total = sum(by_op.values())
+  print(f'op profile ({total:.2f} s of XLA ops in one step; trace in {trace_dir}):')
+  for k, v in by_kind.most_common(top):
+    print(f'  kind {k:40s} {v:8.3f} s {v / total:6.1%}')
+  for k, v in by_op.most_common(top):
+    print(f'  op   {k:40s} {v:8.3f} s {v / total:6.1%}')
+
+
+def _setup(config, devices, abstract: bool = False):
+  """(model, optimizer, update, batch) for the config; batch as ShapeDtypeStructs if abstract."""
   config_base.validate(config, jax.process_count(), len(devices))
   model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
   optimizer = optimizer_lib.make_optimizer(config)
-  batch = jax.device_put(dummy_batch(config, len(devices)), step_lib.mesh_sharding(devices))
-  state = step_lib.make_init(model, optimizer, devices)(jax.random.PRNGKey(config.seed), batch)
   update = step_lib.make_pmapped_update(model, optimizer, 'i', devices,
                                         optimizer_lib.make_schedule(config))
+  if abstract:
+    per_device = config.training.batch_size // jax.process_count() // len(devices)
+    batch = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct((len(devices), per_device) + tuple(s),
+                                       jnp.float32 if s else jnp.int32),
+        pipeline.batch_shapes(config), is_leaf=lambda x: isinstance(x, tuple))
+  else:
+    batch = jax.device_put(dummy_batch(config, len(devices)), step_lib.mesh_sharding(devices))
+  return model, optimizer, update, batch
+
+
+def abstract_state(model, optimizer, batch, num_devices: int) -> step_lib.TrainState:
+  """The replicated TrainState's shapes, without running init (cheap at full size)."""
+  def init(rng, one_device_batch):
+    params, state = model.init(rng, one_device_batch)
+    return step_lib.TrainState(jnp.zeros([], jnp.int32), params, state, optimizer.init(params),
+                               rng)
+
+  one = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), batch)
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(0), one)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct((num_devices,) + s.shape, s.dtype), shapes)
+
+
+def step_memory_bytes(config, devices) -> dict[str, int]:
+  """XLA's buffer assignment of the compiled step, per device (donated state aliased)."""
+  model, optimizer, update, batch = _setup(config, devices, abstract=True)
+  state = abstract_state(model, optimizer, batch, len(devices))
+  options = step_lib.compiler_options(devices)
+  stats = update.pmapped.lower(state, batch).compile(compiler_options=options).memory_analysis()
+  out = {k: int(getattr(stats, f'{k}_size_in_bytes'))
+         for k in ('argument', 'output', 'alias', 'temp')}
+  out['peak'] = out['argument'] + out['output'] - out['alias'] + out['temp']
+  return out
+
+
+def memory_report(config, devices) -> None:
+  """Peak memory per device with/without remat; largest batch for 16/80 GiB by a linear fit."""
+  b1, b2 = (int(b) for b in _MEMORY_BATCHES.value)
+  n = len(devices) * jax.process_count()
+  print(f'narrow {config.data.narrow.num_frames}x{config.data.narrow.image_size}^2, broad '
+        f'{tuple(config.data.broad_modalities)} {config.data.broad.num_frames}x'
+        f'{config.data.broad.image_size}^2, dtype {config.model.compute_dtype}; '
+        f'per-device batches {b1}, {b2} (CPU compiler\'s buffer assignment)')
+  for remat in (False, True):
+    peaks = []
+    for b in (b1, b2):
+      c = config.copy_and_resolve_references()
+      c.model.remat = remat
+      c.training.batch_size = b * n
+      start = time.perf_counter()
+      m = step_memory_bytes(c, devices)
+      peaks.append(m['peak'])
+      print(f'remat={remat} batch/device={b}: peak {m["peak"] / GIB:.2f} GiB (args '
+            f'{m["argument"] / GIB:.2f}, out {m["output"] / GIB:.2f}, aliased '
+            f'{m["alias"] / GIB:.2f}, temp {m["temp"] / GIB:.2f}) [compile '
+            f'{time.perf_counter() - start:.0f} s]', flush=True)
+    per_clip = (peaks[1] - peaks[0]) / (b2 - b1)
+    fixed = peaks[0] - per_clip * b1
+    fits = {g: int((g * GIB - fixed) // per_clip) if per_clip > 0 else -1 for g in DEVICE_MEMORY_GIB}
+    print(f'remat={remat}: {fixed / GIB:.2f} GiB fixed + {per_clip / GIB:.3f} GiB/clip -> '
+          + ', '.join(f'max batch/device {fits[g]} on {g} GiB' for g in DEVICE_MEMORY_GIB))
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if _PROFILE_OPS.value:  # Before the CPU backend starts: thunks then emit trace events.
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               ' --xla_cpu_enable_xprof_traceme=true').strip()
+  devices = jax.local_devices()
+  if _MEMORY.value:
+    memory_report(config, devices)
+    return
+  model, optimizer, update, batch = _setup(config, devices)
+  state = step_lib.make_init(model, optimizer, devices)(jax.random.PRNGKey(config.seed), batch)
   start = time.perf_counter()
-  state, metrics = update(state, batch)
-  jax.block_until_ready(metrics)
-  print(f'compile + first step: {time.perf_counter() - start:.1f} s')
-  state, metrics = update(state, batch)
-  jax.block_until_ready(metrics)
+  options = step_lib.compiler_options(devices)  # What training compiles with.
+  compiled = update.pmapped.lower(state, batch).compile(compiler_options=options)
+  flops_per_device_step = float(compiled.cost_analysis()['flops'])
+  print(f'compile: {time.perf_counter() - start:.1f} s (XLA options: {options or "defaults"})')
+  for _ in range(2):  # Warm-up.
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
   times = []
   for _ in range(_STEPS.value):
     start = time.perf_counter()
-    state, metrics = update(state, batch)
+    state, metrics = compiled(state, batch)
     jax.block_until_ready((state.params, metrics))
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   global_batch = config.training.batch_size
+  per_device = global_batch // jax.process_count() // len(devices)
   print(f'device: {jax.devices()[0].device_kind} x{len(devices)}, '
-        f'processes: {jax.process_count()}')
+        f'processes: {jax.process_count()}, load average {os.getloadavg()[0]:.2f}')
   print(f'global batch {global_batch}, {len(times)} steps: median {median * 1e3:.1f} ms/step, '
         f'min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}; '
         f'loss {float(step_lib.unreplicate(metrics)["loss"]):.4f}')
+  achieved = flops_per_device_step / median  # Per device.
+  print(f'FLOPs/clip {flops_per_device_step / per_device / 1e9:.2f} G (XLA cost analysis, '
+        f'fwd+bwd+update); achieved {achieved / 1e9:.1f} GFLOP/s per device')
+  if _PEAK.value:
+    peak = measure_peak()
+    best = max(peak.values())
+    print(f'measured peak per device: matmul {peak["matmul"] / 1e9:.1f} GFLOP/s, conv '
+          f'{peak["conv"] / 1e9:.1f} GFLOP/s; step achieves {achieved / best:.1%} of the max')
+  if _PROFILE_OPS.value:
+    def run_step():
+      nonlocal state, metrics
+      state, metrics = compiled(state, batch)
+      return metrics
+    profile_ops(run_step, _PROFILE_OPS.value)
   print(f'clips_per_s={global_batch / median:.2f}')
 
 

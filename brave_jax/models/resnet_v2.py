@@ -25,7 +25,8 @@ def output_dim(depth: int, width_multiplier: float) -> int:
 
 
 def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
-  return hk.Conv2D(channels, kernel, stride=stride, with_bias=False, padding='SAME', name=name)
+  return tsm_resnet.Conv2D(channels, kernel, stride=stride, with_bias=False, padding='SAME',
+                           name=name)
 
 
 class ResNetV2Block(hk.Module):

@@ -12,6 +12,7 @@ from typing import Any, Mapping, NamedTuple
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BnConfig = Mapping[str, Any]
 
@@ -99,8 +100,55 @@ def temporal_shift(x_NxHxWxC: jax.Array, num_frames: int) -> jax.Array:
   return shifted.reshape(x_NxHxWxC.shape)
 
 
+def same_conv_as_matmul(x_NxHxWxC: jax.Array, w_KxKxCxO: jax.Array, stride: int) -> jax.Array:
+  """A 'SAME' convolution written as shifted slices and one matmul (im2col), no conv op.
+
+  Equals lax.conv_general_dilated(x, w, stride, 'SAME') up to summation order.
+  """
+  _, h, w, c = x_NxHxWxC.shape
+  k_h, k_w = w_KxKxCxO.shape[:2]
+  out_h, out_w = -(-h // stride), -(-w // stride)
+  pads = []
+  for size, out, k in ((h, out_h, k_h), (w, out_w, k_w)):
+    total = max((out - 1) * stride + k - size, 0)
+    pads.append((total // 2, total - total // 2))
+  x = jnp.pad(x_NxHxWxC, ((0, 0), pads[0], pads[1], (0, 0)))
+  taps = [x[:, i:i + (out_h - 1) * stride + 1:stride, j:j + (out_w - 1) * stride + 1:stride, :]
+          for i in range(k_h) for j in range(k_w)]
+  patches_NxHoxWoxKKC = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]
+  return patches_NxHoxWoxKKC @ w_KxKxCxO.reshape(k_h * k_w * c, -1)
+
+
+class Conv2D(hk.Conv2D):
+  """hk.Conv2D (same parameters), computed as a matmul when the image is smaller than the kernel.
+
+  When a kernel covers more pixels than the image (3x3 kernels on the 2x2 maps of
+  the last stage at 64 px input), XLA swaps the operands of the convolution or its
+  gradient and adds a window reversal, which XLA:CPU then runs as a naive loop:
+  at 64 px that took more than half of the TSM-ResNet-50 step. Slices and a
+  matmul have no such case.
+  """
+
+  def __call__(self, inputs: jax.Array, *, precision=None) -> jax.Array:
+    k_h, k_w = self.kernel_shape
+    h, w = inputs.shape[1:3]
+    stride = self.stride[0]
+    out_area = -(-h // stride) * -(-w // stride)
+    small = k_h * k_w > min(h * w, out_area)
+    if (not small or self.padding != 'SAME' or self.with_bias or self.mask is not None
+        or self.feature_group_count != 1 or self.channel_index != -1
+        or len(set(self.stride)) != 1 or inputs.ndim != 4):
+      return super().__call__(inputs, precision=precision)
+    w_shape = self.kernel_shape + (inputs.shape[-1], self.output_channels)
+    w_init = self.w_init
+    if w_init is None:  # As hk.ConvND: truncated normal, stddev 1/sqrt(fan_in).
+      w_init = hk.initializers.TruncatedNormal(stddev=1. / np.sqrt(np.prod(w_shape[:-1])))
+    w_param = hk.get_parameter('w', w_shape, inputs.dtype, init=w_init)
+    return same_conv_as_matmul(inputs, w_param, stride)
+
+
 def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
-  return hk.Conv2D(channels, kernel, stride=stride, with_bias=False, padding='SAME', name=name)
+  return Conv2D(channels, kernel, stride=stride, with_bias=False, padding='SAME', name=name)
 
 
 class TSMBlock(hk.Module):

@@ -22,6 +22,11 @@ import optax
 PyTree = Any
 Metrics = Mapping[str, jax.Array]
 
+# XLA:CPU options for the update step. With the defaults (jaxlib 0.10.2) convolutions
+# run as YNNPACK fusions, which made the TSM-ResNet-50 step slower than XLA's own
+# (Eigen) convolutions: bench/ab_step.py measures the two in one process.
+CPU_COMPILER_OPTIONS: dict[str, str] = {'xla_cpu_experimental_ynn_fusion_type': ''}
+
 
 class TrainState(NamedTuple):
   """All that changes during training; on device it carries a leading [devices] axis."""
@@ -107,6 +112,33 @@ def check_batch(batch: PyTree, num_devices: int) -> int:
   return per_device
 
 
+def compiler_options(devices: Sequence[jax.Device]) -> dict[str, str] | None:
+  """XLA options the update step is compiled with on `devices` (None: XLA's defaults).
+
+  Single-process only: an executable compiled ahead of time rejects the global
+  arguments a multi-process pmap passes, so multi-process runs keep the defaults.
+  """
+  if (devices and devices[0].platform == 'cpu' and CPU_COMPILER_OPTIONS
+      and jax.process_count() == 1):
+    return dict(CPU_COMPILER_OPTIONS)
+  return None
+
+
+def _with_compiler_options(pmapped: Callable[..., Any],
+                           options: Mapping[str, str]) -> Callable[..., Any]:
+  """`pmapped`, but compiled with XLA `options`: one executable per input signature."""
+  cache: dict[Any, Any] = {}
+
+  def call(*args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((np.shape(x), np.dtype(x.dtype)) for x in leaves))
+    if key not in cache:
+      cache[key] = pmapped.lower(*args).compile(compiler_options=dict(options))
+    return cache[key](*args)
+
+  return call
+
+
 def make_init(model: Any, optimizer: optax.GradientTransformation,
               devices: Sequence[jax.Device] | None = None,
               axis_name: str = 'i') -> Callable[[jax.Array, PyTree], TrainState]:
@@ -177,10 +209,12 @@ def make_pmapped_update(
 
   pmapped = jax.pmap(update, axis_name=axis_name, devices=None if devices is None else
                      list(devices), donate_argnums=(0,))
+  options = compiler_options(local)
+  run = _with_compiler_options(pmapped, options) if options else pmapped
 
   def checked(ts: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
     check_batch(batch, len(local))
-    return pmapped(ts, batch)
+    return run(ts, batch)
 
   checked.pmapped = pmapped  # For benchmarks that want the raw function.
   return checked
