@@ -11,6 +11,14 @@ import jax
 from brave_jax.models.tsm_resnet import BnConfig
 
 
+def _mlp(x_BxD: jax.Array, hidden_dim: int, output_dim: int, bn_config: BnConfig,
+         is_training: bool) -> jax.Array:
+  """Linear hidden -> BN -> ReLU -> Linear d, named inside the calling module (linear, linear_1)."""
+  x = hk.Linear(hidden_dim)(x_BxD)
+  x = jax.nn.relu(hk.BatchNorm(**bn_config)(x, is_training))
+  return hk.Linear(output_dim)(x)
+
+
 class Projector(hk.Module):
   """Linear hidden -> BN -> ReLU -> Linear d -> BN: the target space of every view."""
 
@@ -22,9 +30,7 @@ class Projector(hk.Module):
     self._bn_config = bn_config
 
   def __call__(self, feats_BxD: jax.Array, is_training: bool) -> jax.Array:
-    x = hk.Linear(self._hidden_dim)(feats_BxD)
-    x = jax.nn.relu(hk.BatchNorm(**self._bn_config)(x, is_training))
-    x = hk.Linear(self._output_dim)(x)
+    x = _mlp(feats_BxD, self._hidden_dim, self._output_dim, self._bn_config, is_training)
     return hk.BatchNorm(**self._bn_config)(x, is_training)
 
 
@@ -39,9 +45,7 @@ class Predictor(hk.Module):
     self._bn_config = bn_config
 
   def __call__(self, z_BxK: jax.Array, is_training: bool) -> jax.Array:
-    x = hk.Linear(self._hidden_dim)(z_BxK)
-    x = jax.nn.relu(hk.BatchNorm(**self._bn_config)(x, is_training))
-    return hk.Linear(self._output_dim)(x)
+    return _mlp(z_BxK, self._hidden_dim, self._output_dim, self._bn_config, is_training)
 
 
 class ProjectAndPredict(hk.Module):
