@@ -14,10 +14,11 @@ workdir may be a local path or a remote one (gs://...), written via etils.epath.
 """
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
+import queue
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -43,38 +44,68 @@ class NonFiniteError(FloatingPointError):
 
 
 class DevicePrefetcher:
-  """Keeps `size` batches already on the devices; times the wait on the host iterator."""
+  """Keeps up to `size` batches on the devices, filled by a background thread.
+
+  The thread pulls host batches and starts their transfers while the main
+  thread dispatches steps, so the device waits only when the input pipeline
+  is truly behind; `wait_s` is the main thread's time blocked for a batch.
+  One thread keeps the batch order (and so determinism) intact.
+  """
+
+  _END = object()
 
   def __init__(self, iterator: Iterator[PyTree], devices: list[jax.Device], size: int = 2):
     self._iterator = iterator
     self._num_devices = len(devices)
     self._sharding = step_lib.mesh_sharding(devices)
-    self._queue: collections.deque = collections.deque()
-    self._size = size
+    self._queue: queue.Queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._done = False
     self.wait_s = 0.0  # Host time spent blocked on the input pipeline.
+    self._thread = threading.Thread(target=self._fill, name='device_prefetch', daemon=True)
+    self._thread.start()
+
+  def _put(self, item: Any) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def _fill(self) -> None:
-    while len(self._queue) < self._size:
-      start = time.perf_counter()
-      try:
-        batch = next(self._iterator)
-      except StopIteration:
-        return
-      finally:
-        self.wait_s += time.perf_counter() - start
-      step_lib.check_batch(batch, self._num_devices)
-      self._queue.append(jax.tree.map(lambda x: jax.device_put(x, self._sharding), batch))
+    try:
+      for batch in self._iterator:
+        step_lib.check_batch(batch, self._num_devices)
+        on_device = jax.tree.map(lambda x: jax.device_put(x, self._sharding), batch)
+        if not self._put(on_device):
+          return
+      self._put(self._END)
+    except BaseException as error:  # pylint: disable=broad-except
+      self._put(error)  # Re-raised in the main thread, where the loop handles it.
 
   def __iter__(self):
     return self
 
   def __next__(self) -> PyTree:
-    self._fill()
-    if not self._queue:
+    if self._done:
       raise StopIteration
-    batch = self._queue.popleft()
-    self._fill()  # Start the next transfers while this batch computes.
-    return batch
+    start = time.perf_counter()
+    item = self._queue.get()
+    self.wait_s += time.perf_counter() - start
+    if item is self._END:
+      self._done = True
+      raise StopIteration
+    if isinstance(item, BaseException):
+      self._done = True
+      raise item
+    return item
+
+  def close(self) -> None:
+    """Stops the thread (it may hold the host iterator); queued batches are dropped."""
+    self._stop.set()
+    self._thread.join(timeout=10)
 
 
 def resolve_workdir(workdir: str) -> str:
@@ -209,6 +240,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     if pending is not None:
       consume(*pending)
   finally:
+    batches.close()
     ckpt.close()  # Lets an in-flight save of the last good state commit, even on error.
     writer.close()
   return train_state
