@@ -72,10 +72,7 @@ class BlockGroup(hk.Module):
       use_projection = first and (x_BxHxWxC.shape[-1] != channels or stride != 1)
       block = ResNetV2Block(channels, inner, stride if first else 1, use_projection, bottleneck,
                             self._bn_config, name=f'block_{i}')
-      if self._remat:
-        x_BxHxWxC = hk.remat(lambda x, b=block: b(x, is_training))(x_BxHxWxC)
-      else:
-        x_BxHxWxC = block(x_BxHxWxC, is_training)
+      x_BxHxWxC = tsm_resnet.apply_block(block, x_BxHxWxC, is_training, self._remat)
     return x_BxHxWxC
 
 

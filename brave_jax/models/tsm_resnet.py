@@ -147,6 +147,13 @@ class Conv2D(hk.Conv2D):
     return same_conv_as_matmul(inputs, w_param, stride)
 
 
+def apply_block(block: hk.Module, x: jax.Array, is_training: bool, remat: bool) -> jax.Array:
+  """Runs a residual block, rematerialised (recomputed in the backward pass) when asked."""
+  if remat:
+    return hk.remat(lambda y: block(y, is_training))(x)
+  return block(x, is_training)
+
+
 def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
   return Conv2D(channels, kernel, stride=stride, with_bias=False, padding='SAME', name=name)
 
@@ -202,10 +209,7 @@ class TSMUnit(hk.Module):
       block = TSMBlock(channels, inner, stride if i == 0 else 1, use_projection=(i == 0),
                        bottleneck=bottleneck, num_frames=num_frames, bn_config=self._bn_config,
                        name=f'block_{i}')
-      if self._remat:
-        x_NxHxWxC = hk.remat(lambda x, b=block: b(x, is_training))(x_NxHxWxC)
-      else:
-        x_NxHxWxC = block(x_NxHxWxC, is_training)
+      x_NxHxWxC = apply_block(block, x_NxHxWxC, is_training, self._remat)
     return x_NxHxWxC
 
 
