@@ -11,6 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from brave_jax.data import dmvr_format
+from brave_jax.data import flow as flow_lib
 from brave_jax.data import synthetic
 
 
@@ -101,9 +102,10 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
   assert len([e for p in dataset['train'] for e in _parse(p)]) == 6
 
 
-def test_flow_from_true_motion(tmp_path):
+def test_flow_is_extracted_like_the_converter_does(tmp_path):
   rng = np.random.default_rng(0)
-  frames, flow = synthetic.render_video(rng, 'square', 'horizontal', 10, 32, 40, with_flow=True)
+  frames = synthetic.render_video(rng, 'square', 'horizontal', 10, 32, 40)
+  flow = flow_lib.compute_flow(frames, synthetic.FLOW_METHOD)
   assert frames.shape == (10, 32, 40, 3) and flow.shape == (10, 32, 40, 2)
   assert np.abs(flow[..., 0]).max() > 0.5  # The object moves horizontally by pixels per frame.
   dataset = synthetic.write_dataset(_tiny_config(tmp_path, num_classes=1, test_videos_per_class=1),
@@ -130,7 +132,7 @@ def test_class_is_not_in_mean_colour_but_is_in_audio():
   for i in range(per_class):
     for label, (shape, motion) in enumerate(synthetic.class_factors(num_classes)):
       rng = np.random.default_rng([123, 0, label, i])
-      frames, _ = synthetic.render_video(rng, shape, motion, 4, 24, 30)
+      frames = synthetic.render_video(rng, shape, motion, 4, 24, 30)
       wave = synthetic.render_audio(rng, label, seconds)
       colour.append(frames.reshape(-1, 3).mean(0))
       spec = np.abs(np.fft.rfft(wave))[:int(8000 * seconds)]

@@ -225,8 +225,8 @@ def _distractor(rng: np.random.Generator, t_T: np.ndarray, xx: np.ndarray, yy: n
 
 
 def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: int, height: int,
-                 width: int, with_flow: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-  """uint8 frames [T, H, W, 3] (and true flow [T, H, W, 2] in px/frame) of one clip."""
+                 width: int) -> np.ndarray:
+  """uint8 frames [T, H, W, 3] of one clip."""
   t_T = np.arange(num_frames) / FPS
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   short = min(height, width)
@@ -247,10 +247,8 @@ def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: 
   frames = bg_TxHxWx3
 
   # Distractor: a drifting ellipse (not a class shape) of random colour, size and place.
-  d_alpha = np.zeros((num_frames, height, width, 1), np.float32)
-  d_vel = np.zeros(2)
   if max(DISTRACTOR_OPACITY) > 0:
-    d_alpha, d_vel = _distractor(rng, t_T, xx, yy, height, width)
+    d_alpha, _ = _distractor(rng, t_T, xx, yy, height, width)
     d_colour = _random_colour(rng)[0]
     frames = frames * (1 - d_alpha) + d_alpha * d_colour
 
@@ -271,35 +269,7 @@ def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: 
   # Global gain and sensor noise.
   frames = frames * rng.uniform(0.75, 1.15) + rng.normal(0, rng.uniform(0.0, 0.01),
                                                         frames.shape).astype(np.float32)
-  frames_u8 = np.clip(np.round(frames * 255), 0, 255).astype(np.uint8)
-
-  flow = None
-  if with_flow:
-    flow = _true_flow(xx, yy, x_T, y_T, angle_T, radius_T, alpha[..., 0], d_alpha[..., 0], pan,
-                      d_vel)
-  return frames_u8, flow
-
-
-def _true_flow(xx, yy, x_T, y_T, angle_T, radius_T, obj_alpha, d_alpha, pan, d_vel) -> np.ndarray:
-  """Forward flow (px/frame) from the known motion: layer velocities composited by coverage."""
-  def step(a):  # Forward difference per frame; the last frame repeats the one before.
-    d = np.zeros_like(a)
-    d[:-1] = a[1:] - a[:-1]
-    if len(a) > 1:
-      d[-1] = d[-2]
-    return d
-  vx_T, vy_T, w_T = step(x_T), step(y_T), step(angle_T)
-  grow_T = step(radius_T) / radius_T
-  dx, dy = xx[None] - x_T[:, None, None], yy[None] - y_T[:, None, None]
-  obj_u = vx_T[:, None, None] - w_T[:, None, None] * dy + grow_T[:, None, None] * dx
-  obj_v = vy_T[:, None, None] + w_T[:, None, None] * dx + grow_T[:, None, None] * dy
-  bg = pan / FPS
-  dv = d_vel / FPS
-  u = bg[0] * (1 - d_alpha) + dv[0] * d_alpha
-  v = bg[1] * (1 - d_alpha) + dv[1] * d_alpha
-  u = u * (1 - obj_alpha) + obj_u * obj_alpha
-  v = v * (1 - obj_alpha) + obj_v * obj_alpha
-  return np.stack([u, v], axis=-1).astype(np.float32)
+  return np.clip(np.round(frames * 255), 0, 255).astype(np.uint8)
 
 
 def render_audio(rng: np.random.Generator, label: int, seconds: float) -> np.ndarray:
@@ -360,7 +330,7 @@ def _split_examples(values: Mapping[str, Any], split: str, with_flow: bool,
     for label, (shape, motion) in enumerate(factors):
       # One generator per video: content is independent of generation order and of other splits.
       rng = np.random.default_rng([values['seed'], SPLITS.index(split), label, i])
-      frames, _ = render_video(rng, shape, motion, num_frames, values['height'], values['width'])
+      frames = render_video(rng, shape, motion, num_frames, values['height'], values['width'])
       flow = flow_lib.compute_flow(frames, FLOW_METHOD) if with_flow else None
       clip = dmvr_format.Clip(
           frames_TxHxWx3=frames, waveform=render_audio(rng, label, values['seconds']),
@@ -476,6 +446,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('height', None, 'Frame height (px).')
   flags.DEFINE_integer('width', None, 'Frame width (px).')
   flags.DEFINE_integer('seed', None, 'The dataset is a pure function of this seed and the sizes.')
-  flags.DEFINE_bool('with_flow', False, 'Also write flow/encoded from the true motion.')
+  flags.DEFINE_bool('with_flow', False, 'Also write flow/encoded, extracted with FLOW_METHOD.')
   FLAGS = flags.FLAGS
   app.run(main)
