@@ -50,6 +50,7 @@ def train_shards(config: ml_collections.ConfigDict) -> str | list[str]:
 def make_batch_iterator_fn(config: ml_collections.ConfigDict):
   """make_batch_iterator(start_step) over this host's shards, seeded by (seed, process, step)."""
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.limit_tf_op_threads(config.data.tf_intra_op_threads)  # Before TF's first op.
   shards = train_shards(config)
 
   def make(start_step: int) -> Iterator:

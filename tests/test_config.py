@@ -52,6 +52,7 @@ def test_vv_config_convolves_broad_rgb():
     ('data.augment.rc_kernel_sizes', (1, 4), 'odd'),
     ('optimizer.warmup_steps', 10**9, 'warmup_steps'),
     ('eval.svm_c', -1.0, 'eval.svm_c'),
+    ('data.tf_intra_op_threads', -2, 'tf_intra_op_threads'),
 ])
 def test_bad_fields_are_named(field, value, message):
   config = config_base.load(config_path('brave_rgb_audio', 'tiny'))

@@ -158,6 +158,29 @@ def test_random_convolve_k1_is_a_colour_matrix_and_gray_shortcut_is_exact():
     assert a.shape == gray.shape
 
 
+@pytest.mark.parametrize('shape,k', [((3, 20, 27, 3), 9), ((2, 33, 30, 1), 11),
+                                     ((2, 16, 16, 3), 11), ((1, 9, 9, 3), 9)])
+def test_fft_convolution_equals_direct_same_convolution(shape, k):
+  rng = np.random.RandomState(k + shape[1])
+  x = rng.uniform(size=shape).astype(np.float32)
+  kernel = rng.normal(size=(k, k, shape[-1], 3)).astype(np.float32)
+  direct = tf.nn.conv2d(x, kernel, 1, 'SAME').numpy()
+  np.testing.assert_allclose(augment.conv_same_fft(x, kernel).numpy(), direct, atol=1e-4)
+  assert [augment._fft_length(n) for n in (116, 117, 121, 131)] == [120, 120, 125, 135]
+
+
+def test_random_convolve_draws_every_kernel_size():
+  # An impulse far from the border: the response's support is the drawn k x k.
+  x = np.zeros((1, 25, 25, 3), np.float32)
+  x[0, 12, 12, :] = 1.0
+  sizes = set()
+  for i in range(40):
+    out = augment.random_convolve(x, (1, 3, 9, 11), SEED + i).numpy()[0]
+    rows = np.nonzero(np.abs(out).sum(axis=(1, 2)) > 1e-6)[0]
+    sizes.add(int(rows.max() - rows.min() + 1))
+  assert sizes == {1, 3, 9, 11}
+
+
 def test_random_convolve_is_he_normal():
   x = np.zeros((1, 11, 11, 3), np.float32)
   x[0, 5, 5, 0] = 1.0  # Impulse: output = kernel weights from input channel 0.

@@ -22,6 +22,7 @@ FLOW_DCT_METHOD = 'INTEGER_ACCURATE'
 # about half of the full-size decodes into half-size ones (~30% cheaper each),
 # at a loss of detail far below the view's own blur (sigma up to 2 px).
 TRAIN_MAX_UPSCALE = 1.25
+_MAX_UNROLLED_FRAMES = 128  # Static clips up to this length decode as separate ops.
 
 
 def jpeg_shape(jpeg: tf.Tensor) -> tf.Tensor:
@@ -60,6 +61,11 @@ def _decode_all(jpegs_T: tf.Tensor, window: tf.Tensor | None, ratio: int,
       return tf.io.decode_jpeg(jpeg, channels=3, ratio=ratio, dct_method=dct_method)
     return tf.io.decode_and_crop_jpeg(jpeg, window, channels=3, ratio=ratio,
                                       dct_method=dct_method)
+  num_frames = jpegs_T.shape[0]
+  if num_frames is not None and num_frames <= _MAX_UNROLLED_FRAMES:
+    # Independent decode ops: no while-loop bookkeeping per frame, and the
+    # executor is free to run them in any order.
+    return tf.stack([one(jpegs_T[i]) for i in range(num_frames)])
   return tf.map_fn(one, jpegs_T, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
                    parallel_iterations=4)
 

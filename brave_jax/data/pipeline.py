@@ -25,6 +25,7 @@ which at 300k steps x 512 clips is hours of I/O.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import ml_collections
@@ -102,6 +103,22 @@ def _count_skipped(ds: tf.data.Dataset) -> tf.data.Dataset:
     element['_seen'] = index + 1
     return (index + 1, skipped), element
   return ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
+
+
+def limit_tf_op_threads(threads: int) -> None:
+  """Caps the threads of each TF op (config.data.tf_intra_op_threads; 0 leaves TF's default).
+
+  TF allows this only before its runtime starts; later calls that would change
+  it log a warning and leave the running setting.
+  """
+  if threads <= 0 or tf.config.threading.get_intra_op_parallelism_threads() == threads:
+    return
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+  except RuntimeError:
+    logging.warning('TensorFlow is already running; data.tf_intra_op_threads=%d not applied '
+                    '(TF op threads stay at %d).', threads,
+                    tf.config.threading.get_intra_op_parallelism_threads())
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -231,6 +248,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
   Shards are resolved and split before any graph is built, so a wrong path or
   too few shards for the hosts fails immediately, naming the path.
   """
+  limit_tf_op_threads(config.data.tf_intra_op_threads)
   if num_local_devices is None:
     import jax  # pylint: disable=g-import-not-at-top
     num_local_devices = jax.local_device_count()
@@ -352,6 +370,7 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpe
   """
   if mode not in ('train', 'test'):
     raise ValueError(f"make_eval_dataset: mode must be 'train' or 'test', got {mode!r}")
+  limit_tf_op_threads(config.data.tf_intra_op_threads)
   batch_size = batch_size or config.eval.batch_size
   files = reader.list_shards(shards)
   records = tf.data.TFRecordDataset(files, buffer_size=_READ_BUFFER_BYTES)
