@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_parallel_calls = -1  # tf.data parallelism; -1 = AUTOTUNE.
   c.data.prefetch = 2  # Batches prefetched by tf.data.
   # Threads each TF op may use. Parallelism comes from decoding many clips at
-  # once; op-level threads on top only contend (1 is 1.1x the clips/s of TF's
+  # once; op-level threads on top only contend (1 gave 1.03-1.09x the clips/s of TF's
   # default on 2 cores, bench/input_pipeline.py). 0 = TF's default.
   c.data.tf_intra_op_threads = 1
   c.data.synthetic = ml_collections.ConfigDict(dict(
