@@ -45,8 +45,6 @@ MANIFEST = 'dataset.json'  # Written last: its presence marks a complete dataset
 # flow view trains on the same estimates as on real data. Farneback: ~1250 frames/CPU-s at
 # 64x80; TV-L1 would take ~40 CPU-min for the demo set (11 frames/CPU-s).
 FLOW_METHOD = 'farneback'
-# Off: with it, a tiny CPU model spent its few hundred steps telling blobs apart, not classes.
-DISTRACTOR_OPACITY = (0.0, 0.0)  # (min, max) opacity of a drifting ellipse distractor.
 GRATING_TINT = 0.04  # Std of the background gratings' colour amplitude (texture nuisance).
 HUM_LEVEL = 0.05  # Max amplitude of a per-video hum tone (audio nuisance, below the class tone).
 
@@ -210,20 +208,6 @@ def _trajectory(rng: np.random.Generator, motion: str, t_T: np.ndarray, height: 
   return x + drift[:, 0], y + drift[:, 1], scale, opacity
 
 
-def _distractor(rng: np.random.Generator, t_T: np.ndarray, xx: np.ndarray, yy: np.ndarray,
-                height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-  """Coverage [T, H, W, 1] and velocity (px/s) of a drifting ellipse (not a class shape)."""
-  short = min(height, width)
-  d_pos = rng.uniform([0.1 * width, 0.1 * height], [0.9 * width, 0.9 * height])
-  d_vel = rng.uniform(-0.1, 0.1, 2) * short
-  d_axes = rng.uniform(0.05, 0.12, 2) * short
-  d_x_T, d_y_T = d_pos[0] + d_vel[0] * t_T, d_pos[1] + d_vel[1] * t_T
-  dist = np.sqrt(((xx[None] - d_x_T[:, None, None]) / d_axes[0]) ** 2 +
-                 ((yy[None] - d_y_T[:, None, None]) / d_axes[1]) ** 2)
-  d_alpha = np.clip((1.0 - dist) * d_axes.min(), 0, 1)[..., None] * rng.uniform(*DISTRACTOR_OPACITY)
-  return d_alpha.astype(np.float32), d_vel
-
-
 def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: int, height: int,
                  width: int) -> np.ndarray:
   """uint8 frames [T, H, W, 3] of one clip."""
@@ -246,11 +230,8 @@ def render_video(rng: np.random.Generator, shape: str, motion: str, num_frames: 
     bg_TxHxWx3 = bg_TxHxWx3 + wave[..., None] * tint
   frames = bg_TxHxWx3
 
-  # Distractor: a drifting ellipse (not a class shape) of random colour, size and place.
-  if max(DISTRACTOR_OPACITY) > 0:
-    d_alpha, _ = _distractor(rng, t_T, xx, yy, height, width)
-    d_colour = _random_colour(rng)[0]
-    frames = frames * (1 - d_alpha) + d_alpha * d_colour
+  # No distractor blob: with one, a tiny CPU model spent its few hundred steps telling
+  # blobs apart instead of classes.
 
   # The class object.
   colour = _object_colour(rng, bg_colour)
