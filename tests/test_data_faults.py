@@ -266,3 +266,23 @@ def test_header_crc_matches_tensorflow(tmp_path):
   rd = tfrecord.RandomAccessReader([path])
   index = tfrecord.index_file(path)
   assert rd.read(0, int(index.offsets[1]), int(index.lengths[1])) == _record(1)
+
+
+def test_remote_paths_are_listed_indexed_and_read_through_gfile(tmp_path):
+  """gs://-style URLs go through tf.io.gfile (exercised with TF's in-memory ram:// filesystem)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  root = f'ram://{tmp_path.name}'
+  tf.io.gfile.makedirs(root)
+  for i in range(2):
+    with tf.io.TFRecordWriter(f'{root}/{dmvr_format.shard_name("train", i, 2)}') as w:
+      for k in range(3):
+        w.write(f'record {i} {k}'.encode())
+  with tf.io.gfile.GFile(f'{root}/train_summary.json', 'w') as f:
+    f.write('{}')
+  files = reader.list_shards(root)
+  assert files == [f'{root}/train-00000-of-00002', f'{root}/train-00001-of-00002']
+  assert reader.list_shards(f'{root}/train*') == files
+  index = reader.index_shards(files)
+  rd = index.reader()
+  assert [index.read(rd, i) for i in range(len(index))] == [
+      f'record {i} {k}'.encode() for i in range(2) for k in range(3)]
