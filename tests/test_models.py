@@ -91,18 +91,25 @@ def test_audio_resnet_output_shape(depth, width, concrete):
   chex.assert_shape(feats, (B, int((2048 if depth >= 50 else 512) * width)))
 
 
-def test_temporal_shift_moves_exactly_one_eighth_each_way():
+def test_temporal_shift_equals_the_published_golden_output(testdata_dir):
+  """Float equality with the published code's shift (tests/testdata/temporal_shift.npz)."""
+  golden = np.load(testdata_dir / 'temporal_shift.npz')
+  out = tsm_resnet.temporal_shift(jnp.asarray(golden['x']), int(golden['num_frames']))
+  np.testing.assert_array_equal(np.asarray(out), golden['shifted'])
+
+
+def test_temporal_shift_moves_one_eighth_each_way_and_swaps_the_groups():
   b, t, c = 2, 3, 16  # n = 2 channels each way.
   x_BxTxHxWxC = jnp.arange(b * t * 2 * 2 * c, dtype=jnp.float32).reshape(b, t, 2, 2, c) + 1
   out = tsm_resnet.temporal_shift(x_BxTxHxWxC.reshape(b * t, 2, 2, c), t).reshape(x_BxTxHxWxC.shape)
   chex.assert_shape(out, x_BxTxHxWxC.shape)
   n = 2
-  # First n channels come from frame t-1; zeros at the first frame.
-  chex.assert_trees_all_equal(out[:, 1:, ..., :n], x_BxTxHxWxC[:, :-1, ..., :n])
-  chex.assert_trees_all_equal(out[:, 0, ..., :n], jnp.zeros_like(out[:, 0, ..., :n]))
-  # Last n channels come from frame t+1; zeros at the last frame.
-  chex.assert_trees_all_equal(out[:, :-1, ..., c - n:], x_BxTxHxWxC[:, 1:, ..., c - n:])
-  chex.assert_trees_all_equal(out[:, -1, ..., c - n:], jnp.zeros_like(out[:, -1, ..., c - n:]))
+  # First n output channels: the LAST n channels of frame t+1; zeros at the last frame.
+  chex.assert_trees_all_equal(out[:, :-1, ..., :n], x_BxTxHxWxC[:, 1:, ..., c - n:])
+  chex.assert_trees_all_equal(out[:, -1, ..., :n], jnp.zeros_like(out[:, -1, ..., :n]))
+  # Last n output channels: the FIRST n channels of frame t-1; zeros at the first frame.
+  chex.assert_trees_all_equal(out[:, 1:, ..., c - n:], x_BxTxHxWxC[:, :-1, ..., :n])
+  chex.assert_trees_all_equal(out[:, 0, ..., c - n:], jnp.zeros_like(out[:, 0, ..., c - n:]))
   # The rest stays; nothing leaks between clips of the batch.
   chex.assert_trees_all_equal(out[..., n:c - n], x_BxTxHxWxC[..., n:c - n])
 
@@ -110,8 +117,8 @@ def test_temporal_shift_moves_exactly_one_eighth_each_way():
 def test_temporal_shift_rounds_the_fraction_down():
   x = jnp.ones((2 * 2, 1, 1, 15))  # int(15 / 8) = 1 channel each way.
   out = tsm_resnet.temporal_shift(x, 2).reshape(2, 2, 15)
-  np.testing.assert_array_equal(out[:, 0, 0], 0.0)
-  np.testing.assert_array_equal(out[:, 1, -1], 0.0)
+  np.testing.assert_array_equal(out[:, 0, -1], 0.0)  # Nothing before the first frame.
+  np.testing.assert_array_equal(out[:, 1, 0], 0.0)  # Nothing after the last frame.
   assert float(out.sum()) == 2 * 2 * 15 - 4
   x7 = jnp.ones((4, 1, 1, 7))  # Fewer than 8 channels: nothing moves.
   chex.assert_trees_all_equal(tsm_resnet.temporal_shift(x7, 2), x7)
