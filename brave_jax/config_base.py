@@ -24,6 +24,7 @@ VIDEO_LIKE_MODALITIES = ('video', 'rc', 'flow')
 TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
 OPTIMIZERS = ('lars', 'adamw')
+OPTIMIZER_VARIANTS = ('published', 'corrected')  # See config.optimizer.variant.
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
@@ -123,14 +124,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.base_learning_rate = 1.0  # Peak LR at global batch 512; scaled linearly with batch.
   c.optimizer.warmup_steps = 5000
   c.optimizer.end_learning_rate = 0.0  # Cosine decays to this at the last step.
-  c.optimizer.weight_decay = 1e-2  # Not applied to biases and normalisation parameters.
+  # 'published': as the published code (and its models): predictor x10 on the gradients before
+  # LARS/AdamW, weight decay and trust ratio ONLY on biases and norm parameters (conv/linear
+  # weights: momentum SGD, no decay). 'corrected': x10 on the final updates, decay and trust
+  # ratio on the weights, not on biases/norms. README "Fidelity" compares them.
+  c.optimizer.variant = 'published'
+  c.optimizer.weight_decay = 1e-2  # Applied where optimizer.variant says.
   c.optimizer.momentum = 0.9  # LARS momentum.
   c.optimizer.trust_coefficient = 1e-3  # LARS trust ratio coefficient.
   c.optimizer.nesterov = True
   c.optimizer.adam_b1 = 0.9
   c.optimizer.adam_b2 = 0.999
   c.optimizer.adam_eps = 1e-8
-  # (regex on the parameter path 'module/name', multiplier); first match wins.
+  # (regex matched from the start of the parameter path 'module/name', multiplier); the
+  # multipliers of all matching rules multiply (published). Where they apply: optimizer.variant.
   c.optimizer.lr_multipliers = (('.*predictor.*', 10.0),)
 
   # Training
@@ -225,6 +232,8 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
            f'must be one of {COMPUTE_DTYPES}, got {config.model.compute_dtype!r}')
   _require(config.optimizer.name in OPTIMIZERS, 'optimizer.name',
            f'must be one of {OPTIMIZERS}, got {config.optimizer.name!r}')
+  _require(config.optimizer.variant in OPTIMIZER_VARIANTS, 'optimizer.variant',
+           f'must be one of {OPTIMIZER_VARIANTS}, got {config.optimizer.variant!r}')
   for k in config.data.augment.rc_kernel_sizes:
     _require(isinstance(k, int) and k > 0 and k % 2 == 1, 'data.augment.rc_kernel_sizes',
              f'kernel sizes must be odd positive integers, got {k!r}')

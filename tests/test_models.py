@@ -200,6 +200,32 @@ def test_model_under_pmap_matches_single_device(tiny_va):
                              rtol=1e-4, atol=1e-6)
 
 
+def test_cross_replica_batch_norm_shares_statistics_over_different_data(tiny_va):
+  """Each device gets a DIFFERENT half of the batch: with statistics shared over 'i' the mean
+  loss and the BN state equal one device's on the whole batch; with per-device statistics
+  (the control) they do not."""
+  assert jax.local_device_count() >= 2, 'conftest.py should simulate 2 CPU devices'
+  halves = jax.tree.map(lambda x: x.reshape((2, B // 2) + x.shape[1:]), tiny_va['batch'])
+  replicate = lambda tree: jax.tree.map(lambda x: np.stack([x, x]), tree)
+  rngs = jax.random.split(jax.random.PRNGKey(1), 2)
+  results = {}
+  for axis in ('i', None):
+    model = brave.build_model(tiny_va['config'].model, ('audio',), axis_name=axis)
+    loss, (new_state, _) = jax.pmap(model.loss, axis_name='i')(
+        replicate(tiny_va['params']), replicate(tiny_va['state']), rngs, halves)
+    results[axis] = (float(np.mean(loss)), new_state)
+  key = 'narrow_video_embedding/TSMResNetV2/batch_norm/~/mean_ema'
+  shared_loss, shared_state = results['i']
+  np.testing.assert_allclose(shared_loss, float(tiny_va['loss']), rtol=1e-4)
+  for device in range(2):
+    np.testing.assert_allclose(shared_state[key]['hidden'][device],
+                               tiny_va['new_state'][key]['hidden'], rtol=1e-4, atol=1e-6)
+  local_loss, local_state = results[None]
+  assert abs(local_loss - float(tiny_va['loss'])) > 1e-3 * abs(float(tiny_va['loss']))
+  assert not np.allclose(local_state[key]['hidden'][0], tiny_va['new_state'][key]['hidden'],
+                         rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize('manifest_key,config_name', [
     ('rgb_audio', 'brave_rgb_audio'), ('rgb_rgb', 'brave_rgb_rgb')])
 def test_full_size_names_and_shapes_equal_the_published_manifest(testdata_dir, manifest_key,
