@@ -214,7 +214,7 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
     win = sampling.train_windows(
         n, narrow_frames=d.narrow.num_frames, narrow_step=d.narrow.frame_step,
         broad_frames=d.broad.num_frames, broad_step=d.broad.frame_step,
-        placement=d.narrow_placement, seed=seeds[0])
+        broad_start=d.broad_start, seed=seeds[0])
     narrow = _rgb_view(tf.gather(ex['video'], win['narrow']), d.narrow.image_size, d.augment,
                        seeds[1], blur=True, random_conv=False)
     broad = {}
@@ -228,8 +228,8 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
         broad[m] = _flow_view(tf.gather(ex['flow'], tf.math.floormod(win['broad'], n_flow)),
                               d.broad.image_size, d.augment, s)
       elif m == 'audio':
-        wave = sampling.audio_window(ex['audio'], win['broad_start'], num_samples,
-                                     video_fps=d.video_fps, audio_sample_rate=d.audio_sample_rate)
+        wave = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples, n,
+                                           win['looped_frames'])
         broad[m] = tf.ensure_shape(spectrogram.from_config(wave, d),
                                    [audio_num_frames(config), d.audio.num_mel_bins])
     return {'narrow': {'video': narrow}, 'broad': broad, 'label': ex['label'], _INDEX: index}
