@@ -175,6 +175,8 @@ def _require_frames(frames: tf.Tensor, what: str) -> tf.Tensor:
 
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
               blur: bool, random_conv: bool) -> tf.Tensor:
+  """One random crop for all frames (decoded straight into the view size), then the published
+  view chain (`augment.augment_clip`)."""
   s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   frames = decode.decode_random_crop(jpegs_T, size, aug.crop_area_range, aug.crop_aspect_range,
                                      s_crop)
@@ -201,6 +203,10 @@ def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
 
 
 def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor):
+  """Per record: the published sampler's windows (`sampling.train_windows`), the narrow RGB view,
+  and each broad view: RGB through the same chain (randomly convolved for 'rc' and V/V), flow
+  with the geometry only (ours; the published code has no flow), audio as the log-mel of the
+  broad window's waveform."""
   d = config.data
   modalities = tuple(d.broad_modalities)
   num_samples = audio_num_samples(config)
@@ -300,7 +306,8 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
 
 def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
                         include_audio: bool):
-  """One augmented clip per record: random window, random crop, flip, colour (no blur)."""
+  """One augmented clip per record, as the published linear protocol: random window of the
+  looped video, random crop, then the view chain without blur (scale, flip, colour, grey)."""
   d, e = config.data, config.eval
   num_samples = audio_num_samples(config)
 
@@ -323,7 +330,9 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
 
 
 def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool):
-  """N temporal x M spatial deterministic crops of one record, rows ordered (window, crop)."""
+  """N temporal x M spatial deterministic crops of one record, rows ordered (window, crop):
+  the published test crops (windows at int(linspace) starts, short side resized, spatial
+  crops on a diagonal)."""
   d, e = config.data, config.eval
   nt, ns, t, size = e.num_temporal_crops, e.num_spatial_crops, e.num_frames, e.image_size
   num_samples = audio_num_samples(config)
