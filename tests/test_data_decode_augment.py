@@ -39,6 +39,17 @@ def test_choose_ratio():
   assert int(decode.choose_ratio([200, 340], [112, 112])) == 0  # 100 < 112
   assert int(decode.choose_ratio([200, 340], [112, 112], max_upscale=1.25)) == 1
   assert int(decode.choose_ratio([1000, 1000], [100, 100])) == 3  # ratio 8
+  # Crops smaller than the view are decoded at full scale (was index -1: switch_case's last
+  # branch, 1/8 scale, for most 224-px crops of 256-px frames).
+  assert int(decode.choose_ratio([150, 200], [224, 224], max_upscale=1.25)) == 0
+
+
+def test_small_crop_is_decoded_at_full_scale():
+  frames = _smooth_frames(2, 48, 64)
+  out = decode.decode_crop_resize(_jpegs(frames), tf.constant([8, 8, 30, 40]), 64,
+                                  decode.TRAIN_MAX_UPSCALE).numpy()
+  want = tf.image.resize(frames[:, 8:38, 8:48].astype(np.float32), [64, 64]).numpy()
+  assert np.abs(out - want).mean() < 3  # JPEG error only; 1/8 scale was ~4x coarser.
 
 
 def test_reduced_scale_decode_matches_full_decode():

@@ -65,11 +65,13 @@ def random_crop_window(image_hw: tf.Tensor, area_range: Sequence[float],
 
 def choose_ratio(crop_hw: tf.Tensor, out_hw: tf.Tensor | Sequence[int],
                  max_upscale: float = 1.0) -> tf.Tensor:
-  """Index into RATIOS of the largest downscale that leaves >= out / max_upscale pixels a side."""
+  """Index into RATIOS of the largest downscale that leaves >= out / max_upscale pixels a side;
+  0 (full scale) when even that is fewer (a crop smaller than the view is upscaled from full
+  scale: an index of -1 would make tf.switch_case run its last branch, 1/8 scale)."""
   crop = tf.cast(crop_hw, tf.int32)
   out = tf.cast(tf.math.ceil(tf.cast(out_hw, tf.float32) / max_upscale), tf.int32)
   fits = [tf.reduce_all(crop // r >= out) for r in RATIOS]
-  return tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32)) - 1
+  return tf.maximum(tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32)) - 1, 0)
 
 
 def _decode_all(jpegs_T: tf.Tensor, window: tf.Tensor | None, ratio: int,
