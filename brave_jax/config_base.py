@@ -267,9 +267,10 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
   """Shrinks a full-size config for CPU: `tiny` for tests, `demo` for the README's first command.
 
   Both keep the view structure (modalities, sampler, augmentation chain, random
-  convolution, optimizer variant) and shrink sizes, so a tiny run exercises the
-  same code as a full one. Their other tuned choices (README "Fidelity"): peak LR
-  0.5, and in `demo` milder crops and greyscale with p 0.5.
+  convolution) and shrink sizes, so a tiny run exercises the same code as a full
+  one. Their other tuned choices (README "Fidelity"): peak LR 0.5, and in `demo`
+  milder crops, greyscale with p 0.5, the corrected optimizer, and 3 test crops of
+  frames resized to the crop size.
   """
   if not variant:
     return config
@@ -313,8 +314,16 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
     c.optimizer.warmup_steps = 50
     # Peak LR 0.5: peak 2.0 lowered the loss faster but its features held no class (memorised videos).
     c.optimizer.base_learning_rate = 0.5 * 512 / 32
+    # The published optimizer (momentum SGD on conv/linear weights, no trust ratio) memorises the
+    # 600 toy videos here: seed 0 test top-1 10.0 % at peak LR 0.5 and 10.5 % at 0.05, random
+    # init 11.5 %; corrected LARS 22 %. The demo keeps the LARS its LR was tuned with.
+    c.optimizer.variant = 'corrected'
+    # The published 3 test crops on a diagonal, of frames resized to the crop's side (64x80 ->
+    # 32x40): with one crop (published: the top-left corner) of 40-px frames the same checkpoint
+    # scored 17 % test top-1, with these 36 %.
     c.eval.update(num_frames=8, image_size=32, batch_size=32, run_after_training=True,
-                  compare_random_init=True, svm_c='auto', train_passes=3, num_temporal_crops=4)
+                  compare_random_init=True, svm_c='auto', train_passes=3, num_temporal_crops=4,
+                  num_spatial_crops=3, resize_short_side=32)
   return c
 
 

@@ -205,7 +205,7 @@ BLUR_TOLERANCE = 1e-6  # Max |ours - depthwise_conv2d| on [0, 1] inputs; measure
 @pytest.mark.parametrize('kernel_size', [3, 11, 23])  # Views of 32, 112, 224 px.
 def test_blur_equals_the_published_depthwise_convolutions(kernel_size):
   x = np.random.RandomState(kernel_size).uniform(0, 255, size=(2, 33, 35, 3)).astype(np.float32)
-  for sigma in (0.1, 0.5, 1.0, 1.53, 1.7, 2.0):  # Around every skipped-tap cut-off.
+  for sigma in (0.1, 0.5, 0.99, 1.01, 1.79, 1.81, 2.0):  # Around skipped-tap cut-offs (5 sigma).
     ours = augment.gaussian_blur(x, sigma, kernel_size, 1.0 / 255.0).numpy()
     want = _published_blur(x / 255.0, sigma, kernel_size).numpy()
     np.testing.assert_allclose(ours, want, atol=BLUR_TOLERANCE, err_msg=f'sigma {sigma}')

@@ -14,8 +14,8 @@ Fast paths, each held to the published op by a test on random inputs
 - Blur: the published separable filter (view size / 10 taps normalised over the
   full kernel, depthwise, zero 'SAME' padding, horizontal then vertical) as
   XLA-fused shifted sums over [T, H, W*C] (a long innermost axis vectorises),
-  with the 1/255 scaling folded into the taps and the taps beyond 6.5 sigma
-  (each < 1e-9 of the kernel's weight) skipped; equal to float rounding.
+  with the 1/255 scaling folded into the taps and the taps beyond 5 sigma
+  (together < 1.1e-7 of the kernel's weight) skipped; equal to float rounding.
 - Colour: tf.image.adjust_saturation and adjust_hue are per-pixel HSV kernels;
   `color_jitter` computes the same formulas (TF's CPU kernels) in one XLA
   program with brightness, contrast (per-frame channel means, as
@@ -30,7 +30,6 @@ import math
 from typing import NamedTuple, Sequence
 
 import ml_collections
-import numpy as np
 import tensorflow as tf
 
 # tf.image.rgb_to_grayscale's weights.
@@ -72,9 +71,10 @@ def gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
   return k / tf.reduce_sum(k)
 
 
-# Taps further than this many sigmas out weigh < exp(-6.5^2 / 2) = 7e-10 of the centre tap:
-# skipping them changes no output by more than float32 rounding.
-_BLUR_SIGMAS = 6.5
+# Taps further than this many sigmas out are skipped: for every sigma in (0.1, 2) and kernel of
+# 3, 11 or 23 taps they hold at most 1.1e-7 of the kernel's weight, so no output in [0, 1]
+# moves by more than float32 rounding.
+_BLUR_SIGMAS = 5.0
 
 
 def _separable_blur(x_TxHxWxC: tf.Tensor, taps_w: tf.Tensor, taps_h: tf.Tensor,
@@ -165,9 +165,10 @@ def adjust_hue(r: tf.Tensor, g: tf.Tensor, b: tf.Tensor, delta: tf.Tensor) -> li
   value_range = v_max - v_min
   safe_range = tf.where(value_range > 0, value_range, tf.ones_like(value_range))
   r_is_max = tf.equal(v_max, r) & tf.logical_not(r < g)
-  h = tf.where(r_is_max, (g - b) / safe_range,
-               tf.where(tf.equal(v_max, g), (b - r) / safe_range + 2.0,
-                        (r - g) / safe_range + 4.0))
+  g_is_max = tf.logical_not(r_is_max) & tf.equal(v_max, g)
+  numerator = tf.where(r_is_max, g - b, tf.where(g_is_max, b - r, r - g))  # One division, not 3.
+  offset = tf.where(r_is_max, 0.0, tf.where(g_is_max, 2.0, 4.0))
+  h = numerator / safe_range + offset
   h = tf.where(value_range > 0, h, tf.zeros_like(h)) + tf.cast(delta, tf.float32) * 6.0
   h = tf.where(h < 0, h + 6.0, h)  # Both wraps, as the kernel's two loops.
   h = tf.where(h >= 6.0, h - 6.0, h)
@@ -209,8 +210,12 @@ def _flip_jitter_gray(x_TxHxWx3: tf.Tensor, flip: tf.Tensor, brightness_delta: t
 
 
 @tf.function(jit_compile=True)
-def _flip_gray(x_TxHxWx3: tf.Tensor, flip: tf.Tensor, gray: tf.Tensor) -> tf.Tensor:
-  return _interleave(_planes(x_TxHxWx3, flip), gray)
+def _flip_gray(x_TxHxWx3: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+  """Greyscale (on all three channels), mirrored when `flip`."""
+  w_r, w_g, w_b = _GRAY_WEIGHTS
+  gray = x_TxHxWx3[..., 0] * w_r + x_TxHxWx3[..., 1] * w_g + x_TxHxWx3[..., 2] * w_b
+  gray = tf.where(flip, tf.reverse(gray, [2]), gray)
+  return tf.stack([gray, gray, gray], -1)
 
 
 def color_jitter(x_TxHxWx3: tf.Tensor, brightness_delta: tf.Tensor, saturation_factor: tf.Tensor,
@@ -227,7 +232,7 @@ def color_jitter(x_TxHxWx3: tf.Tensor, brightness_delta: tf.Tensor, saturation_f
 
 def to_grayscale(x_TxHxWx3: tf.Tensor) -> tf.Tensor:
   """tf.image.rgb_to_grayscale tiled to three channels (the published colour drop)."""
-  return _flip_gray(x_TxHxWx3, tf.constant(False), tf.constant(True))
+  return _flip_gray(x_TxHxWx3, tf.constant(False))
 
 
 class ColorDraw(NamedTuple):
@@ -250,10 +255,15 @@ def draw_color(aug: ml_collections.ConfigDict, seed: tf.Tensor) -> ColorDraw:
 
 
 def flip_and_color(x_TxHxWx3: tf.Tensor, flip: tf.Tensor, draw: ColorDraw) -> tf.Tensor:
-  """Mirror when `flip`, then the drawn jitter and greyscale: one XLA pass (two with jitter)."""
+  """Mirror when `flip`, then the drawn jitter and greyscale: one XLA pass (two with jitter),
+  none for a clip that is neither jittered, greyed nor flipped."""
+  def no_jitter():
+    return tf.cond(draw.gray, lambda: _flip_gray(x_TxHxWx3, flip),
+                   lambda: tf.cond(flip, lambda: flip_left_right(x_TxHxWx3),
+                                   lambda: x_TxHxWx3))
   return tf.cond(draw.jitter,
                  lambda: _flip_jitter_gray(x_TxHxWx3, flip, *draw.strengths, draw.gray),
-                 lambda: _flip_gray(x_TxHxWx3, flip, draw.gray))
+                 no_jitter)
 
 
 # ---------------------------------------------------------------------------
@@ -368,9 +378,9 @@ def apply_view(x_TxHxWx3: tf.Tensor, draw: ViewDraw, aug: ml_collections.ConfigD
   only) random convolution."""
   x = tf.cast(x_TxHxWx3, tf.float32)
   if blur:  # The scaling to [0, 1] is folded into the blur's taps.
-    kernel_size = blur_kernel_size(int(x.shape[2]))
-    x = tf.cond(draw.blur, lambda: gaussian_blur(x, draw.sigma, kernel_size, 1.0 / 255.0),
-                lambda: to_unit_range(x))
+    blurred = lambda: gaussian_blur(x, draw.sigma, blur_kernel_size(int(x.shape[2])), 1.0 / 255.0)
+    x = blurred() if aug.blur_prob >= 1.0 else tf.cond(draw.blur, blurred,
+                                                        lambda: to_unit_range(x))
   else:
     x = to_unit_range(x)
   x = flip_and_color(x, draw.flip, draw.color)
