@@ -21,7 +21,7 @@ flow:  optical flow, 2 channels in [-1, 1].
 audio: log-mel spectrogram of the mono waveform.
 """
 VIDEO_LIKE_MODALITIES = ('video', 'rc', 'flow')
-BROAD_STARTS = ('published', 'at_narrow')  # See config.data.broad_start.
+BROAD_STARTS = ('at_narrow', 'uniform_after_narrow')  # See config.data.broad_start.
 TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
 OPTIMIZERS = ('lars', 'adamw')
@@ -56,10 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.data.broad_modalities = ('audio',)  # Subset of BROAD_MODALITIES, each with its own backbone.
   # Where the broad window starts, given the narrow clip's start s (uniform over the video; the
-  # video and its audio loop as needed): 'published' = uniform from s to the last start the
-  # looped video allows (the published code); 'at_narrow' = at s (what the published code's
-  # comment says it does).
-  c.data.broad_start = 'published'
+  # video and its audio loop as needed): 'at_narrow' = at s (published, ../shared reference
+  # ARCHITECTURE.md "Views"); 'uniform_after_narrow' = uniform from s to the last start the
+  # looped video allows (an option: a broad window that need not begin with the narrow clip).
+  c.data.broad_start = 'at_narrow'
   c.data.random_convolve_broad_video = False  # Randomly convolve the broad 'video' view (V/V).
   c.data.audio = ml_collections.ConfigDict(dict(
       num_mel_bins=80,  # Mel bins of the log-mel spectrogram.

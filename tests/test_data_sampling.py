@@ -16,7 +16,7 @@ def test_window_indices_loop_past_the_end():
 FULL_SIZE = dict(narrow_frames=16, narrow_step=2, broad_frames=64, broad_step=4)  # Published views.
 
 
-def _draw(num_video_frames, broad_start='published', draws=400, **views):
+def _draw(num_video_frames, broad_start='at_narrow', draws=400, **views):
   """Many training windows of one video: arrays of narrow starts, broad starts, windows."""
   views = views or FULL_SIZE
   out = {'s': [], 'b': [], 'looped': [], 'narrow': [], 'broad': []}
@@ -31,35 +31,41 @@ def _draw(num_video_frames, broad_start='published', draws=400, **views):
   return {k: np.array(v) for k, v in out.items()}
 
 
+@pytest.mark.parametrize('spec', ['configs/brave_rgb_audio.py', 'configs/brave_rgb_rc.py',
+                                  'configs/brave_rgb_audio.py:demo'])
+def test_default_is_the_published_broad_start(spec):
+  from brave_jax import config_base
+  assert config_base.load(spec).data.broad_start == 'at_narrow'
+
+
 def test_ten_second_clip_narrow_start_covers_the_whole_video_and_the_broad_window_wraps():
-  """250 frames (10 s at 25 fps): the narrow start is uniform over [0, 250 - 31]; the video is
-  looped to 500 frames; the broad start is uniform over [s, 500 - 253]; every broad window wraps."""
+  """250 frames (10 s at 25 fps): the narrow start is uniform over [0, 250 - 31]; the broad
+  window starts at the same frame; the video is looped to 500 frames, so every broad window
+  (253 frames) wraps."""
   d = _draw(250)
   s, b = d['s'], d['b']
   assert s.min() >= 0 and s.max() <= 219
   assert s.min() < 10 and s.max() > 209  # Starts reach both ends of the video...
   quarters = np.histogram(s, bins=4, range=(0, 220))[0]
   assert quarters.min() > 0.15 * len(s), quarters  # ...uniformly (each quarter ~25 %).
+  np.testing.assert_array_equal(b, s)
   np.testing.assert_array_equal(d['looped'], 500)
-  assert np.all(b >= s) and np.all(b <= 247)
-  fraction = (b - s) / (247 - s)  # Uniform over [s, 247]: mean 0.5.
-  assert abs(fraction.mean() - 0.5) < 0.05, fraction.mean()
-  assert (b - s).min() <= 2 and b.max() >= 240
   for start, narrow, broad in zip(s, d['narrow'], d['broad']):
     np.testing.assert_array_equal(narrow, start + 2 * np.arange(16))
+    assert broad[0] == narrow[0]
     assert np.any(np.diff(broad) < 0)  # 253 frames of a 250-frame video: always wraps.
-  np.testing.assert_array_equal(d['broad'], (b[:, None] + 4 * np.arange(64)) % 250)
+  np.testing.assert_array_equal(d['broad'], (s[:, None] + 4 * np.arange(64)) % 250)
 
 
 def test_twenty_frame_clip_loops_both_views():
-  """20 frames, shorter than the narrow span (31): the narrow clip starts at 0 and loops; the
-  video is looped to 260 frames and the broad start is uniform over [0, 260 - 253]."""
-  d = _draw(20, draws=200)
+  """20 frames, shorter than the narrow span (31): both views start at 0 and loop; the video
+  is looped to 260 frames (13 copies) to hold the broad window."""
+  d = _draw(20, draws=50)
   np.testing.assert_array_equal(d['s'], 0)
-  np.testing.assert_array_equal(d['narrow'], np.tile(2 * np.arange(16) % 20, (200, 1)))
+  np.testing.assert_array_equal(d['b'], 0)
+  np.testing.assert_array_equal(d['narrow'], np.tile(2 * np.arange(16) % 20, (50, 1)))
   np.testing.assert_array_equal(d['looped'], 260)
-  assert set(d['b']) == set(range(8))
-  np.testing.assert_array_equal(d['broad'], (d['b'][:, None] + 4 * np.arange(64)) % 20)
+  np.testing.assert_array_equal(d['broad'], np.tile(4 * np.arange(64) % 20, (50, 1)))
 
 
 def test_long_clip_loops_only_when_the_broad_window_would_run_past_its_end():
@@ -67,15 +73,21 @@ def test_long_clip_loops_only_when_the_broad_window_would_run_past_its_end():
   fits = d['s'] + 253 <= 1000
   assert fits.any() and not fits.all()
   np.testing.assert_array_equal(d['looped'], np.where(fits, 1000, 2000))
-  assert np.all(d['b'] >= d['s']) and np.all(d['b'] <= d['looped'] - 253)
-  no_wrap = d['b'] + 252 < 1000
-  assert np.all(np.diff(d['broad'][no_wrap], axis=1) == 4)
+  assert np.all(np.diff(d['broad'][fits], axis=1) == 4)
+  assert np.all(np.any(np.diff(d['broad'][~fits], axis=1) < 0, axis=1))
 
 
-def test_at_narrow_starts_the_broad_window_with_the_narrow_clip():
-  d = _draw(250, broad_start='at_narrow', draws=50)
-  np.testing.assert_array_equal(d['b'], d['s'])
-  np.testing.assert_array_equal(d['narrow'][:, 0], d['broad'][:, 0])
+def test_uniform_after_narrow_draws_the_broad_start_between_s_and_the_last_fitting_start():
+  """The option: b uniform over [s, looped - 253]; on 250 frames looped to 500, b <= 247."""
+  d = _draw(250, broad_start='uniform_after_narrow')
+  s, b = d['s'], d['b']
+  assert np.all(b >= s) and np.all(b <= 247)
+  fraction = (b - s) / np.maximum(247 - s, 1)
+  assert abs(fraction.mean() - 0.5) < 0.06, fraction.mean()
+  assert (b - s).min() <= 2 and b.max() >= 240
+  np.testing.assert_array_equal(d['broad'], (b[:, None] + 4 * np.arange(64)) % 250)
+  d20 = _draw(20, broad_start='uniform_after_narrow', draws=200)
+  assert set(d20['b']) == set(range(8))  # [0, 260 - 253].
 
 
 def test_unknown_broad_start_raises():

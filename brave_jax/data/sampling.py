@@ -48,9 +48,8 @@ def train_windows(num_video_frames: tf.Tensor, *, narrow_frames: int, narrow_ste
   The narrow clip starts at s, uniform over [0, max(N, Ln) - Ln] (Ln = its span):
   anywhere in the video. The video is then looped (repeated whole) until it
   holds s + Lb frames (Lb = the broad span), and the broad window starts at b:
-  'published' (the published code): b uniform over [s, looped - Lb], so it may
-  start later than the narrow clip and wrap; 'at_narrow' (the published code's
-  comment and ARCHITECTURE.md): b = s. Clips shorter than Ln loop too (the
+  'at_narrow' (published): b = s; 'uniform_after_narrow' (an option): b uniform
+  over [s, looped - Lb], so it may start later than the narrow clip. Clips shorter than Ln loop too (the
   published code needs N >= Ln). Indices are into the original video.
   Returns {'narrow': [Tn], 'broad': [Tb], 'broad_start': b, 'looped_frames': scalar} (int32).
   """
@@ -62,7 +61,7 @@ def train_windows(num_video_frames: tf.Tensor, *, narrow_frames: int, narrow_ste
   broad_span = span(broad_frames, broad_step)
   looped = looped_length(n, narrow_start + broad_span)
   b = narrow_start
-  if broad_start == 'published':
+  if broad_start == 'uniform_after_narrow':
     b = narrow_start + _uniform_int(seed_broad, looped - broad_span - narrow_start)
   return {
       'narrow': window_indices(narrow_start, narrow_frames, narrow_step, n),
