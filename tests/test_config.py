@@ -43,7 +43,8 @@ def test_vv_config_convolves_broad_rgb():
 @pytest.mark.parametrize('field, value, message', [
     ('data.broad_modalities', ('audio', 'smell'), 'unknown modality'),
     ('data.broad_modalities', (), 'at least one'),
-    ('data.narrow_placement', 'middle', 'narrow_placement'),
+    ('data.broad_start', 'middle', 'broad_start'),
+    ('optimizer.variant', 'fixed', 'optimizer.variant'),
     ('data.narrow.image_size', 16, 'at least 32'),
     ('data.narrow.num_frames', 0, 'positive integer'),
     ('model.narrow_backbone.depth', 42, 'must be one of'),

@@ -39,6 +39,17 @@ def test_choose_ratio():
   assert int(decode.choose_ratio([200, 340], [112, 112])) == 0  # 100 < 112
   assert int(decode.choose_ratio([200, 340], [112, 112], max_upscale=1.25)) == 1
   assert int(decode.choose_ratio([1000, 1000], [100, 100])) == 3  # ratio 8
+  # Crops smaller than the view are decoded at full scale (was index -1: switch_case's last
+  # branch, 1/8 scale, for most 224-px crops of 256-px frames).
+  assert int(decode.choose_ratio([150, 200], [224, 224], max_upscale=1.25)) == 0
+
+
+def test_small_crop_is_decoded_at_full_scale():
+  frames = _smooth_frames(2, 48, 64)
+  out = decode.decode_crop_resize(_jpegs(frames), tf.constant([8, 8, 30, 40]), 64,
+                                  decode.TRAIN_MAX_UPSCALE).numpy()
+  want = tf.image.resize(frames[:, 8:38, 8:48].astype(np.float32), [64, 64]).numpy()
+  assert np.abs(out - want).mean() < 3  # JPEG error only; 1/8 scale was ~4x coarser.
 
 
 def test_reduced_scale_decode_matches_full_decode():
@@ -62,17 +73,32 @@ def test_decode_random_crop_shape_and_same_window_for_all_frames():
     np.testing.assert_array_equal(out[t], out[0])
 
 
-def test_short_side_resize_and_spatial_crops():
-  frames = decode.decode_resize_short_side(_jpegs(_smooth_frames(2)), 24)
-  assert frames.shape == (2, 24, 32, 3)
-  x = tf.reshape(tf.range(2 * 24 * 32, dtype=tf.float32), [2, 24, 32, 1])
-  crops = decode.spatial_crops(x, 24, 3).numpy()
-  assert crops.shape == (3, 2, 24, 24, 1)
-  np.testing.assert_array_equal(crops[0], x[:, :, 0:24])  # left
-  np.testing.assert_array_equal(crops[1], x[:, :, 4:28])  # centre
-  np.testing.assert_array_equal(crops[2], x[:, :, 8:32])  # right
-  tall = tf.transpose(x, [0, 2, 1, 3])  # portrait: top / centre / bottom
-  np.testing.assert_array_equal(decode.spatial_crops(tall, 24, 3).numpy()[2], tall[:, 8:32])
+def test_short_side_resize_as_published():
+  assert decode.resized_short_side_shape([240, 320], 256).numpy().tolist() == [256, 341]
+  assert decode.resized_short_side_shape([320, 240], 256).numpy().tolist() == [341, 256]
+  jpegs = _jpegs(_smooth_frames(2))  # 48 x 64
+  frames = decode.decode_resize_short_side(jpegs, 24).numpy()
+  assert frames.shape == (2, 24, 32, 3) and frames.dtype == np.float32
+  full = tf.stack([tf.io.decode_jpeg(j, channels=3) for j in jpegs])
+  want = tf.cast(tf.image.resize(full, [24, 32]), tf.uint8).numpy()  # Truncated, as published.
+  np.testing.assert_array_equal(frames, want)
+  same = decode.decode_resize_short_side(jpegs, 48).numpy()  # Already the size: no resize.
+  np.testing.assert_array_equal(same, full.numpy())
+
+
+def test_spatial_crops_run_along_the_diagonal():
+  x = tf.reshape(tf.range(2 * 40 * 50, dtype=tf.float32), [2, 40, 50, 1])
+  crops = decode.spatial_crops(x, 32, 3).numpy()
+  assert crops.shape == (3, 2, 32, 32, 1)
+  for crop, (y0, x0) in zip(crops, [(0, 0), (4, 9), (8, 18)]):  # int(linspace(0, free, 3)).
+    np.testing.assert_array_equal(crop, x[:, y0:y0 + 32, x0:x0 + 32])
+  np.testing.assert_array_equal(decode.spatial_crops(x, 32, 1).numpy()[0], x[:, :32, :32])
+
+
+def test_failed_crop_sampling_falls_back_to_the_padded_centre_square():
+  # An aspect range no crop of this image can satisfy: every attempt fails.
+  window = decode.random_crop_window(tf.constant([48, 64]), (0.9, 1.0), (10.0, 11.0), SEED)
+  np.testing.assert_array_equal(window.numpy(), [16, 24, 16, 16])  # 48 - 2 * 16 = 16.
 
 
 def test_flow_to_unit():
@@ -80,68 +106,111 @@ def test_flow_to_unit():
   np.testing.assert_allclose(out, [[[[-1.0, 1.0]]]])
 
 
+# --- The published ops, as the published code calls them: the reference for every fast path ---
+
+def _published_blur(x_TxHxWxC, sigma, kernel_size):
+  """Two depthwise_conv2d calls (horizontal, then vertical), SAME zero padding."""
+  radius = kernel_size // 2
+  d = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+  taps = tf.exp(-tf.pow(d, 2.0) / (2.0 * tf.pow(tf.cast(sigma, tf.float32), 2.0)))
+  taps /= tf.reduce_sum(taps)
+  channels = x_TxHxWxC.shape[-1]
+  blur_h = tf.tile(tf.reshape(taps, [1, kernel_size, 1, 1]), [1, 1, channels, 1])
+  blur_v = tf.tile(tf.reshape(taps, [kernel_size, 1, 1, 1]), [1, 1, channels, 1])
+  x = tf.nn.depthwise_conv2d(x_TxHxWxC, blur_h, [1, 1, 1, 1], 'SAME')
+  return tf.nn.depthwise_conv2d(x, blur_v, [1, 1, 1, 1], 'SAME')
+
+
+def _published_jitter(x, brightness, saturation, contrast, hue):
+  x = tf.image.adjust_brightness(x, brightness)
+  x = tf.image.adjust_saturation(x, saturation)
+  x = tf.image.adjust_contrast(x, contrast)
+  x = tf.image.adjust_hue(x, hue)
+  return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _published_gray(x):
+  return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3])
+
+
+def _published_chain(x, draw, aug, random_conv):
+  """The published per-view chain on [0, 255] pixels, with our draws replayed."""
+  x = tf.cast(x, tf.float32) * (1.0 / 255.0)
+  if bool(draw.blur):
+    x = _published_blur(x, draw.sigma, augment.blur_kernel_size(int(x.shape[2])))
+  if bool(draw.flip):
+    x = tf.image.flip_left_right(x)
+  if bool(draw.color.jitter):
+    x = _published_jitter(x, *draw.color.strengths)
+  if bool(draw.color.gray):
+    x = _published_gray(x)
+  if random_conv:
+    index, kernel_seed = augment.draw_random_conv(aug.rc_kernel_sizes, draw.rc_seed)
+    kernel = augment.he_normal_kernel(int(aug.rc_kernel_sizes[int(index)]), 3, kernel_seed)
+    x = tf.nn.conv2d(x, kernel, 1, 'SAME')
+  return x
+
+
 # --- Colour ---------------------------------------------------------------
 
-def _apply(state, x):
-  return augment.apply_color(tf.constant(x), *state, tf.constant(False)).numpy()
+COLOR_TOLERANCE = 2e-6  # Max |ours - tf.image| over random clips; measured 1.1e-6.
 
 
-def test_color_ops_match_their_definitions():
+def test_saturation_and_hue_equal_tf_image_on_any_floats():
+  """Inputs beyond [0, 1] (as after brightness), factors beyond the configured ranges, ties."""
   rng = np.random.RandomState(0)
-  x = rng.uniform(0.3, 0.7, size=(2, 5, 6, 3)).astype(np.float32)
-  ident = augment.identity_color()
-  np.testing.assert_allclose(_apply(ident, x), x, atol=1e-6)
-  np.testing.assert_allclose(_apply(augment.brightness_op(ident, 0.1), x), x + 0.1, atol=1e-6)
-  want = tf.image.adjust_contrast(x, 1.3).numpy()  # Per frame and channel mean.
-  np.testing.assert_allclose(_apply(augment.contrast_op(ident, 1.3), x), np.clip(want, 0, 1),
-                             atol=1e-5)
-  gray = _apply(augment.matrix_op(ident, augment.saturation_matrix(0.0)), x)
-  np.testing.assert_allclose(gray, augment.to_grayscale(x).numpy(), atol=1e-5)
-  np.testing.assert_allclose(gray[..., 0], tf.image.rgb_to_grayscale(x).numpy()[..., 0], atol=1e-3)
-  np.testing.assert_allclose(_apply(augment.matrix_op(ident, augment.hue_matrix(0.0)), x), x,
-                             atol=1e-5)
-  hued = _apply(augment.matrix_op(ident, augment.hue_matrix(0.2)), x)
-  assert np.abs(hued - x).max() > 0.01
-  luma = np.array([0.299, 0.587, 0.114])  # Hue rotation keeps brightness.
-  np.testing.assert_allclose(np.clip(hued, 0, 1) @ luma, x @ luma, atol=0.05)
+  x = rng.uniform(-0.3, 1.3, size=(3, 17, 19, 3)).astype(np.float32)
+  x[0, 0, :6] = [[0.5, 0.5, 0.2], [0.2, 0.5, 0.5], [0.5, 0.2, 0.5], [0.3, 0.3, 0.3],
+                 [0.0, 0.0, 1.0], [-0.1, -0.2, -0.05]]  # Ties, grey, pure, all negative.
+  planes = tf.unstack(tf.transpose(tf.constant(x), [3, 0, 1, 2]))
+  stack = lambda p: tf.stack(p, -1).numpy()
+  for factor in (0.0, 0.3, 0.6, 1.0, 1.4, 3.0):
+    np.testing.assert_allclose(stack(augment.adjust_saturation(*planes, factor)),
+                               tf.image.adjust_saturation(x, factor).numpy(), atol=COLOR_TOLERANCE)
+  for delta in (-0.5, -0.2, -0.01, 0.0, 0.07, 0.2, 0.5):
+    np.testing.assert_allclose(stack(augment.adjust_hue(*planes, delta)),
+                               tf.image.adjust_hue(x, delta).numpy(), atol=COLOR_TOLERANCE)
 
 
-def test_composed_state_equals_sequential_application():
+def test_color_jitter_equals_tf_image_in_the_published_order():
   rng = np.random.RandomState(1)
-  x = rng.uniform(0.35, 0.65, size=(3, 4, 5, 3)).astype(np.float32)
-  state = augment.identity_color()
-  state = augment.contrast_op(state, 1.2)
-  state = augment.brightness_op(state, 0.05)
-  state = augment.matrix_op(state, augment.saturation_matrix(1.3))
-  state = augment.contrast_op(state, 0.8)
-  y = tf.image.adjust_contrast(x, 1.2) + 0.05
-  y = tf.einsum('thwj,ij->thwi', y, augment.saturation_matrix(1.3))
-  y = tf.image.adjust_contrast(y, 0.8)
-  np.testing.assert_allclose(_apply(state, x), np.clip(y.numpy(), 0, 1), atol=1e-5)
+  aug = _aug()
+  worst = 0.0
+  for _ in range(60):
+    x = rng.uniform(0, 1, size=(2, 13, 11, 3)).astype(np.float32)
+    strengths = [tf.constant(v, tf.float32) for v in (
+        rng.uniform(-aug.brightness, aug.brightness), rng.uniform(*aug.saturation_range),
+        rng.uniform(*aug.contrast_range), rng.uniform(-aug.hue, aug.hue))]
+    ours = augment.color_jitter(x, *strengths).numpy()
+    worst = max(worst, float(np.abs(ours - _published_jitter(x, *strengths).numpy()).max()))
+  assert worst < COLOR_TOLERANCE, worst
+  # The order matters: contrast before saturation gives another image.
+  x = rng.uniform(0, 1, size=(2, 13, 11, 3)).astype(np.float32)
+  swapped = tf.clip_by_value(tf.image.adjust_hue(tf.image.adjust_saturation(
+      tf.image.adjust_contrast(x + 0.1, 0.6), 1.4), 0.2), 0, 1).numpy()
+  assert np.abs(augment.color_jitter(x, 0.1, 1.4, 0.6, 0.2).numpy() - swapped).max() > 1e-3
 
 
-def test_apply_color_flip():
-  x = np.random.RandomState(2).uniform(size=(2, 3, 4, 3)).astype(np.float32)
-  out = augment.apply_color(x, *augment.identity_color(), tf.constant(True)).numpy()
-  np.testing.assert_allclose(out, x[:, :, ::-1], atol=1e-6)
+def test_grayscale_is_tf_image_rgb_to_grayscale_tiled():
+  x = np.random.RandomState(2).uniform(size=(2, 5, 6, 3)).astype(np.float32)
+  np.testing.assert_allclose(augment.to_grayscale(x).numpy(), _published_gray(x).numpy(),
+                             atol=1e-6)
 
 
 # --- Blur and random convolution ------------------------------------------
 
-def test_blur_matches_numpy_and_truncation_is_close():
-  x = np.zeros((1, 31, 31, 3), np.float32)
-  x[0, 15, 15] = 1.0
-  out = augment.gaussian_blur(x, 1.5, 11).numpy()
-  d = np.arange(-5, 6)
-  k = np.exp(-d ** 2 / (2 * 1.5 ** 2))
-  k /= k.sum()
-  np.testing.assert_allclose(out[0, 10:21, 10:21, 0], np.outer(k, k), atol=1e-6)
-  np.testing.assert_allclose(out.sum(), 3.0, rtol=1e-5)
-  img = np.random.RandomState(3).uniform(size=(2, 24, 24, 3)).astype(np.float32)
-  full = augment.gaussian_blur(img, 1.0, 9).numpy()
-  trunc = augment.gaussian_blur(img, 1.0, 9, truncate=True).numpy()
-  assert np.abs(full - trunc).max() < 0.01
+BLUR_TOLERANCE = 1e-6  # Max |ours - depthwise_conv2d| on [0, 1] inputs; measured 3.6e-7.
+
+
+@pytest.mark.parametrize('kernel_size', [3, 11, 23])  # Views of 32, 112, 224 px.
+def test_blur_equals_the_published_depthwise_convolutions(kernel_size):
+  x = np.random.RandomState(kernel_size).uniform(0, 255, size=(2, 33, 35, 3)).astype(np.float32)
+  for sigma in (0.1, 0.5, 0.99, 1.01, 1.79, 1.81, 2.0):  # Around skipped-tap cut-offs (5 sigma).
+    ours = augment.gaussian_blur(x, sigma, kernel_size, 1.0 / 255.0).numpy()
+    want = _published_blur(x / 255.0, sigma, kernel_size).numpy()
+    np.testing.assert_allclose(ours, want, atol=BLUR_TOLERANCE, err_msg=f'sigma {sigma}')
   assert augment.blur_kernel_size(224) == 23 and augment.blur_kernel_size(112) == 11
+  assert augment.blur_kernel_size(32) == 3 and augment.blur_kernel_size(40) == 5
 
 
 def test_random_convolve_k1_is_a_colour_matrix_and_gray_shortcut_is_exact():
@@ -160,7 +229,9 @@ def test_random_convolve_k1_is_a_colour_matrix_and_gray_shortcut_is_exact():
 
 @pytest.mark.parametrize('shape,k', [((3, 20, 27, 3), 9), ((2, 33, 30, 1), 11),
                                      ((2, 16, 16, 3), 11), ((1, 9, 9, 3), 9)])
-def test_fft_convolution_equals_direct_same_convolution(shape, k):
+def test_fft_convolution_equals_tf_nn_conv2d(shape, k):
+  """Stated tolerance: 1e-4 absolute on [0, 1] inputs with unit-normal kernels (sums of up to
+  363 products of size ~1)."""
   rng = np.random.RandomState(k + shape[1])
   x = rng.uniform(size=shape).astype(np.float32)
   kernel = rng.normal(size=(k, k, shape[-1], 3)).astype(np.float32)
@@ -169,27 +240,56 @@ def test_fft_convolution_equals_direct_same_convolution(shape, k):
   assert [augment._fft_length(n) for n in (116, 117, 121, 131)] == [120, 120, 125, 135]
 
 
-def test_random_convolve_draws_every_kernel_size():
+def test_random_convolve_draws_every_published_kernel_size():
   # An impulse far from the border: the response's support is the drawn k x k.
   x = np.zeros((1, 25, 25, 3), np.float32)
   x[0, 12, 12, :] = 1.0
   sizes = set()
-  for i in range(40):
-    out = augment.random_convolve(x, (1, 3, 9, 11), SEED + i).numpy()[0]
+  for i in range(60):
+    out = augment.random_convolve(x, _aug().rc_kernel_sizes, SEED + i).numpy()[0]
     rows = np.nonzero(np.abs(out).sum(axis=(1, 2)) > 1e-6)[0]
     sizes.add(int(rows.max() - rows.min() + 1))
-  assert sizes == {1, 3, 9, 11}
+  assert sizes == {1, 3, 5, 7, 9, 11}
 
 
-def test_random_convolve_is_he_normal():
+def test_random_convolve_kernel_is_tf_he_normal():
+  """VarianceScaling(2, fan_in, truncated_normal): std sqrt(2 / fan_in), cut at 2 / 0.8796 of it."""
+  for k in (3, 5):
+    fan_in = k * k * 3
+    weights = np.concatenate([augment.he_normal_kernel(k, 3, SEED + i).numpy().ravel()
+                              for i in range(300)])
+    target = np.sqrt(2 / fan_in)
+    assert abs(weights.std() / target - 1) < 0.03, (k, weights.std(), target)
+    bound = 2 * target / 0.87962566103423978
+    assert np.abs(weights).max() <= bound and np.abs(weights).max() > 0.95 * bound
+  # The convolution uses exactly that kernel: an impulse returns its weights.
   x = np.zeros((1, 11, 11, 3), np.float32)
-  x[0, 5, 5, 0] = 1.0  # Impulse: output = kernel weights from input channel 0.
-  weights = np.concatenate([augment.random_convolve(x, (5,), SEED + i).numpy()[0, 3:8, 3:8]
-                            .ravel() for i in range(40)])
-  assert abs(weights.std() - np.sqrt(2 / 75)) < 0.03
+  x[0, 5, 5, 0] = 1.0
+  index, kernel_seed = augment.draw_random_conv((5,), SEED)
+  kernel = augment.he_normal_kernel(5, 3, kernel_seed).numpy()
+  out = augment.random_convolve(x, (5,), SEED).numpy()[0, 3:8, 3:8]
+  np.testing.assert_allclose(out, kernel[::-1, ::-1, 0], atol=1e-6)
+  assert int(index) == 0
 
 
 # --- The chain ------------------------------------------------------------
+
+@pytest.mark.parametrize('size,random_conv', [(32, False), (40, True)])
+def test_view_chain_equals_the_published_ops_with_the_same_draws(size, random_conv):
+  """Scale -> blur -> flip -> jitter -> clip -> grey (-> random conv) with the published ops,
+  our draws replayed: every fast path together stays within the tolerances above."""
+  rng = np.random.RandomState(size)
+  aug = _aug()
+  seen = set()
+  for i in range(24):
+    clip = tf.constant(rng.randint(0, 256, size=(3, size, size, 3)), tf.float32)
+    draw = augment.draw_view(aug, SEED + i)
+    ours = augment.apply_view(clip, draw, aug, random_conv=random_conv).numpy()
+    want = _published_chain(clip, draw, aug, random_conv).numpy()
+    np.testing.assert_allclose(ours, want, atol=1e-4 if random_conv else 4e-6, err_msg=str(i))
+    seen.add((bool(draw.flip), bool(draw.color.jitter), bool(draw.color.gray)))
+  assert len(seen) >= 5  # Flip, jitter and grey each taken and skipped.
+
 
 @pytest.mark.parametrize('random_conv', [False, True])
 def test_augment_clip_same_for_all_frames_and_in_range(random_conv):

@@ -13,38 +13,121 @@ def test_window_indices_loop_past_the_end():
   np.testing.assert_array_equal(idx, [3, 5, 0, 2, 4])
 
 
-@pytest.mark.parametrize('num_video_frames', [5, 40, 200])
-def test_start_placement_aligns_narrow_with_broad(num_video_frames):
-  for i in range(5):
-    w = sampling.train_windows(num_video_frames, narrow_frames=4, narrow_step=2, broad_frames=8,
-                               broad_step=4, placement='start', seed=SEED + i)
-    narrow, broad = w['narrow'].numpy(), w['broad'].numpy()
-    assert narrow.shape == (4,) and broad.shape == (8,)
-    assert narrow[0] == broad[0] == w['broad_start'].numpy()
-    assert 0 <= w['broad_start'] <= max(num_video_frames - 32, 0)
-    assert narrow.max() < num_video_frames and broad.max() < num_video_frames
-    np.testing.assert_array_equal(broad, (w['broad_start'].numpy() + 4 * np.arange(8))
-                                  % num_video_frames)
+FULL_SIZE = dict(narrow_frames=16, narrow_step=2, broad_frames=64, broad_step=4)  # Published views.
 
 
-def test_random_placement_keeps_narrow_inside_broad():
-  offsets = set()
-  for i in range(40):
-    w = sampling.train_windows(1000, narrow_frames=4, narrow_step=2, broad_frames=8,
-                               broad_step=4, placement='random', seed=SEED + i)
-    offset = int(w['narrow'][0] - w['broad_start'])
-    assert 0 <= offset <= 32 - 8
-    offsets.add(offset)
-  assert len(offsets) > 5  # Actually random.
+def _draw(num_video_frames, broad_start='at_narrow', draws=400, **views):
+  """Many training windows of one video: arrays of narrow starts, broad starts, windows."""
+  views = views or FULL_SIZE
+  out = {'s': [], 'b': [], 'looped': [], 'narrow': [], 'broad': []}
+  for i in range(draws):
+    w = sampling.train_windows(num_video_frames, broad_start=broad_start,
+                               seed=tf.constant([7, i], tf.int64), **views)
+    out['s'].append(int(w['narrow'][0]))
+    out['b'].append(int(w['broad_start']))
+    out['looped'].append(int(w['looped_frames']))
+    out['narrow'].append(w['narrow'].numpy())
+    out['broad'].append(w['broad'].numpy())
+  return {k: np.array(v) for k, v in out.items()}
 
 
-def test_unknown_placement_raises():
-  with pytest.raises(ValueError, match='narrow_placement'):
+@pytest.mark.parametrize('spec', ['configs/brave_rgb_audio.py', 'configs/brave_rgb_rc.py',
+                                  'configs/brave_rgb_audio.py:demo'])
+def test_default_is_the_published_broad_start(spec):
+  from brave_jax import config_base
+  assert config_base.load(spec).data.broad_start == 'at_narrow'
+
+
+def test_ten_second_clip_narrow_start_covers_the_whole_video_and_the_broad_window_wraps():
+  """250 frames (10 s at 25 fps): the narrow start is uniform over [0, 250 - 31]; the broad
+  window starts at the same frame; the video is looped to 500 frames, so every broad window
+  (253 frames) wraps."""
+  d = _draw(250)
+  s, b = d['s'], d['b']
+  assert s.min() >= 0 and s.max() <= 219
+  assert s.min() < 10 and s.max() > 209  # Starts reach both ends of the video...
+  quarters = np.histogram(s, bins=4, range=(0, 220))[0]
+  assert quarters.min() > 0.15 * len(s), quarters  # ...uniformly (each quarter ~25 %).
+  np.testing.assert_array_equal(b, s)
+  np.testing.assert_array_equal(d['looped'], 500)
+  for start, narrow, broad in zip(s, d['narrow'], d['broad']):
+    np.testing.assert_array_equal(narrow, start + 2 * np.arange(16))
+    assert broad[0] == narrow[0]
+    assert np.any(np.diff(broad) < 0)  # 253 frames of a 250-frame video: always wraps.
+  np.testing.assert_array_equal(d['broad'], (s[:, None] + 4 * np.arange(64)) % 250)
+
+
+def test_twenty_frame_clip_loops_both_views():
+  """20 frames, shorter than the narrow span (31): both views start at 0 and loop; the video
+  is looped to 260 frames (13 copies) to hold the broad window."""
+  d = _draw(20, draws=50)
+  np.testing.assert_array_equal(d['s'], 0)
+  np.testing.assert_array_equal(d['b'], 0)
+  np.testing.assert_array_equal(d['narrow'], np.tile(2 * np.arange(16) % 20, (50, 1)))
+  np.testing.assert_array_equal(d['looped'], 260)
+  np.testing.assert_array_equal(d['broad'], np.tile(4 * np.arange(64) % 20, (50, 1)))
+
+
+def test_long_clip_loops_only_when_the_broad_window_would_run_past_its_end():
+  d = _draw(1000, draws=100)
+  fits = d['s'] + 253 <= 1000
+  assert fits.any() and not fits.all()
+  np.testing.assert_array_equal(d['looped'], np.where(fits, 1000, 2000))
+  assert np.all(np.diff(d['broad'][fits], axis=1) == 4)
+  assert np.all(np.any(np.diff(d['broad'][~fits], axis=1) < 0, axis=1))
+
+
+def test_uniform_after_narrow_draws_the_broad_start_between_s_and_the_last_fitting_start():
+  """The option: b uniform over [s, looped - 253]; on 250 frames looped to 500, b <= 247."""
+  d = _draw(250, broad_start='uniform_after_narrow')
+  s, b = d['s'], d['b']
+  assert np.all(b >= s) and np.all(b <= 247)
+  fraction = (b - s) / np.maximum(247 - s, 1)
+  assert abs(fraction.mean() - 0.5) < 0.06, fraction.mean()
+  assert (b - s).min() <= 2 and b.max() >= 240
+  np.testing.assert_array_equal(d['broad'], (b[:, None] + 4 * np.arange(64)) % 250)
+  d20 = _draw(20, broad_start='uniform_after_narrow', draws=200)
+  assert set(d20['b']) == set(range(8))  # [0, 260 - 253].
+
+
+def test_unknown_broad_start_raises():
+  with pytest.raises(ValueError, match='broad_start'):
     sampling.train_windows(10, narrow_frames=2, narrow_step=1, broad_frames=4, broad_step=1,
-                           placement='middle', seed=SEED)
+                           broad_start='middle', seed=SEED)
 
 
-def test_audio_window_is_aligned_and_has_broad_length():
+def _published_audio(wave, start_frame, num_samples, num_video_frames, looped_frames):
+  """The published cut, in numpy: loop the waveform as the video, start at int(f32(b) * f32(A/N))."""
+  looped = np.tile(wave, looped_frames // num_video_frames)
+  start = int(np.float32(start_frame) * np.float32(len(wave) / num_video_frames))
+  out = np.zeros(num_samples, np.float32)
+  take = looped[start:start + num_samples]
+  out[:len(take)] = take
+  return out
+
+
+@pytest.mark.parametrize('num_samples_audio', [1000, 999])  # 4 per frame, and a ratio of 3.996.
+def test_broad_audio_is_aligned_with_the_broad_window_and_looped(num_samples_audio):
+  """250 frames, audio at 100 Hz: the broad audio starts at the broad window's first frame,
+  continues into the looped waveform and ends in zeros past the looped length (as published)."""
+  fps, rate = 25, 100
+  wave = np.arange(num_samples_audio, dtype=np.float32)
+  num_samples = sampling.num_audio_samples(64, 4, fps, rate)
+  assert num_samples == 1024  # 256 frames / 25 fps * 100 Hz.
+  d = _draw(250, draws=40)
+  for b, looped in zip(d['b'], d['looped']):
+    out = sampling.broad_audio_window(tf.constant(wave), b, num_samples, 250, looped).numpy()
+    np.testing.assert_array_equal(out, _published_audio(wave, b, num_samples, 250, looped))
+    if num_samples_audio == 1000:  # Sample 4k is the audio of broad frame k (mod the video).
+      k = np.arange(64)
+      np.testing.assert_array_equal(out[4 * 4 * k][4 * (b + 4 * k) < 2 * 1000],
+                                    (4 * ((b + 4 * k) % 250))[4 * (b + 4 * k) < 2 * 1000])
+  if num_samples_audio == 1000:  # Start 4 * 247 = 988; the looped 2000 samples end after 1012.
+    out = sampling.broad_audio_window(tf.constant(wave), 247, num_samples, 250, 500).numpy()
+    assert out[0] == 988 and out[1011] == 999 and np.count_nonzero(out[1012:]) == 0
+
+
+def test_eval_audio_window_is_aligned_and_has_broad_length():
   rate, fps = 1000, 25
   wave = tf.range(20000, dtype=tf.float32)
   n = sampling.num_audio_samples(8, 4, fps, rate)  # 32 frames = 1.28 s
@@ -64,10 +147,28 @@ def test_missing_audio_raises():
     sampling.audio_window(tf.zeros([0]), 0, 10, video_fps=25, audio_sample_rate=100)
 
 
-def test_evenly_spaced_windows():
+def test_missing_broad_audio_raises():
+  with pytest.raises(tf.errors.InvalidArgumentError, match='no audio'):
+    sampling.broad_audio_window(tf.zeros([0]), 0, 10, 20, 20)
+
+
+def test_evenly_spaced_windows_as_published():
+  """int(linspace(0, last, n)), last = the last start that fits (span = (T - 1) * step + 1)."""
   starts, idx = sampling.evenly_spaced_windows(100, num_frames=4, frame_step=2, num_windows=3)
-  np.testing.assert_array_equal(starts, [0, 46, 92])
+  np.testing.assert_array_equal(starts, [0, 46, 93])
   np.testing.assert_array_equal(idx[1], [46, 48, 50, 52])
+  starts, _ = sampling.evenly_spaced_windows(100, num_frames=4, frame_step=2, num_windows=1)
+  np.testing.assert_array_equal(starts, [0])
+  # 5 frames, span 7: looped to 10, starts 0 and 3.
   starts, idx = sampling.evenly_spaced_windows(5, num_frames=4, frame_step=2, num_windows=2)
-  np.testing.assert_array_equal(starts, [0, 0])
-  np.testing.assert_array_equal(idx[0], [0, 2, 4, 1])
+  np.testing.assert_array_equal(starts, [0, 3])
+  np.testing.assert_array_equal(idx, [[0, 2, 4, 1], [3, 0, 2, 4]])
+
+
+def test_random_window_starts_anywhere_the_window_fits_in_the_looped_video():
+  starts = {int(sampling.random_window(10, 4, 2, tf.constant([1, i], tf.int64))[0])
+            for i in range(200)}
+  assert starts == set(range(4))  # Span 7 fits at 0..3 of 10 frames.
+  starts = {int(sampling.random_window(5, 4, 2, tf.constant([1, i], tf.int64))[0])
+            for i in range(200)}
+  assert starts == set(range(4))  # Looped to 10 frames.

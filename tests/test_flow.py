@@ -96,12 +96,20 @@ def _flow_jpegs(flow_TxHxWx2: np.ndarray) -> tf.Tensor:
 
 def _whole_frame_aug(flip_prob: float):
   aug = config_base.base_config().data.augment
-  aug.update(crop_area_range=(1.0, 1.0), crop_aspect_range=(W / H, W / H), flip_prob=flip_prob)
+  aug.update(flip_prob=flip_prob)
   return aug
 
 
+@pytest.fixture
+def whole_frame_crops(monkeypatch):
+  """Crop windows that are the whole frame (the published sampler would swap a whole-frame draw
+  for its padded centre square), so the geometry below is the resize alone."""
+  monkeypatch.setattr(decode, 'random_crop_window',
+                      lambda image_hw, *unused: tf.concat([[0, 0], image_hw], 0))
+
+
 @pytest.mark.parametrize('flip', [False, True])
-def test_flow_view_scales_with_resize_and_flip_negates_x(flip):
+def test_flow_view_scales_with_resize_and_flip_negates_x(flip, whole_frame_crops):
   """Left half moves (6, -4) px, right half (0, -4); the 64x48 frame becomes a 32x32 view."""
   flow_TxHxWx2 = np.zeros([2, H, W, 2], np.float32)
   flow_TxHxWx2[:, :, :W // 2, 0] = 6.0
@@ -119,7 +127,7 @@ def test_flow_view_scales_with_resize_and_flip_negates_x(flip):
   np.testing.assert_allclose(view[..., 1], -4.0 * sy / dmvr_format.FLOW_CLIP_PX, atol=tol)
 
 
-def test_flow_view_upscaling_clips_to_unit_range():
+def test_flow_view_upscaling_clips_to_unit_range(whole_frame_crops):
   flow_TxHxWx2 = np.full([1, H, W, 2], 16.0, np.float32)  # 0.8 stored; x2 and x2.67 on a 128 view.
   view = pipeline._flow_view(_flow_jpegs(flow_TxHxWx2), 128, _whole_frame_aug(0.0),
                              tf.constant([3, 4], tf.int64)).numpy()

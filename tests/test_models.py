@@ -91,18 +91,25 @@ def test_audio_resnet_output_shape(depth, width, concrete):
   chex.assert_shape(feats, (B, int((2048 if depth >= 50 else 512) * width)))
 
 
-def test_temporal_shift_moves_exactly_one_eighth_each_way():
+def test_temporal_shift_equals_the_published_golden_output(testdata_dir):
+  """Float equality with the published code's shift (tests/testdata/temporal_shift.npz)."""
+  golden = np.load(testdata_dir / 'temporal_shift.npz')
+  out = tsm_resnet.temporal_shift(jnp.asarray(golden['x']), int(golden['num_frames']))
+  np.testing.assert_array_equal(np.asarray(out), golden['shifted'])
+
+
+def test_temporal_shift_moves_one_eighth_each_way_and_swaps_the_groups():
   b, t, c = 2, 3, 16  # n = 2 channels each way.
   x_BxTxHxWxC = jnp.arange(b * t * 2 * 2 * c, dtype=jnp.float32).reshape(b, t, 2, 2, c) + 1
   out = tsm_resnet.temporal_shift(x_BxTxHxWxC.reshape(b * t, 2, 2, c), t).reshape(x_BxTxHxWxC.shape)
   chex.assert_shape(out, x_BxTxHxWxC.shape)
   n = 2
-  # First n channels come from frame t-1; zeros at the first frame.
-  chex.assert_trees_all_equal(out[:, 1:, ..., :n], x_BxTxHxWxC[:, :-1, ..., :n])
-  chex.assert_trees_all_equal(out[:, 0, ..., :n], jnp.zeros_like(out[:, 0, ..., :n]))
-  # Last n channels come from frame t+1; zeros at the last frame.
-  chex.assert_trees_all_equal(out[:, :-1, ..., c - n:], x_BxTxHxWxC[:, 1:, ..., c - n:])
-  chex.assert_trees_all_equal(out[:, -1, ..., c - n:], jnp.zeros_like(out[:, -1, ..., c - n:]))
+  # First n output channels: the LAST n channels of frame t+1; zeros at the last frame.
+  chex.assert_trees_all_equal(out[:, :-1, ..., :n], x_BxTxHxWxC[:, 1:, ..., c - n:])
+  chex.assert_trees_all_equal(out[:, -1, ..., :n], jnp.zeros_like(out[:, -1, ..., :n]))
+  # Last n output channels: the FIRST n channels of frame t-1; zeros at the first frame.
+  chex.assert_trees_all_equal(out[:, 1:, ..., c - n:], x_BxTxHxWxC[:, :-1, ..., :n])
+  chex.assert_trees_all_equal(out[:, 0, ..., c - n:], jnp.zeros_like(out[:, 0, ..., c - n:]))
   # The rest stays; nothing leaks between clips of the batch.
   chex.assert_trees_all_equal(out[..., n:c - n], x_BxTxHxWxC[..., n:c - n])
 
@@ -110,8 +117,8 @@ def test_temporal_shift_moves_exactly_one_eighth_each_way():
 def test_temporal_shift_rounds_the_fraction_down():
   x = jnp.ones((2 * 2, 1, 1, 15))  # int(15 / 8) = 1 channel each way.
   out = tsm_resnet.temporal_shift(x, 2).reshape(2, 2, 15)
-  np.testing.assert_array_equal(out[:, 0, 0], 0.0)
-  np.testing.assert_array_equal(out[:, 1, -1], 0.0)
+  np.testing.assert_array_equal(out[:, 0, -1], 0.0)  # Nothing before the first frame.
+  np.testing.assert_array_equal(out[:, 1, 0], 0.0)  # Nothing after the last frame.
   assert float(out.sum()) == 2 * 2 * 15 - 4
   x7 = jnp.ones((4, 1, 1, 7))  # Fewer than 8 channels: nothing moves.
   chex.assert_trees_all_equal(tsm_resnet.temporal_shift(x7, 2), x7)
@@ -191,6 +198,32 @@ def test_model_under_pmap_matches_single_device(tiny_va):
   key = 'narrow_video_embedding/TSMResNetV2/batch_norm/~/mean_ema'
   np.testing.assert_allclose(new_state[key]['hidden'][0], tiny_va['new_state'][key]['hidden'],
                              rtol=1e-4, atol=1e-6)
+
+
+def test_cross_replica_batch_norm_shares_statistics_over_different_data(tiny_va):
+  """Each device gets a DIFFERENT half of the batch: with statistics shared over 'i' the mean
+  loss and the BN state equal one device's on the whole batch; with per-device statistics
+  (the control) they do not."""
+  assert jax.local_device_count() >= 2, 'conftest.py should simulate 2 CPU devices'
+  halves = jax.tree.map(lambda x: x.reshape((2, B // 2) + x.shape[1:]), tiny_va['batch'])
+  replicate = lambda tree: jax.tree.map(lambda x: np.stack([x, x]), tree)
+  rngs = jax.random.split(jax.random.PRNGKey(1), 2)
+  results = {}
+  for axis in ('i', None):
+    model = brave.build_model(tiny_va['config'].model, ('audio',), axis_name=axis)
+    loss, (new_state, _) = jax.pmap(model.loss, axis_name='i')(
+        replicate(tiny_va['params']), replicate(tiny_va['state']), rngs, halves)
+    results[axis] = (float(np.mean(loss)), new_state)
+  key = 'narrow_video_embedding/TSMResNetV2/batch_norm/~/mean_ema'
+  shared_loss, shared_state = results['i']
+  np.testing.assert_allclose(shared_loss, float(tiny_va['loss']), rtol=1e-4)
+  for device in range(2):
+    np.testing.assert_allclose(shared_state[key]['hidden'][device],
+                               tiny_va['new_state'][key]['hidden'], rtol=1e-4, atol=1e-6)
+  local_loss, local_state = results[None]
+  assert abs(local_loss - float(tiny_va['loss'])) > 1e-3 * abs(float(tiny_va['loss']))
+  assert not np.allclose(local_state[key]['hidden'][0], tiny_va['new_state'][key]['hidden'],
+                         rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize('manifest_key,config_name', [

@@ -30,27 +30,48 @@ def jpeg_shape(jpeg: tf.Tensor) -> tf.Tensor:
   return tf.image.extract_jpeg_shape(jpeg)[:2]
 
 
+_CROP_ATTEMPTS = 20  # Published: DEFAULT_MAX_RANDOM_SAMPLE_CROP_ATTEMPTS.
+_CROP_FALLBACK_PADDING = 16  # Published: DEFAULT_PADDING_ON_FAIL.
+
+
+def center_crop_window(image_hw: tf.Tensor, padding: int = _CROP_FALLBACK_PADDING) -> tf.Tensor:
+  """int32 [y, x, h, w]: the centred square of side min(h, w) - 2 * padding (published fallback)."""
+  image_hw = tf.cast(image_hw, tf.int32)
+  side = tf.reduce_min(image_hw)
+  offset = (image_hw - side) // 2 + padding
+  size = tf.maximum(side - 2 * padding, 1)
+  return tf.stack([offset[0], offset[1], size, size])
+
+
 def random_crop_window(image_hw: tf.Tensor, area_range: Sequence[float],
                        aspect_range: Sequence[float], seed: tf.Tensor) -> tf.Tensor:
   """int32 [y, x, h, w]: random-resized-crop window (area fraction, aspect w/h) in the image.
 
-  Uses the same sampler as Inception/SimCLR crops (up to 10 attempts, the
-  whole image if none fits).
+  As published: tf.image's distorted-bounding-box sampler around the whole
+  image (covering at least the minimum area, up to 20 attempts); when it comes
+  back with the whole image (no attempt fitted) the window is the centred
+  square inset by 16 px instead.
   """
+  image_hw = tf.cast(image_hw, tf.int32)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.concat([image_hw, [3]], 0), bounding_boxes=tf.zeros([1, 0, 4]), seed=seed,
-      min_object_covered=0.0, aspect_ratio_range=tuple(aspect_range),
-      area_range=tuple(area_range), max_attempts=10, use_image_if_no_bounding_boxes=True)
-  return tf.stack([begin[0], begin[1], size[0], size[1]])
+      tf.concat([image_hw, [3]], 0), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed, min_object_covered=float(area_range[0]), aspect_ratio_range=tuple(aspect_range),
+      area_range=tuple(area_range), max_attempts=_CROP_ATTEMPTS,
+      use_image_if_no_bounding_boxes=True)
+  window = tf.stack([begin[0], begin[1], size[0], size[1]])
+  return tf.cond(tf.reduce_all(tf.equal(size[:2], image_hw)),
+                 lambda: center_crop_window(image_hw), lambda: window)
 
 
 def choose_ratio(crop_hw: tf.Tensor, out_hw: tf.Tensor | Sequence[int],
                  max_upscale: float = 1.0) -> tf.Tensor:
-  """Index into RATIOS of the largest downscale that leaves >= out / max_upscale pixels a side."""
+  """Index into RATIOS of the largest downscale that leaves >= out / max_upscale pixels a side;
+  0 (full scale) when even that is fewer (a crop smaller than the view is upscaled from full
+  scale: an index of -1 would make tf.switch_case run its last branch, 1/8 scale)."""
   crop = tf.cast(crop_hw, tf.int32)
   out = tf.cast(tf.math.ceil(tf.cast(out_hw, tf.float32) / max_upscale), tf.int32)
   fits = [tf.reduce_all(crop // r >= out) for r in RATIOS]
-  return tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32)) - 1
+  return tf.maximum(tf.reduce_sum(tf.cast(tf.stack(fits), tf.int32)) - 1, 0)
 
 
 def _decode_all(jpegs_T: tf.Tensor, window: tf.Tensor | None, ratio: int,
@@ -101,34 +122,37 @@ def decode_random_crop(jpegs_T: tf.Tensor, size: int, area_range: Sequence[float
   return decode_crop_resize(jpegs_T, window, size, max_upscale)
 
 
+def resized_short_side_shape(image_hw: tf.Tensor, short_side: int) -> tf.Tensor:
+  """int32 [h', w'] as the published resize_min: max(S, h * S // w), max(S, w * S // h)."""
+  h, w = tf.unstack(tf.cast(image_hw, tf.int32))
+  return tf.stack([tf.maximum(short_side, (h * short_side) // w),
+                   tf.maximum(short_side, (w * short_side) // h)])
+
+
 def decode_resize_short_side(jpegs_T: tf.Tensor, short_side: int) -> tf.Tensor:
-  """float32 [T, H', W', 3] in [0, 255] with min(H', W') == short_side (aspect kept)."""
-  hw = jpeg_shape(jpegs_T[0])
-  scale = short_side / tf.cast(tf.reduce_min(hw), tf.float64)
-  out_hw = tf.cast(tf.round(tf.cast(hw, tf.float64) * scale), tf.int32)
-  out_hw = tf.maximum(out_hw, short_side)
-  full = tf.stack([0, 0, hw[0], hw[1]])
-  frames = decode_crop(jpegs_T, full, out_hw)
-  return tf.image.resize(frames, out_hw, method='bilinear')
+  """float32 [T, H', W', 3] in [0, 255], the short side resized to `short_side` as published:
+  full decode, bilinear resize (when the size changes), cast back to uint8 (truncating)."""
+  frames = _decode_all(jpegs_T, None, 1, dct_method='')  # '': libjpeg's default, as published.
+  out_hw = resized_short_side_shape(tf.shape(frames)[1:3], short_side)
+  resized = tf.cond(tf.reduce_any(tf.not_equal(tf.shape(frames)[1:3], out_hw)),
+                    lambda: tf.cast(tf.image.resize(frames, out_hw, method='bilinear'), tf.uint8),
+                    lambda: frames)
+  return tf.cast(resized, tf.float32)
+
+
+def linearly_spaced_offsets(length: tf.Tensor, size: int, num: int) -> tf.Tensor:
+  """int32 [num] offsets int(linspace(0, length - size, num)) (published test crops)."""
+  last = tf.cast(tf.maximum(tf.cast(length, tf.int32) - size, 0), tf.float32)
+  return tf.cast(tf.linspace(0.0, last, num), tf.int32)
 
 
 def spatial_crops(frames_TxHxWxC: tf.Tensor, size: int, num_crops: int) -> tf.Tensor:
-  """[num_crops, T, size, size, C]: crops evenly spaced along the long side (left/centre/right
-  for landscape, top/centre/bottom for portrait), centred on the short side."""
+  """[num_crops, T, size, size, C]: the published test crops, spaced evenly along BOTH axes at once
+  (a diagonal: crop i at offset int(i / (n - 1) * free) in y and in x; one crop at the top left)."""
   shape = tf.shape(frames_TxHxWxC)
-  h, w = shape[1], shape[2]
-  landscape = w >= h
-  long_free = tf.where(landscape, w - size, h - size)
-  short_free = tf.where(landscape, h - size, w - size)
-  if num_crops == 1:
-    along = [long_free // 2]
-  else:
-    along = [(long_free * i) // (num_crops - 1) for i in range(num_crops)]
-  crops = []
-  for a in along:
-    y = tf.where(landscape, short_free // 2, a)
-    x = tf.where(landscape, a, short_free // 2)
-    crops.append(frames_TxHxWxC[:, y:y + size, x:x + size, :])
+  ys = linearly_spaced_offsets(shape[1], size, num_crops)
+  xs = linearly_spaced_offsets(shape[2], size, num_crops)
+  crops = [frames_TxHxWxC[:, ys[i]:ys[i] + size, xs[i]:xs[i] + size, :] for i in range(num_crops)]
   return tf.ensure_shape(tf.stack(crops), [num_crops, None, size, size, None])
 
 

@@ -310,6 +310,8 @@ def _require_frames(frames: tf.Tensor, what: str) -> tf.Tensor:
 
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
               blur: bool, random_conv: bool) -> tf.Tensor:
+  """One random crop for all frames (decoded straight into the view size), then the published
+  view chain (`augment.augment_clip`)."""
   s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   frames = decode.decode_random_crop(jpegs_T, size, aug.crop_area_range, aug.crop_aspect_range,
                                      s_crop)
@@ -336,6 +338,10 @@ def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
 
 
 def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor):
+  """Per record: the published sampler's windows (`sampling.train_windows`), the narrow RGB view,
+  and each broad view: RGB through the same chain (randomly convolved for 'rc' and V/V), flow
+  with the geometry only (ours; the published code has no flow), audio as the log-mel of the
+  broad window's waveform."""
   d = config.data
   modalities = tuple(d.broad_modalities)
   num_samples = audio_num_samples(config)
@@ -349,7 +355,7 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
     win = sampling.train_windows(
         n, narrow_frames=d.narrow.num_frames, narrow_step=d.narrow.frame_step,
         broad_frames=d.broad.num_frames, broad_step=d.broad.frame_step,
-        placement=d.narrow_placement, seed=seeds[0])
+        broad_start=d.broad_start, seed=seeds[0])
     narrow = _rgb_view(tf.gather(ex['video'], win['narrow']), d.narrow.image_size, d.augment,
                        seeds[1], blur=True, random_conv=False)
     broad = {}
@@ -363,8 +369,8 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
         broad[m] = _flow_view(tf.gather(ex['flow'], tf.math.floormod(win['broad'], n_flow)),
                               d.broad.image_size, d.augment, s)
       elif m == 'audio':
-        wave = sampling.audio_window(ex['audio'], win['broad_start'], num_samples,
-                                     video_fps=d.video_fps, audio_sample_rate=d.audio_sample_rate)
+        wave = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples, n,
+                                           win['looped_frames'])
         broad[m] = tf.ensure_shape(spectrogram.from_config(wave, d),
                                    [audio_num_frames(config), d.audio.num_mel_bins])
     return {'narrow': {'video': narrow}, 'broad': broad, 'label': ex['label'], _INDEX: index}
@@ -530,7 +536,8 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
 
 def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
                         include_audio: bool):
-  """One augmented clip per record: random window, random crop, flip, colour (no blur)."""
+  """One augmented clip per record, as the published linear protocol: random window of the
+  looped video, random crop, then the view chain without blur (scale, flip, colour, grey)."""
   d, e = config.data, config.eval
   num_samples = audio_num_samples(config)
 
@@ -553,7 +560,9 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
 
 
 def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool):
-  """N temporal x M spatial deterministic crops of one record, rows ordered (window, crop)."""
+  """N temporal x M spatial deterministic crops of one record, rows ordered (window, crop):
+  the published test crops (windows at int(linspace) starts, short side resized, spatial
+  crops on a diagonal)."""
   d, e = config.data, config.eval
   nt, ns, t, size = e.num_temporal_crops, e.num_spatial_crops, e.num_frames, e.image_size
   num_samples = audio_num_samples(config)

@@ -1,12 +1,15 @@
-"""Which frames and which audio samples make up each view of a clip.
+"""Which frames and which audio samples make up each view of a clip (the published sampler).
 
 Index arithmetic only (no decoding), so windows, looping and audio alignment
-are tested on integers. Short videos loop: frame i of a window is frame
+are tested on integers. Windows that run past the end loop, as the published
+code loops a video by repeating it whole: frame i of a window is frame
 `i mod num_video_frames`, and the waveform loops the same way.
 """
 from __future__ import annotations
 
 import tensorflow as tf
+
+from brave_jax import config_base
 
 
 def window_indices(start: tf.Tensor, num_frames: int, frame_step: int,
@@ -22,50 +25,75 @@ def _uniform_int(seed: tf.Tensor, maxval_inclusive: tf.Tensor) -> tf.Tensor:
                                      dtype=tf.int32) % (tf.cast(maxval_inclusive, tf.int32) + 1)
 
 
-def train_windows(num_video_frames: tf.Tensor, *, narrow_frames: int, narrow_step: int,
-                  broad_frames: int, broad_step: int, placement: str,
-                  seed: tf.Tensor) -> dict[str, tf.Tensor]:
-  """Narrow and broad frame indices of one training example.
+def span(num_frames: int, frame_step: int) -> int:
+  """Frames a window covers from its first to its last sampled frame: (T - 1) * step + 1."""
+  return (num_frames - 1) * frame_step + 1
 
-  The broad window (span broad_frames*broad_step) starts uniformly where it
-  fits in the video (at 0 when it does not: the video loops). With placement
-  'start' the narrow window starts where the broad one does (published
-  BraVe); with 'random' it starts anywhere it fits inside the broad window.
-  Returns {'narrow': [Tn], 'broad': [Tb], 'broad_start': scalar} (int32).
-  """
-  if placement not in ('start', 'random'):
-    raise ValueError(f"config.data.narrow_placement must be 'start' or 'random', got {placement!r}")
+
+def looped_length(num_video_frames: tf.Tensor, frames_needed: tf.Tensor) -> tf.Tensor:
+  """Length of the video repeated whole (published `extend_sequence`) until it holds frames_needed."""
   n = tf.cast(num_video_frames, tf.int32)
-  broad_span = broad_frames * broad_step
-  narrow_span = narrow_frames * narrow_step
-  seed_start, seed_offset = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  broad_start = _uniform_int(seed_start, tf.maximum(n - broad_span, 0))
-  offset = tf.constant(0, tf.int32)
-  if placement == 'random':
-    offset = _uniform_int(seed_offset, max(broad_span - narrow_span, 0))
+  repeats = tf.maximum((tf.cast(frames_needed, tf.int32) + n - 1) // n, 1)
+  return n * repeats
+
+
+BROAD_STARTS = config_base.BROAD_STARTS
+
+
+def train_windows(num_video_frames: tf.Tensor, *, narrow_frames: int, narrow_step: int,
+                  broad_frames: int, broad_step: int, broad_start: str,
+                  seed: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Narrow and broad frame indices of one training example, as the published sampler draws them.
+
+  The narrow clip starts at s, uniform over [0, max(N, Ln) - Ln] (Ln = its span):
+  anywhere in the video. The video is then looped (repeated whole) until it
+  holds s + Lb frames (Lb = the broad span), and the broad window starts at b:
+  'at_narrow' (published): b = s; 'uniform_after_narrow' (an option): b uniform
+  over [s, looped - Lb], so it may start later than the narrow clip. Clips shorter than Ln loop too (the
+  published code needs N >= Ln). Indices are into the original video.
+  Returns {'narrow': [Tn], 'broad': [Tb], 'broad_start': b, 'looped_frames': scalar} (int32).
+  """
+  if broad_start not in BROAD_STARTS:
+    raise ValueError(f'config.data.broad_start must be one of {BROAD_STARTS}, got {broad_start!r}')
+  n = tf.cast(num_video_frames, tf.int32)
+  seed_narrow, seed_broad = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  narrow_start = _uniform_int(seed_narrow, tf.maximum(n - span(narrow_frames, narrow_step), 0))
+  broad_span = span(broad_frames, broad_step)
+  looped = looped_length(n, narrow_start + broad_span)
+  b = narrow_start
+  if broad_start == 'uniform_after_narrow':
+    b = narrow_start + _uniform_int(seed_broad, looped - broad_span - narrow_start)
   return {
-      'narrow': window_indices(broad_start + offset, narrow_frames, narrow_step, n),
-      'broad': window_indices(broad_start, broad_frames, broad_step, n),
-      'broad_start': broad_start,
+      'narrow': window_indices(narrow_start, narrow_frames, narrow_step, n),
+      'broad': window_indices(b, broad_frames, broad_step, n),
+      'broad_start': b,
+      'looped_frames': looped,
   }
 
 
 def random_window(num_video_frames: tf.Tensor, num_frames: int, frame_step: int,
                   seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """(start, indices [num_frames]) of one window at a uniformly random start (eval 'train' mode)."""
+  """(start, indices [num_frames]) of one window at a uniformly random start (eval 'train' mode).
+
+  As published: the video is looped whole until it holds the window's span, then
+  the start is uniform over every position where the window fits.
+  """
   n = tf.cast(num_video_frames, tf.int32)
-  start = _uniform_int(seed, tf.maximum(n - num_frames * frame_step, 0))
+  window_span = span(num_frames, frame_step)
+  start = _uniform_int(seed, looped_length(n, window_span) - window_span)
   return start, window_indices(start, num_frames, frame_step, n)
 
 
 def evenly_spaced_starts(num_video_frames: tf.Tensor, num_frames: int, frame_step: int,
                          num_windows: int) -> tf.Tensor:
-  """int32 [num_windows] starts spread evenly from 0 to the last start that fits (test crops)."""
-  last = tf.cast(tf.maximum(tf.cast(num_video_frames, tf.int32) - num_frames * frame_step, 0),
-                 tf.float32)
-  if num_windows == 1:
-    return tf.cast(tf.round(last / 2), tf.int32)[None]
-  return tf.cast(tf.round(tf.linspace(0.0, last, num_windows)), tf.int32)
+  """int32 [num_windows] test-window starts, as published: int(linspace(0, last, num_windows)).
+
+  `last` is the last start where the window fits in the video looped whole to
+  hold its span; one window starts at 0, two at 0 and `last`.
+  """
+  window_span = span(num_frames, frame_step)
+  last = looped_length(num_video_frames, window_span) - window_span
+  return tf.cast(tf.linspace(0.0, tf.cast(last, tf.float32), num_windows), tf.int32)
 
 
 def evenly_spaced_windows(num_video_frames: tf.Tensor, num_frames: int, frame_step: int,
@@ -79,8 +107,31 @@ def evenly_spaced_windows(num_video_frames: tf.Tensor, num_frames: int, frame_st
 
 def num_audio_samples(num_frames: int, frame_step: int, video_fps: float,
                       audio_sample_rate: float) -> int:
-  """Samples covering a window of num_frames*frame_step video frames (SPEC: rounded)."""
-  return int(round(num_frames * frame_step / video_fps * audio_sample_rate))
+  """Samples covering num_frames*frame_step video frames, truncated as published: int(T*step/fps*rate)."""
+  return int(num_frames * frame_step / video_fps * audio_sample_rate)
+
+
+def broad_audio_window(waveform: tf.Tensor, start_frame: tf.Tensor, num_samples: int,
+                       num_video_frames: tf.Tensor, looped_frames: tf.Tensor) -> tf.Tensor:
+  """float32 [num_samples]: the waveform of a broad training window, as the published sampler cuts it.
+
+  The waveform is looped as often as the video was (looped_frames / N times),
+  the window starts at sample int(float32(start_frame) * float32(A / N)) (A
+  samples, N frames: the record's own audio-to-video ratio), and samples past
+  the looped waveform's end are zeros. An empty waveform raises
+  InvalidArgumentError, which the pipeline turns into a skipped, counted record.
+  """
+  length = tf.size(waveform, out_type=tf.int32)
+  check = tf.debugging.assert_positive(
+      length, message='record has no audio (WAVEFORM/feature/floats) but the config needs it')
+  with tf.control_dependencies([check]):
+    n = tf.cast(num_video_frames, tf.int32)
+    ratio = tf.cast(tf.cast(length, tf.float64) / tf.cast(n, tf.float64), tf.float32)
+    start = tf.cast(tf.cast(start_frame, tf.float32) * ratio, tf.int32)
+  looped_samples = length * (tf.cast(looped_frames, tf.int32) // n)
+  positions = start + tf.range(num_samples, dtype=tf.int32)
+  samples = tf.gather(waveform, tf.math.floormod(positions, length))
+  return tf.where(positions < looped_samples, samples, tf.zeros_like(samples))
 
 
 def audio_window(waveform: tf.Tensor, start_frame: tf.Tensor, num_samples: int, *,

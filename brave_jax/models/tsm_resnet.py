@@ -2,7 +2,8 @@
 
 Frames are folded into the batch, so a video backbone costs what an image
 backbone costs; 1/8 of the channels look one frame back and 1/8 one frame
-ahead in every block (ARCHITECTURE.md, "TSM-ResNet-v2"). Module and parameter
+ahead in every block, with the published channel reorder (`temporal_shift`;
+ARCHITECTURE.md, "TSM-ResNet-v2"). Module and parameter
 names equal the published checkpoints' (`TSMResNetV2/tsm_resnet_unit_0/block_0/conv_0/w`).
 """
 from __future__ import annotations
@@ -81,10 +82,16 @@ def output_dim(depth: int, width_multiplier: float) -> int:
 
 
 def temporal_shift(x_NxHxWxC: jax.Array, num_frames: int) -> jax.Array:
-  """Shifts 1/8 of the channels one frame forward and 1/8 back, zero-filling at the clip ends.
+  """The published temporal shift: 1/8 of the channels from the next frame, 1/8 from the previous,
+  and the two shifted groups SWAP places along the channel axis.
 
-  With n = int(C / 8): at frame t the last n channels come from frame t+1 (zeros
-  at the last frame) and the first n from frame t-1 (zeros at the first frame).
+  With n = int(C / 8), the output at frame t is the concatenation
+  [x[t+1][C-n:C], x[t][n:C-n], x[t-1][0:n]]: its first n channels are the last n
+  of frame t+1 (zeros at the last frame), its last n channels are the first n of
+  frame t-1 (zeros at the first frame). The swap changes nothing for a network
+  trained from scratch (the next 1x1 conv can permute its inputs), but published
+  checkpoints were trained with it, so their features need it
+  (ARCHITECTURE.md, "TSM-ResNet-v2"; tests/testdata/temporal_shift.npz).
   Frames are folded into the batch: N = B * num_frames, frame-major within a clip.
   """
   n_frames_total, h, w, c = x_NxHxWxC.shape
@@ -93,10 +100,10 @@ def temporal_shift(x_NxHxWxC: jax.Array, num_frames: int) -> jax.Array:
     return x_NxHxWxC
   x_BxTxHxWxC = x_NxHxWxC.reshape(n_frames_total // num_frames, num_frames, h, w, c)
   no_pad = (0, 0)
-  from_prev = jnp.pad(x_BxTxHxWxC[:, :-1, ..., :n], (no_pad, (1, 0), no_pad, no_pad, no_pad))
   from_next = jnp.pad(x_BxTxHxWxC[:, 1:, ..., c - n:], (no_pad, (0, 1), no_pad, no_pad, no_pad))
   middle = x_BxTxHxWxC[..., n:c - n]
-  shifted = jnp.concatenate([from_prev, middle, from_next], axis=-1)
+  from_prev = jnp.pad(x_BxTxHxWxC[:, :-1, ..., :n], (no_pad, (1, 0), no_pad, no_pad, no_pad))
+  shifted = jnp.concatenate([from_next, middle, from_prev], axis=-1)
   return shifted.reshape(x_NxHxWxC.shape)
 
 
