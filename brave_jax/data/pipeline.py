@@ -38,11 +38,13 @@ from brave_jax.data import decode
 from brave_jax.data import reader
 from brave_jax.data import sampling
 from brave_jax.data import spectrogram
+from brave_jax.data import tfds_reader
 
 _READ_BUFFER_BYTES = 8 << 20  # Records are several MB (a few hundred JPEGs + waveform).
 _MAX_CYCLE_LENGTH = 8  # Shards read concurrently per host.
 _SKIPPED = '_skipped'
 _INDEX = '_index'
+Source = reader.ShardSpec | tfds_reader.TfdsSplit  # Where labelled clips come from (eval, fine-tuning).
 
 
 class DataIterator:
@@ -299,7 +301,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
 # Evaluation.
 
 def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
-                        include_audio: bool):
+                        include_audio: bool, parse: Callable[..., Any] = reader.parse_example):
   """One augmented clip per record: random window, random crop, flip, colour (no blur)."""
   d, e = config.data, config.eval
   num_samples = audio_num_samples(config)
@@ -308,7 +310,7 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
     video_index, serialized = item
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
     s_win, s_view = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    ex = reader.parse_example(serialized, video=True, audio=include_audio)
+    ex = parse(serialized, video=True, audio=include_audio)
     n = _require_frames(ex['video'], 'image/encoded')
     start, idx = sampling.random_window(n, e.num_frames, e.frame_step, s_win)
     out = {'video': _rgb_view(tf.gather(ex['video'], idx), e.image_size, d.augment, s_view,
@@ -322,14 +324,15 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
   return fn
 
 
-def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool):
+def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool,
+                       parse: Callable[..., Any] = reader.parse_example):
   """N temporal x M spatial deterministic crops of one record, rows ordered (window, crop)."""
   d, e = config.data, config.eval
   nt, ns, t, size = e.num_temporal_crops, e.num_spatial_crops, e.num_frames, e.image_size
   num_samples = audio_num_samples(config)
 
   def fn(index, serialized):
-    ex = reader.parse_example(serialized, video=True, audio=include_audio)
+    ex = parse(serialized, video=True, audio=include_audio)
     n = _require_frames(ex['video'], 'image/encoded')
     starts, idx_NxT = sampling.evenly_spaced_windows(n, t, e.frame_step, nt)
     unique, position = tf.unique(tf.reshape(idx_NxT, [-1]))  # Decode each frame once.
@@ -354,7 +357,21 @@ def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool):
   return fn
 
 
-def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpec, *,
+def _eval_records(source: Source, *, audio: bool = False
+                  ) -> tuple[tf.data.Dataset, Callable[..., Any], Callable[[], int]]:
+  """(records in a fixed order, their parse function, a record counter) of DMVR shards or TFDS."""
+  if tfds_reader.is_tfds(source):
+    return (tfds_reader.records(source, audio=audio), tfds_reader.parse,
+            lambda: tfds_reader.num_examples(source))
+  files = reader.list_shards(source)
+
+  def count() -> int:
+    return int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+  return (tf.data.TFRecordDataset(files, buffer_size=_READ_BUFFER_BYTES), reader.parse_example,
+          count)
+
+
+def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
                       mode: str, batch_size: int | None = None, include_audio: bool = False,
                       seed: int | None = None) -> DataIterator:
   """Finite iterator of flat eval batches {'video' [N,T,H,W,3], 'label', 'video_index'[, 'audio']}.
@@ -366,30 +383,31 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpe
   video's video_index is its position in the sorted shard order, counting
   skipped records, so results are reproducible and comparable across runs.
   The audio of a clip covers the broad training window from the clip start,
-  so audio features match what the audio backbone was trained on.
+  so audio features match what the audio backbone was trained on. `shards`
+  may also be a `tfds_reader.TfdsSplit` (a TFDS dataset read as it is).
   """
   if mode not in ('train', 'test'):
     raise ValueError(f"make_eval_dataset: mode must be 'train' or 'test', got {mode!r}")
   limit_tf_op_threads(config.data.tf_intra_op_threads)
   batch_size = batch_size or config.eval.batch_size
-  files = reader.list_shards(shards)
-  records = tf.data.TFRecordDataset(files, buffer_size=_READ_BUFFER_BYTES)
+  if include_audio:
+    _check_tfds_audio_rate(config, shards)
+  records, parse, count_records = _eval_records(shards, audio=include_audio)
   passes = config.eval.train_passes if mode == 'train' else 1
 
   def total_records() -> int:
-    count = tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1)
-    return int(count) * passes
+    return count_records() * passes
 
   if mode == 'train':
     seed = config.seed if seed is None else seed
     base_seed = tf.constant(_seed_ints(seed, 3), tf.int64)
     ds = records.enumerate().repeat(passes).enumerate()
-    ds = ds.map(_make_eval_train_fn(config, base_seed, include_audio),
+    ds = ds.map(_make_eval_train_fn(config, base_seed, include_audio, parse),
                 num_parallel_calls=_parallel(config), deterministic=True)
     ds = _count_skipped(ds)
   else:
     ds = records.enumerate()
-    ds = ds.map(_make_eval_test_fn(config, include_audio),
+    ds = ds.map(_make_eval_test_fn(config, include_audio, parse),
                 num_parallel_calls=_parallel(config), deterministic=True)
     ds = _count_skipped(ds)
     rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
@@ -402,3 +420,158 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpe
     ds = ds.map(spread).unbatch()
   ds = ds.batch(batch_size).prefetch(2)
   return DataIterator(_options(ds), total_records=total_records)
+
+
+def _check_tfds_audio_rate(config: ml_collections.ConfigDict, source: Source) -> None:
+  """A TFDS dataset's audio must be at the rate the spectrogram expects (no resampler in TF)."""
+  if not tfds_reader.is_tfds(source):
+    return
+  rate = tfds_reader.audio_sample_rate(source)
+  if rate and int(rate) != int(config.data.audio_sample_rate):
+    raise tfds_reader.TfdsError(
+        f'{source}: audio is {rate} Hz, config.data.audio_sample_rate is '
+        f'{config.data.audio_sample_rate}; set --config.data.audio_sample_rate={rate} (the '
+        'log-mel window then covers the same seconds) or convert the audio with '
+        'brave_jax.data.convert --audio_only, which resamples')
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning.
+
+def _train_records(source: Source, *, process_index: int, process_count: int,
+                   file_seed: int) -> tuple[tf.data.Dataset, Callable[..., Any]]:
+  """This host's records (disjoint from other hosts'), files in a seeded random order."""
+  if tfds_reader.is_tfds(source):
+    ds = tfds_reader.records(source, process_index=process_index, process_count=process_count,
+                             shuffle_files=True, seed=file_seed)
+    return ds, tfds_reader.parse
+  files = reader.split_for_process(reader.list_shards(source), process_index, process_count)
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
+  cycle = min(len(files), _MAX_CYCLE_LENGTH)
+  ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=_READ_BUFFER_BYTES),
+                     cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
+                     deterministic=True)
+  return ds, reader.parse_example
+
+
+def make_finetune_dataset(config: ml_collections.ConfigDict, source: Source, *,
+                          batch_size: int, process_index: int = 0, process_count: int = 1,
+                          num_local_devices: int | None = None, seed: int | None = None,
+                          start_step: int = 0) -> DataIterator:
+  """Endless labelled training clips, [local_devices, per_device, ...] {'video', 'label'}.
+
+  Each clip is made as the linear protocol's train clips are
+  (`_make_eval_train_fn`: a random window of config.eval.num_frames, random
+  crop, flip, colour jitter, greyscale), so fine-tuning and the linear probe
+  see the same augmentation; records are shuffled and repeated, each host
+  reads its own share, and randomness is keyed on (seed + process, start
+  step, position) as in `make_train_dataset`. A record without a label is
+  skipped and counted, like any bad record.
+  """
+  limit_tf_op_threads(config.data.tf_intra_op_threads)
+  if num_local_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    num_local_devices = jax.local_device_count()
+  if batch_size % process_count or (batch_size // process_count) % num_local_devices:
+    raise ValueError(f'fine-tuning batch {batch_size} does not split over {process_count} '
+                     f'process(es) x {num_local_devices} device(s); use a multiple of '
+                     f'{process_count * num_local_devices} (config.finetune.batch_size)')
+  per_host = batch_size // process_count
+  per_device = per_host // num_local_devices
+  host_seed = (config.seed if seed is None else seed) + process_index
+  file_seed, record_seed = _seed_ints(host_seed, start_step, 11)
+  example_seed = tf.constant(_seed_ints(host_seed, start_step, 12), tf.int64)
+  ds, parse = _train_records(source, process_index=process_index, process_count=process_count,
+                             file_seed=file_seed)
+  ds = ds.shuffle(config.data.shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True)
+  ds = ds.repeat().enumerate()
+  clip_fn = _make_eval_train_fn(config, example_seed, False, parse)
+
+  def labelled_clip(index, record):
+    out = clip_fn(index, (index, record))
+    check = tf.debugging.assert_non_negative(
+        out['label'], message='record has no clip/label/index; fine-tuning needs labels')
+    with tf.control_dependencies([check]):
+      out['label'] = tf.identity(out['label'])
+    del out['video_index']
+    return out
+  ds = ds.map(labelled_clip, num_parallel_calls=_parallel(config), deterministic=True)
+  ds = _count_skipped(ds)
+  ds = ds.batch(per_host, drop_remainder=True)
+
+  def to_devices(batch):
+    def reshape(x):
+      return tf.reshape(x, tf.concat([[num_local_devices, per_device], tf.shape(x)[1:]], 0))
+    out = {k: reshape(batch[k]) for k in ('video', 'label')}
+    out[_SKIPPED], out['_seen'] = batch[_SKIPPED], batch['_seen']
+    return out
+  ds = ds.map(to_devices).prefetch(config.data.prefetch)
+  return DataIterator(_options(ds))
+
+
+# ---------------------------------------------------------------------------
+# Audio evaluation.
+
+def make_audio_eval_dataset(config: ml_collections.ConfigDict, source: Source, *,
+                            batch_size: int, num_windows: int = 1,
+                            num_classes: int | None = None) -> DataIterator:
+  """Finite iterator of log-mel windows of every record, in record order (audio-only records welcome).
+
+  Each record gives `num_windows` windows of the model's broad audio window
+  (`audio_num_samples`: 64 x 4 frames at 25 fps = 10.24 s at full size),
+  evenly spaced over the waveform; a clip shorter than the window is looped
+  (repeated from its start, as the published pipeline loops short videos and
+  their audio). Rows: {'audio' [F, M], 'label' (first label), 'video_index'
+  (record position), 'clip_id', 'num_samples' (the clip's own length, so
+  callers can report how many were looped)} plus, with `num_classes`,
+  'labels' as a multi-hot [num_classes] vector of every clip/label/index
+  value (AudioSet style). Records without audio are skipped and counted.
+  """
+  if num_windows < 1:
+    raise ValueError(f'make_audio_eval_dataset: num_windows must be >= 1, got {num_windows}')
+  limit_tf_op_threads(config.data.tf_intra_op_threads)
+  _check_tfds_audio_rate(config, source)
+  d = config.data
+  window = audio_num_samples(config)
+  records, parse, count_records = _eval_records(source, audio=True)
+
+  def fn(index, record):
+    ex = parse(record, video=False, audio=True, all_labels=True, clip_id=True)
+    wave = ex['audio']
+    length = tf.size(wave, out_type=tf.int32)
+    last = tf.cast(tf.maximum(length - window, 0), tf.float32)
+    starts = tf.cast(tf.round(tf.linspace(0.0, last, num_windows)), tf.int32)
+    # audio_window counts its start in video frames; with fps = rate = 1 it is in samples.
+    waves = tf.map_fn(lambda s: sampling.audio_window(wave, s, window, video_fps=1,
+                                                      audio_sample_rate=1),
+                      starts, fn_output_signature=tf.TensorSpec([window], tf.float32))
+    specs = tf.ensure_shape(spectrogram.from_config(waves, d),
+                            [num_windows, audio_num_frames(config), d.audio.num_mel_bins])
+    out = {'audio': specs,
+           'label': tf.fill([num_windows], ex['label']),
+           'video_index': tf.fill([num_windows], tf.cast(index, tf.int32)),
+           'clip_id': tf.fill([num_windows], ex['clip_id']),
+           'num_samples': tf.fill([num_windows], length),
+           _INDEX: index}
+    if num_classes:
+      labels_L = ex['labels']
+      check = tf.debugging.assert_less(
+          labels_L, num_classes, message=f'a clip/label/index value is >= {num_classes} classes')
+      with tf.control_dependencies([check]):
+        multi_hot = tf.reduce_max(tf.one_hot(labels_L, num_classes, dtype=tf.float32), axis=0)
+      multi_hot = tf.reshape(tf.cond(tf.size(labels_L) > 0, lambda: multi_hot,
+                                     lambda: tf.zeros([num_classes])), [num_classes])
+      out['labels'] = tf.tile(multi_hot[None], [num_windows, 1])
+    return out
+
+  ds = records.enumerate().map(fn, num_parallel_calls=_parallel(config), deterministic=True)
+  ds = _count_skipped(ds)
+
+  def spread(element):
+    element = dict(element)
+    for k in (_SKIPPED, '_seen'):
+      element[k] = tf.fill([num_windows], element[k])
+    return element
+  ds = ds.map(spread).unbatch().batch(batch_size).prefetch(2)
+  return DataIterator(_options(ds), total_records=count_records)
