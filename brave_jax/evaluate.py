@@ -264,7 +264,10 @@ def run_audio(config, args, output_dir) -> dict[str, Any]:
         splits.shard_class_names(args.audio_shards)
   else:
     from brave_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    dataset = synthetic.ensure_audio_dataset(config.data.synthetic)
+    a = config.audio_eval.synthetic
+    dataset = synthetic.ensure_audio_dataset(
+        config.data.synthetic, num_folds=int(a.num_folds), clips_per_fold=int(a.clips_per_fold),
+        seconds=float(a.seconds), snr_db=tuple(a.snr_db))
     data, folds_csv, class_names = dataset['audio'], dataset['folds_csv'], dataset['class_names']
   return audio.run_folds(config, source, data, folds_csv, output_dir, class_names=class_names,
                          id_column=args.id_column, fold_column=args.fold_column)

@@ -152,3 +152,24 @@ def test_run_folds_end_to_end(tiny_va_config, tmp_path, capsys):
   assert 0.0 <= written['mean_accuracy'] <= 1.0
   for png in ('folds.png', 'confusion.png'):
     assert os.path.getsize(out / png) > 1000
+
+
+def test_embedded_audio_split_is_esc_shaped(tmp_path):
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  cfg = config_base.base_config().data.synthetic
+  cfg.update(cache_dir=str(tmp_path), num_classes=3)
+  dataset = synthetic.ensure_audio_dataset(cfg, num_folds=3, clips_per_fold=2, seconds=0.5,
+                                           show_progress=False)
+  assert synthetic.ensure_audio_dataset(cfg, num_folds=3, clips_per_fold=2, seconds=0.5,
+                                        show_progress=False) == dataset  # Cached.
+  folds = audio.read_folds(dataset['folds_csv'])
+  ids, waves = [], []
+  for record in tf.data.TFRecordDataset(dataset['audio']):
+    ex = tf.train.SequenceExample.FromString(record.numpy())
+    ids.append(ex.context.feature[dmvr_format.VIDEO_ID_KEY].bytes_list.value[0].decode())
+    waves.append(np.array(ex.feature_lists.feature_list[dmvr_format.WAVEFORM_KEY].feature[0]
+                          .float_list.value))
+  assert sorted(ids) == sorted(folds) and len(ids) == 3 * 2 * 3
+  assert sorted(set(folds.values())) == ['1', '2', '3']
+  assert all(len(w) == RATE // 2 and np.abs(w).max() <= 1.0 for w in waves)
