@@ -245,20 +245,20 @@ def run_finetune(config, args, output_dir) -> dict[str, Any]:
 def run_audio(config, args, output_dir) -> dict[str, Any]:
   from brave_jax.eval import audio  # pylint: disable=g-import-not-at-top
   from brave_jax.eval import splits  # pylint: disable=g-import-not-at-top
-  source = _model_source(config, args)
   if args.multilabel:
     train, test, class_names = _data(config, args)
     num_classes = args.num_classes or (len(class_names) if class_names else None)
     if not num_classes:
       raise UsageError('--multilabel needs --num_classes (no class list found beside the shards)')
-    return audio.run_multilabel(config, source, train, test, num_classes, output_dir,
-                                class_names=class_names)
+    return audio.run_multilabel(config, _model_source(config, args), train, test, num_classes,
+                                output_dir, class_names=class_names)
   if args.tfds:
     raise UsageError('ESC-style folds need DMVR shards (--audio_shards) and --folds_csv; '
                      'TFDS examples carry no file names to match the folds to')
   if bool(args.audio_shards) != bool(args.folds_csv):
     raise UsageError('ESC-style audio evaluation needs both --audio_shards and --folds_csv '
                      '(or neither: the embedded ESC-style audio split)')
+  source = _model_source(config, args)
   if args.audio_shards:
     data, folds_csv, class_names = args.audio_shards, args.folds_csv, \
         splits.shard_class_names(args.audio_shards)

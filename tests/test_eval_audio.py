@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from brave_jax import evaluate
+from brave_jax import published
 from brave_jax.data import convert
 from brave_jax.data import dmvr_format
 from brave_jax.data import pipeline
@@ -130,7 +132,6 @@ def test_multilabel_metrics_by_hand_and_a_learned_head(tiny_va_config):
 
 def test_run_folds_end_to_end(tiny_va_config, tmp_path, capsys):
   config = tiny_va_config
-  config.eval.svm_c = 1.0
   clips, rows = [], ['filename,fold,target,category']
   for fold in (1, 2, 3):
     for label in range(2):
@@ -141,12 +142,16 @@ def test_run_folds_end_to_end(tiny_va_config, tmp_path, capsys):
   shards = _audio_shards(tmp_path / 'shards', clips)
   (tmp_path / 'meta.csv').write_text('\n'.join(rows) + '\n')
   source = eval_test_utils.random_source(config)
+  npy = published.save(str(tmp_path / 'model.npy'), source.params, source.state,
+                       published.published_config(config))
   out = tmp_path / 'out'
-  record = audio.run_folds(config, source, shards, str(tmp_path / 'meta.csv'), str(out),
-                           class_names=['c0', 'c1'])
+  spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
+  assert evaluate.main(['--protocol=audio', f'--checkpoint={npy}', f'--config={spec}',
+                        f'--audio_shards={",".join(shards)}', f'--folds_csv={tmp_path}/meta.csv',
+                        f'--output_dir={out}', '--svm_c=1.0']) == 0
   assert 'were looped' in capsys.readouterr().out
   written = json.loads((out / 'audio_eval.json').read_text())
-  assert written == json.loads(json.dumps(record))
+  assert written['backbone'] == 'published' and written['protocol'] == 'audio_folds'
   assert written['looped_clips'] == 6 and written['num_clips'] == 12  # 0.5 s < 1.28 s window.
   assert set(written['per_fold_accuracy']) == {'1', '2', '3'}
   assert 0.0 <= written['mean_accuracy'] <= 1.0

@@ -208,3 +208,26 @@ def test_evaluate_after_training_compares_random_init(tiny_setup, monkeypatch, t
   for tag in ('pretrained', 'random_init'):
     assert os.path.isfile(tmp_path / f'confusion_{tag}.png')
   assert results['pretrained']['checkpoint_step'] == 60
+
+
+def test_cli_knn_protocol_on_tiny_shards(tiny_setup):
+  out = tiny_setup['root'] / 'eval_knn'
+  _run_cli(['--protocol=knn', f'--workdir={tiny_setup["workdir"]}',
+            f'--train_shards={tiny_setup["shards"]["train"]}',
+            f'--test_shards={tiny_setup["shards"]["test"]}', f'--output_dir={out}',
+            '--temporal_crops=2', '--spatial_crops=1', '--train_passes=1', '--config.knn_monitor.k=3'])
+  with open(out / 'knn.json') as f:
+    written = json.load(f)
+  assert written['protocol'] == 'knn' and written['k'] == 3 and written['checkpoint_step'] == 60
+  assert written['num_bank_clips'] == 9 and written['num_test_videos'] == 3
+  assert 0.0 <= written['top1'] <= 1.0 and written['top5'] == 1.0
+
+
+def test_cli_refuses_unknown_config_fields_and_protocol_mixups(tmp_path):
+  with pytest.raises(evaluate.UsageError, match='no field'):
+    evaluate.main(['--checkpoint=c.npy', '--config.finetune.stepz=3', f'--output_dir={tmp_path}'])
+  with pytest.raises(evaluate.UsageError, match='--random_init'):
+    evaluate.main(['--checkpoint=c.npy', '--random_init', f'--output_dir={tmp_path}'])
+  with pytest.raises(evaluate.UsageError, match='both --audio_shards and --folds_csv'):
+    evaluate.main(['--protocol=audio', '--random_init', '--audio_shards=x',
+                   f'--output_dir={tmp_path}'])

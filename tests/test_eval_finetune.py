@@ -8,6 +8,8 @@ import numpy as np
 import optax
 import pytest
 
+from brave_jax import evaluate
+from brave_jax import published
 from brave_jax.eval import backbone
 from brave_jax.eval import finetune
 from brave_jax.models import classifier as classifier_lib
@@ -89,33 +91,44 @@ def test_classifier_names_match_pretraining_backbone(config):
 
 
 def test_finetune_end_to_end_resumes_and_reports(config, tmp_path, monkeypatch, capsys):
-  """Frozen backbone (multiplier 0): stop at step 2, resume to 4, the backbone is the given one."""
+  """Frozen backbone (multiplier 0): stop at step 2, resume to 4 through the CLI from the same
+  weights as a published .npy; the backbone is the given one, the classes are counted."""
   root = tmp_path / 'data'
   train = eval_test_utils.write_tiny_shards(root, 'train', 3, seed=0)
   test = eval_test_utils.write_tiny_shards(root, 'test', 1, seed=1)
   config.finetune.backbone_lr_multiplier = 0.0
   source = eval_test_utils.random_source(config)
   out = str(tmp_path / 'ft')
-  names = ['a', 'b', 'c']
   assert finetune.run(config, source, out, train_source=train, test_source=test,
-                      class_names=names, stop_at_step=2) == {}
+                      class_names=['a', 'b', 'c'], stop_at_step=2) == {}
   captured = {}
   real_train = loop.train
   monkeypatch.setattr(loop, 'train',
                       lambda *a, **k: captured.setdefault('ts', real_train(*a, **k)))
-  record = finetune.run(config, source, out, train_source=train, test_source=test,
-                        class_names=names)
+  # The rest through the CLI, from the same weights as a published checkpoint.
+  npy = published.save(str(tmp_path / 'model.npy'), source.params, source.state,
+                       published.published_config(config))
+  spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
+  assert evaluate.main(['--protocol=finetune', f'--checkpoint={npy}', f'--config={spec}',
+                        f'--train_shards={train}', f'--test_shards={test}', f'--output_dir={out}',
+                        '--temporal_crops=2', '--spatial_crops=1', '--batch_size=8',
+                        '--config.finetune.num_steps=4', '--config.finetune.warmup_steps=1',
+                        '--config.finetune.checkpoint_every=2', '--config.finetune.log_every=2',
+                        '--config.finetune.batch_size=4',
+                        '--config.finetune.backbone_lr_multiplier=0.0']) == 0
   assert 'Resumed from' in capsys.readouterr().out
+  with open(os.path.join(out, 'eval.json')) as f:
+    record = json.load(f)
   host = step_lib.unreplicate(captured['ts'])
   chex.assert_trees_all_equal(backbone.only_root(host.params, 'narrow_video_embedding'),
                               source.variables('narrow_video_embedding')[0])
   with open(os.path.join(out, 'eval.json')) as f:
     written = json.load(f)
-  assert written['protocol'] == 'finetune' and written['initialisation'] == 'workdir'
+  assert written['protocol'] == 'finetune' and written['initialisation'] == 'published'
   assert written['finetune_steps'] == 4 and written['data']['num_test_videos'] == 3
   assert written['crops'] == {'temporal': 2, 'spatial': 1, 'short_side': 40, 'train_passes': 1}
   assert 0.0 <= written['test']['top1'] <= 1.0 and written['test']['top5'] == 1.0
-  assert [c['name'] for c in written['per_class']] == names
+  assert [c['name'] for c in written['per_class']] == ['0', '1', '2']  # No class list given.
   assert [s for s, _ in written['loss_curve']] == [2, 4]
   assert record['test'] == written['test']
   for name in ('confusion.png', 'loss.png', 'config.json', 'metrics.jsonl'):

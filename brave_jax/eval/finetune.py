@@ -51,7 +51,9 @@ def training_config(config: ml_collections.ConfigDict,
   c = copy.deepcopy(config)
   f = c.finetune
   with c.unlocked():
-    c.model = copy.deepcopy(model_config)
+    c.model = copy.deepcopy(model_config)  # The checkpoint's architecture...
+    c.model.update(compute_dtype=config.model.compute_dtype,  # ...run as this config asks.
+                   remat=bool(config.model.remat))
     c.training.update(batch_size=int(f.batch_size), num_steps=int(f.num_steps),
                       log_every=int(f.log_every), checkpoint_every=int(f.checkpoint_every),
                       keep_checkpoints=int(f.keep_checkpoints), plot_every=0)

@@ -117,14 +117,15 @@ def plot_confusion(path: str, confusion_KxK: Sequence[Sequence[int]],
 
 def format_table(records: Mapping[str, Mapping[str, Any]]) -> str:
   """A small fixed-width table, one row per evaluated backbone (e.g. pretrained, random_init)."""
-  header = f"{'backbone':<14} {'train top1':>10} {'train top5':>10} {'test top1':>10} " \
+  width = max([14] + [len(name) for name in records])
+  header = f"{'backbone':<{width}} {'train top1':>10} {'train top5':>10} {'test top1':>10} " \
            f"{'test top5':>10} {'svm C':>9}"
   lines = [header, '-' * len(header)]
   def pct(value):
     return f'{"-":>9} ' if value is None else f'{100 * value:>9.1f}%'
   for name, r in records.items():
     c = f'{"-":>9}' if r.get('svm_c') is None else f"{r['svm_c']:>9.1e}"
-    lines.append(f"{name:<14} {pct(r['train']['top1'])} {pct(r['train']['top5'])} "
+    lines.append(f"{name:<{width}} {pct(r['train']['top1'])} {pct(r['train']['top5'])} "
                  f"{pct(r['test']['top1'])} {pct(r['test']['top5'])} {c}")
   return '\n'.join(lines)
 

@@ -295,9 +295,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         consume(*pending)
       pending = (step + 1, metrics_D)
       done = step + 1
-      for hook in hooks:
-        if hook.every_steps and (done % hook.every_steps == 0 or done == num_steps):
-          hook_scalars.setdefault(done, {}).update(hook(done, train_state) or {})
+      due = [h for h in hooks if h.every_steps and (done % h.every_steps == 0 or done == num_steps)]
+      if due:  # A diverged state stops the run here, with the usual message, not inside a hook.
+        _check_finite_scalars(done, _scalars(metrics_D), last_good, ckpt_dir)
+      for hook in due:
+        hook_scalars.setdefault(done, {}).update(hook(done, train_state) or {})
       if done % t.checkpoint_every == 0 or done == num_steps:
         consume(*pending)  # The update that made this state must be finite before it is saved.
         pending = None
