@@ -157,6 +157,20 @@ def test_run_folds_end_to_end(tiny_va_config, tmp_path, capsys):
   assert 0.0 <= written['mean_accuracy'] <= 1.0
   for png in ('folds.png', 'confusion.png'):
     assert os.path.getsize(out / png) > 1000
+  # AudioSet style through the CLI: several labels per clip, mAP/mAUC on the test split.
+  multi = [(_tone(300 * (1 + a) + 500 * b, 0.6), [a, 2 + b], f'm{a}{b}{i}.wav')
+           for a in range(2) for b in range(2) for i in range(3)]
+  train_shards = _audio_shards(tmp_path / 'multi_train', multi[::2] + multi[1::4])
+  test_shards = _audio_shards(tmp_path / 'multi_test', multi[1::2])
+  assert evaluate.main(['--protocol=audio', '--multilabel', '--num_classes=4',
+                        f'--checkpoint={npy}', f'--config={spec}',
+                        f'--train_shards={",".join(train_shards)}',
+                        f'--test_shards={",".join(test_shards)}',
+                        f'--output_dir={tmp_path / "multi"}', '--config.audio_eval.epochs=5']) == 0
+  written = json.loads((tmp_path / 'multi' / 'audio_eval.json').read_text())
+  assert written['protocol'] == 'audio_multilabel' and written['num_scored_classes'] == 4
+  assert 0.0 <= written['mAP'] <= 1.0 and 0.0 <= written['mAUC'] <= 1.0
+  assert os.path.getsize(tmp_path / 'multi' / 'ap.png') > 1000
 
 
 def test_embedded_audio_split_is_esc_shaped(tmp_path):
