@@ -1,8 +1,7 @@
 """Every evaluation protocol on `:demo`-pretrained V/A checkpoints: the numbers issue 12 asks for.
 
   python bench/eval_protocols.py \\
-      --demo_workdirs=/tmp/base_demo_s0,/tmp/base_demo_s1,/tmp/base_demo_s2 \\
-      --output_dir=bench/results/eval_protocols
+      --demo_workdirs=/tmp/base_demo_s0,/tmp/base_demo_s1,/tmp/base_demo_s2
 
 For each demo workdir (one pretraining seed each; `python -m brave_jax.main
 --config=configs/brave_rgb_audio.py:demo --config.seed=S --workdir=W`):
@@ -18,7 +17,8 @@ its share of the run's wall time; `--knn_workdir`), and the embedded dataset
 written as a TFDS dataset with TFDS's builder API and evaluated through
 `--tfds` (linear protocol on the first demo checkpoint, beside the same
 videos read from DMVR shards). Every command runs as a subprocess and is
-printed; results go to <output_dir>/eval_protocols.json and .png.
+printed; each evaluation writes to --work_dir, the summary goes to
+<output_dir>/eval_protocols.json and .png (bench/results by default).
 """
 from __future__ import annotations
 
@@ -211,14 +211,19 @@ def plot(path: str, seeds: list[dict[str, Any]], summary: dict[str, Any],
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--demo_workdirs', required=True, help='Comma list of V/A :demo workdirs.')
-  p.add_argument('--output_dir', default=os.path.join(REPO, 'bench', 'results', 'eval_protocols'))
+  p.add_argument('--output_dir', default=os.path.join(REPO, 'bench', 'results'),
+                 help='Where eval_protocols.json and .png go.')
+  p.add_argument('--work_dir', default='/tmp/eval_protocols',
+                 help="The evaluations' own output directories (checkpoints, eval.json, logs).")
   p.add_argument('--knn_workdir', default='/tmp/eval_protocols_knn_demo',
                  help="A V/A :demo run with the kNN monitor (made if it has no results.json); '' skips.")
   p.add_argument('--skip_tfds', action='store_true')
   args = p.parse_args()
-  out = os.path.abspath(args.output_dir)
+  results = os.path.abspath(args.output_dir)
+  out = os.path.abspath(args.work_dir)
   logs = os.path.join(out, 'logs')
   os.makedirs(logs, exist_ok=True)
+  os.makedirs(results, exist_ok=True)
   load = open('/proc/loadavg').read().split()[:3] if os.path.exists('/proc/loadavg') else None
   workdirs = [w for w in args.demo_workdirs.split(',') if w]
   seeds = []
@@ -232,9 +237,9 @@ def main() -> None:
   tfds_result = None if args.skip_tfds else tfds_run(os.path.abspath(workdirs[0]), out, logs)
   record = {'summary': summary, 'seeds': seeds, 'knn': knn, 'tfds': tfds_result,
             'load_average_at_start': load}
-  with open(os.path.join(out, 'eval_protocols.json'), 'w') as f:
+  with open(os.path.join(results, 'eval_protocols.json'), 'w') as f:
     json.dump(record, f, indent=1)
-  plot(os.path.join(out, 'eval_protocols.png'), seeds, summary, knn)
+  plot(os.path.join(results, 'eval_protocols.png'), seeds, summary, knn)
   print('\nV/A :demo, test top-1 (%) / audio accuracy (%), mean ± sd over seeds '
         f'{[s["seed"] for s in seeds]}:')
   for key, name in (('linear_top1', 'linear probe'), ('finetune_top1', 'fine-tuned, pretrained'),
@@ -259,7 +264,7 @@ def main() -> None:
   if tfds_result:
     print(f'  TFDS (--tfds=brave_synthetic) linear test top-1 {100 * tfds_result["tfds_test_top1"]:.1f}% '
           f'vs the same videos from DMVR shards {100 * tfds_result["dmvr_test_top1"]:.1f}%')
-  print(f'wrote {os.path.join(out, "eval_protocols.json")} and eval_protocols.png')
+  print(f'wrote {os.path.join(results, "eval_protocols.json")} and eval_protocols.png')
 
 
 if __name__ == '__main__':

@@ -4,6 +4,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from brave_jax.models import classifier as classifier_lib
+
+_BUILD_CLASSIFIER = classifier_lib.build_classifier  # The real one, before any test patches it.
+
 NUM_CLASSES = 3
 
 
@@ -55,3 +59,19 @@ def random_source(config, seed=0, kind='workdir'):
   params, state = random_variables(model, config, seed)
   return backbone.Source(model, config.model, tuple(config.data.broad_modalities), params, state,
                          60, kind)
+
+
+def tiny_classifier(model_config, num_classes, **kwargs):
+  """classifier.build_classifier with a one-layer stand-in backbone under the same module root.
+
+  Trains the fine-tuning plumbing (data, loop, resume, test crops, reports) without compiling a
+  TSM-ResNet.
+  """
+  import haiku as hk  # pylint: disable=g-import-not-at-top
+
+  def backbone(x_BxTxHxWx3, is_training, axis):
+    with hk.experimental.name_scope('narrow_video_embedding'):
+      h = hk.Linear(8, name='linear')(x_BxTxHxWx3.mean(axis=(1, 2, 3)))
+      h = hk.BatchNorm(True, True, 0.9, cross_replica_axis=axis, name='batch_norm')(h, is_training)
+    return jax.nn.relu(h)
+  return _BUILD_CLASSIFIER(model_config, num_classes, backbone=backbone, **kwargs)

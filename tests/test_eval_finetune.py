@@ -1,4 +1,5 @@
 """Fine-tuning: optimizer (backbone multiplier, decay mask, schedule), loop's initial variables, end to end."""
+import dataclasses
 import json
 import os
 
@@ -90,22 +91,49 @@ def test_classifier_names_match_pretraining_backbone(config):
   assert params['classifier']['w'].shape[-1] == 5
 
 
-def test_finetune_end_to_end_resumes_and_reports(config, tmp_path, monkeypatch, capsys):
-  """Frozen backbone (multiplier 0): stop at step 2, resume to 4 through the CLI from the same
-  weights as a published .npy; the backbone is the given one, the classes are counted."""
+def _tiny_data(tmp_path):
   root = tmp_path / 'data'
-  train = eval_test_utils.write_tiny_shards(root, 'train', 3, seed=0)
-  test = eval_test_utils.write_tiny_shards(root, 'test', 1, seed=1)
-  config.finetune.backbone_lr_multiplier = 0.0
+  return (eval_test_utils.write_tiny_shards(root, 'train', 3, seed=0),
+          eval_test_utils.write_tiny_shards(root, 'test', 1, seed=1))
+
+
+def test_finetune_end_to_end_keeps_a_frozen_backbone(config, tmp_path, monkeypatch):
+  """The real model, 2 steps, backbone multiplier 0: the backbone is the given one, the head moved."""
+  train, test = _tiny_data(tmp_path)
+  config.finetune.update(num_steps=2, backbone_lr_multiplier=0.0)
   source = eval_test_utils.random_source(config)
-  out = str(tmp_path / 'ft')
-  assert finetune.run(config, source, out, train_source=train, test_source=test,
-                      class_names=['a', 'b', 'c'], stop_at_step=2) == {}
   captured = {}
   real_train = loop.train
   monkeypatch.setattr(loop, 'train',
                       lambda *a, **k: captured.setdefault('ts', real_train(*a, **k)))
-  # The rest through the CLI, from the same weights as a published checkpoint.
+  out = str(tmp_path / 'ft')
+  record = finetune.run(config, source, out, train_source=train, test_source=test,
+                        class_names=['a', 'b', 'c'])
+  host = step_lib.unreplicate(captured['ts'])
+  chex.assert_trees_all_equal(backbone.only_root(host.params, 'narrow_video_embedding'),
+                              source.variables('narrow_video_embedding')[0])
+  assert np.abs(host.params['classifier']['w']).max() > 0  # Zero-initialised, then trained.
+  with open(os.path.join(out, 'eval.json')) as f:
+    written = json.load(f)
+  assert written == json.loads(json.dumps(record))
+  assert written['protocol'] == 'finetune' and written['initialisation'] == 'workdir'
+  assert written['finetune_steps'] == 2 and written['data']['num_test_videos'] == 3
+  assert written['crops'] == {'temporal': 2, 'spatial': 1, 'short_side': 40, 'train_passes': 1}
+  assert 0.0 <= written['test']['top1'] <= 1.0 and written['test']['top5'] == 1.0
+  assert [c['name'] for c in written['per_class']] == ['a', 'b', 'c']
+  for name in ('confusion.png', 'loss.png', 'config.json', 'metrics.jsonl'):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+
+
+def test_finetune_resumes_through_the_cli(config, tmp_path, monkeypatch, capsys):
+  """Stopped at step 2, the run resumes to 4 from `--protocol=finetune`; classes are counted."""
+  monkeypatch.setattr(classifier_lib, 'build_classifier', eval_test_utils.tiny_classifier)
+  train, test = _tiny_data(tmp_path)
+  out = str(tmp_path / 'ft')
+  fresh = dataclasses.replace(eval_test_utils.random_source(config), kind='random_init')
+  assert finetune.run(config, fresh, out, train_source=train, test_source=test,
+                      class_names=['a', 'b', 'c'], stop_at_step=2) == {}
+  source = eval_test_utils.random_source(config)
   npy = published.save(str(tmp_path / 'model.npy'), source.params, source.state,
                        published.published_config(config))
   spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
@@ -114,22 +142,10 @@ def test_finetune_end_to_end_resumes_and_reports(config, tmp_path, monkeypatch, 
                         '--temporal_crops=2', '--spatial_crops=1', '--batch_size=8',
                         '--config.finetune.num_steps=4', '--config.finetune.warmup_steps=1',
                         '--config.finetune.checkpoint_every=2', '--config.finetune.log_every=2',
-                        '--config.finetune.batch_size=4',
-                        '--config.finetune.backbone_lr_multiplier=0.0']) == 0
+                        '--config.finetune.batch_size=4']) == 0
   assert 'Resumed from' in capsys.readouterr().out
   with open(os.path.join(out, 'eval.json')) as f:
-    record = json.load(f)
-  host = step_lib.unreplicate(captured['ts'])
-  chex.assert_trees_all_equal(backbone.only_root(host.params, 'narrow_video_embedding'),
-                              source.variables('narrow_video_embedding')[0])
-  with open(os.path.join(out, 'eval.json')) as f:
     written = json.load(f)
-  assert written['protocol'] == 'finetune' and written['initialisation'] == 'published'
-  assert written['finetune_steps'] == 4 and written['data']['num_test_videos'] == 3
-  assert written['crops'] == {'temporal': 2, 'spatial': 1, 'short_side': 40, 'train_passes': 1}
-  assert 0.0 <= written['test']['top1'] <= 1.0 and written['test']['top5'] == 1.0
+  assert written['initialisation'] == 'published' and written['finetune_steps'] == 4
   assert [c['name'] for c in written['per_class']] == ['0', '1', '2']  # No class list given.
   assert [s for s, _ in written['loss_curve']] == [2, 4]
-  assert record['test'] == written['test']
-  for name in ('confusion.png', 'loss.png', 'config.json', 'metrics.jsonl'):
-    assert os.path.getsize(os.path.join(out, name)) > 0, name

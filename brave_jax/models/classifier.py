@@ -30,23 +30,33 @@ class Classifier(NamedTuple):
   backbone_root: str
 
 
+BackboneFn = Callable[[jax.Array, bool, 'str | None'], jax.Array]
+"""(x, is_training, axis_name) -> feats_BxD, called inside a Haiku transform."""
+
+
 def build_classifier(model_config: ml_collections.ConfigDict, num_classes: int, *,
                      dropout_rate: float, view: str = 'narrow', modality: str = 'video',
-                     input_key: str = 'video', axis_name: str | None = None) -> Classifier:
+                     input_key: str = 'video', axis_name: str | None = None,
+                     backbone: BackboneFn | None = None) -> Classifier:
   """Backbone features -> dropout (training only) -> linear head with zero-initialised weights.
 
   A zero head starts every class at the same score, so the first updates move
   the head rather than send large random gradients into a pretrained backbone.
+  `backbone` replaces BraVe's own (`brave.Embedding` of `view`/`modality`),
+  e.g. a small stand-in in tests; its module root must stay `backbone_root`.
   """
   if num_classes < 2:
     raise ValueError(f'build_classifier: need at least 2 classes, got {num_classes}')
   if not 0.0 <= dropout_rate < 1.0:
     raise ValueError(f'config.finetune.dropout_rate must be in [0, 1), got {dropout_rate}')
 
-  def forward(x: jax.Array, is_training: bool, axis: str | None) -> jax.Array:
+  def braves_backbone(x: jax.Array, is_training: bool, axis: str | None) -> jax.Array:
     with brave.precision(model_config.compute_dtype):
-      feats_BxD = brave.Embedding(model_config, view, modality, axis)(x, is_training)
-    feats_BxD = feats_BxD.astype(jnp.float32)
+      return brave.Embedding(model_config, view, modality, axis)(x, is_training)
+  backbone = backbone or braves_backbone
+
+  def forward(x: jax.Array, is_training: bool, axis: str | None) -> jax.Array:
+    feats_BxD = backbone(x, is_training, axis).astype(jnp.float32)
     if is_training and dropout_rate > 0:
       feats_BxD = hk.dropout(hk.next_rng_key(), dropout_rate, feats_BxD)
     return hk.Linear(num_classes, w_init=jnp.zeros, name=HEAD_ROOT)(feats_BxD)
