@@ -27,6 +27,7 @@ AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
 OPTIMIZERS = ('lars', 'adamw')
 OPTIMIZER_VARIANTS = ('published', 'corrected')  # See config.optimizer.variant.
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+FINETUNE_OPTIMIZERS = ('sgd', 'adamw')
 
 
 class ConfigError(ValueError):
@@ -173,6 +174,52 @@ def base_config() -> ml_collections.ConfigDict:
   # LinearSVC C, or 'auto' to cross-validate it on the train split only.
   c.eval.svm_c = ml_collections.FieldReference(1e-4, field_type=object)
   c.eval.batch_size = 8  # Clips per forward pass when embedding.
+
+  # Fine-tuning (python -m brave_jax.evaluate --protocol=finetune): the narrow backbone, dropout
+  # and a linear head trained end to end on labelled clips (config.eval's clip, made as the
+  # linear protocol's train clips), tested with the linear protocol's multi-crop.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.optimizer = 'sgd'  # 'sgd' (momentum) or 'adamw'.
+  c.finetune.batch_size = 64  # Global batch over all processes and devices.
+  c.finetune.num_steps = 8_000  # ~54 epochs of UCF101 split 1 (9,537 videos) at batch 64.
+  c.finetune.warmup_steps = 400  # Linear warm-up from 0, then cosine to 0 at num_steps.
+  c.finetune.base_learning_rate = 0.1  # Peak LR at global batch 64; scaled linearly with batch.
+  c.finetune.backbone_lr_multiplier = 1.0  # Backbone LR = this x the head's (e.g. 0.1: gentler).
+  c.finetune.momentum = 0.9  # SGD momentum.
+  c.finetune.nesterov = True
+  c.finetune.weight_decay = 1e-4  # Not applied to biases and normalisation parameters.
+  c.finetune.dropout_rate = 0.5  # Dropout on the backbone features, before the head.
+  c.finetune.log_every = 50
+  c.finetune.checkpoint_every = 1000  # Checkpoints go to <output_dir>/checkpoints; a rerun resumes.
+  c.finetune.keep_checkpoints = 2
+
+  # Audio evaluation (--protocol=audio): the broad audio backbone's frozen embeddings.
+  c.audio_eval = ml_collections.ConfigDict()
+  c.audio_eval.num_windows = 1  # Log-mel windows per clip, evenly spaced, embeddings averaged.
+  c.audio_eval.batch_size = 16  # Windows per forward pass.
+  c.audio_eval.head = 'linear'  # Multi-label (AudioSet style) head: 'linear' or 'mlp'.
+  c.audio_eval.hidden_dim = 512  # MLP head width.
+  c.audio_eval.learning_rate = 1e-3  # Adam, on standardised embeddings, sigmoid cross-entropy.
+  c.audio_eval.weight_decay = 1e-4
+  c.audio_eval.epochs = 100
+  c.audio_eval.head_batch_size = 256
+  # The embedded ESC-style audio split (used when no audio shards are given): the synthetic
+  # classes' sounds, fresh draws, `clips_per_fold` per class in each of `num_folds` folds, with
+  # background noise at an SNR drawn from `snr_db` (() = none). One clip per fold leaves each
+  # fold's classifier 4 labelled clips per class: with 8 clean ones any features separate the
+  # 10 tones (README, "Evaluation").
+  c.audio_eval.synthetic = ml_collections.ConfigDict(dict(
+      num_folds=5, clips_per_fold=1, seconds=1.0, snr_db=(0.0, 10.0)))
+
+  # Online kNN monitor of pretraining: every `every_steps` updates, embed a small labelled set
+  # with the narrow backbone and log leave-one-out kNN top-1 (metrics.jsonl, TensorBoard, the
+  # progress line, knn.png). Neighbours are weighted by exp(cosine similarity / temperature).
+  c.knn_monitor = ml_collections.ConfigDict()
+  c.knn_monitor.every_steps = 0  # 0 = off.
+  c.knn_monitor.shards = ''  # Labelled shards; '' = data.test_shards, else the embedded test split.
+  c.knn_monitor.max_videos = 1000  # At most this many videos (the first in shard order).
+  c.knn_monitor.k = 20
+  c.knn_monitor.temperature = 0.07
   return c
 
 
@@ -266,6 +313,38 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   svm_c = config.eval.svm_c
   _require(svm_c == 'auto' or (isinstance(svm_c, (int, float)) and svm_c > 0), 'eval.svm_c',
            f"must be a positive number or 'auto', got {svm_c!r}")
+  if 'finetune' in config:
+    f = config.finetune
+    _require(f.optimizer in FINETUNE_OPTIMIZERS, 'finetune.optimizer',
+             f'must be one of {FINETUNE_OPTIMIZERS}, got {f.optimizer!r}')
+    for name in ('batch_size', 'num_steps', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
+      _positive_int(config, f'finetune.{name}')
+    _require(0 <= f.warmup_steps <= f.num_steps, 'finetune.warmup_steps',
+             f'must be between 0 and finetune.num_steps ({f.num_steps}), got {f.warmup_steps}')
+    _require(0 <= f.dropout_rate < 1, 'finetune.dropout_rate',
+             f'must be in [0, 1), got {f.dropout_rate}')
+    _require(f.base_learning_rate > 0 and f.backbone_lr_multiplier >= 0,
+             'finetune.base_learning_rate',
+             'and finetune.backbone_lr_multiplier must be positive (the multiplier may be 0: '
+             'a frozen backbone)')
+  if 'audio_eval' in config:
+    _positive_int(config, 'audio_eval.num_windows')
+    _positive_int(config, 'audio_eval.batch_size')
+    _require(config.audio_eval.head in ('linear', 'mlp'), 'audio_eval.head',
+             f"must be 'linear' or 'mlp', got {config.audio_eval.head!r}")
+    a = config.audio_eval.synthetic
+    _require(isinstance(a.num_folds, int) and a.num_folds >= 2, 'audio_eval.synthetic.num_folds',
+             f'must be an integer >= 2, got {a.num_folds!r}')
+    _positive_int(config, 'audio_eval.synthetic.clips_per_fold')
+    _require(len(a.snr_db) in (0, 2) and (not a.snr_db or a.snr_db[0] <= a.snr_db[1]),
+             'audio_eval.synthetic.snr_db', f'must be () or (low, high) in dB, got {a.snr_db!r}')
+  if 'knn_monitor' in config:
+    k = config.knn_monitor
+    _require(isinstance(k.every_steps, int) and k.every_steps >= 0, 'knn_monitor.every_steps',
+             f'must be 0 (off) or a positive number of steps, got {k.every_steps!r}')
+    _positive_int(config, 'knn_monitor.k')
+    _positive_int(config, 'knn_monitor.max_videos')
+    _require(k.temperature > 0, 'knn_monitor.temperature', f'must be > 0, got {k.temperature}')
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -310,6 +389,9 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
     c.optimizer.warmup_steps = 5
     c.optimizer.base_learning_rate = 0.5 * 512 / 8  # Peak 0.5: higher peaks were unstable (bench/bf16_vs_f32.py).
     c.eval.update(num_frames=4, image_size=32, batch_size=16)
+    c.finetune.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2)
+    c.audio_eval.update(batch_size=8, epochs=20)
+    c.knn_monitor.update(max_videos=32, k=5)
   else:  # demo
     for backbone in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
       c.model[backbone].width_multiplier = 0.25
@@ -336,6 +418,11 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
     c.eval.update(num_frames=8, image_size=32, batch_size=32, run_after_training=True,
                   compare_random_init=True, svm_c='auto', train_passes=3, num_temporal_crops=4,
                   num_spatial_crops=3, resize_short_side=32)
+    # 600 steps of batch 32 = 32 epochs of the 600 labelled videos (bench/eval_protocols.py).
+    c.finetune.update(batch_size=32, num_steps=600, warmup_steps=50, log_every=20,
+                      checkpoint_every=200)
+    c.audio_eval.update(batch_size=32)
+    c.knn_monitor.update(every_steps=100, max_videos=200)  # The embedded test split: 200 videos.
   return c
 
 

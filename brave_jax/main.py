@@ -63,11 +63,13 @@ def make_batch_iterator_fn(config: ml_collections.ConfigDict):
 
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from workdir), then evaluates if the config asks; returns the TrainState."""
+  from brave_jax.eval import knn  # pylint: disable=g-import-not-at-top
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
-  train_state = loop.train(config, workdir, make_batch_iterator_fn(config))
+  train_state = loop.train(config, workdir, make_batch_iterator_fn(config),
+                           hooks=knn.monitor_hooks(config, workdir))
   if config.eval.run_after_training:
-    from brave_jax.eval import run as eval_run  # pylint: disable=g-import-not-at-top
-    eval_run.evaluate_after_training(config, workdir, train_state)
+    from brave_jax.eval import linear  # pylint: disable=g-import-not-at-top
+    linear.evaluate_after_training(config, workdir, train_state)
   return train_state
 
 

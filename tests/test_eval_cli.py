@@ -1,4 +1,4 @@
-"""Evaluation end to end: evaluate_backbone's report files, the CLI's --embeddings refit."""
+"""Linear evaluation end to end: evaluate_backbone's report files, the CLI's --embeddings refit."""
 import json
 import os
 
@@ -9,9 +9,12 @@ import pytest
 
 from brave_jax import config_base
 from brave_jax import evaluate
+from brave_jax.eval import backbone
 from brave_jax.eval import embeddings as embeddings_lib
+from brave_jax.eval import linear
 from brave_jax.eval import report
-from brave_jax.eval import run
+from brave_jax.eval import svm
+import eval_test_utils
 
 
 def _fake_eval_iterator(config, shards, mode):
@@ -48,9 +51,9 @@ def config(tiny_va_config):
 
 
 def test_evaluate_backbone_writes_report(config, tmp_path, monkeypatch):
-  monkeypatch.setattr(run, '_eval_iterator', _fake_eval_iterator)
+  monkeypatch.setattr(linear, 'eval_iterator', _fake_eval_iterator)
   names = ['zero', 'one', 'two']
-  record = run.evaluate_backbone(config, _fake_embed, 'fake-train', 'fake-test', str(tmp_path),
+  record = linear.evaluate_backbone(config, _fake_embed, 'fake-train', 'fake-test', str(tmp_path),
                                  class_names=names, checkpoint_step=60, save_embeddings=True)
   assert record['test'] == {'top1': 1.0, 'top5': 1.0}
   assert record['train']['top1'] == 1.0
@@ -82,7 +85,7 @@ def test_cli_refits_saved_embeddings(tmp_path):
   assert evaluate.main([f'--embeddings={path}', '--svm_c=auto', f'--output_dir={out}']) == 0
   with open(out / 'eval.json') as f:
     written = json.load(f)
-  assert written['svm_c'] in [pytest.approx(c) for c in run.linear.C_GRID]
+  assert written['svm_c'] in [pytest.approx(c) for c in svm.C_GRID]
   assert written['test']['top1'] == 1.0 and written['checkpoint_step'] == 3
   assert [c['name'] for c in written['per_class']] == ['a', 'b']
   assert os.path.isfile(out / 'confusion.png')
@@ -111,45 +114,6 @@ def test_config_json_round_trip(config, tmp_path):
 
 # ----------------------------------------------------------------------------- real pipeline + model
 
-NUM_CLASSES = 3
-
-
-def _write_tiny_shards(directory, split, videos_per_class, seed):
-  """Class k: a frame of uniform brightness (k+1)/4 plus noise; 10 frames of 36x44."""
-  from brave_jax.data import dmvr_format  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-  examples = []
-  for i in range(videos_per_class):
-    for label in range(NUM_CLASSES):
-      level = (label + 1) / 4 * 255
-      frames = np.clip(level + 20 * rng.normal(size=(10, 36, 44, 3)), 0, 255).astype(np.uint8)
-      examples.append(dmvr_format.encode_clip(dmvr_format.Clip(
-          frames_TxHxWx3=frames, label_index=label, label_text=f'class_{label}',
-          video_id=f'{split}_{label}_{i}')))
-  paths = dmvr_format.write_shards(examples, str(directory), split, num_shards=2)
-  return ','.join(paths)
-
-
-def _random_variables(model, config, seed=0):
-  """Params/state shaped like model.init's, filled in numpy (a jitted init is slow on a busy CPU)."""
-  from brave_jax.eval import run as run_lib  # pylint: disable=g-import-not-at-top
-  params_shape, state_shape = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                                             run_lib._init_batch(config))
-  rng = np.random.default_rng(seed)
-
-  def param(path, s):
-    name = path[-1].key
-    if name == 'w':
-      return (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(s.dtype)
-    return (np.ones if name == 'scale' else np.zeros)(s.shape, s.dtype)
-
-  def stat(path, s):
-    is_var = 'var_ema' in path[0].key and path[-1].key != 'counter'
-    return (np.ones if is_var else np.zeros)(s.shape, s.dtype)
-  return (jax.tree_util.tree_map_with_path(param, params_shape),
-          jax.tree_util.tree_map_with_path(stat, state_shape))
-
-
 @pytest.fixture(scope='module')
 def tiny_setup(tmp_path_factory):
   """Tiny shards, a training-style workdir (config.json + one checkpoint) and a published .npy."""
@@ -164,10 +128,10 @@ def tiny_setup(tmp_path_factory):
                                              'brave_rgb_audio.py')) + ':tiny')
   config.eval.update(num_temporal_crops=2, num_spatial_crops=1, train_passes=1, batch_size=8,
                      svm_c=1.0)
-  shards = {'train': _write_tiny_shards(root / 'shards', 'train', 3, seed=0),
-            'test': _write_tiny_shards(root / 'shards', 'test', 1, seed=1)}
+  shards = {'train': eval_test_utils.write_tiny_shards(root / 'shards', 'train', 3, seed=0),
+            'test': eval_test_utils.write_tiny_shards(root / 'shards', 'test', 1, seed=1)}
   model = brave.build_model(config.model, config.data.broad_modalities, axis_name=None)
-  params, state = _random_variables(model, config)
+  params, state = eval_test_utils.random_variables(model, config)
   workdir = root / 'workdir'
   workdir.mkdir()
   loop.write_config(config, str(workdir))
@@ -232,14 +196,38 @@ def test_evaluate_after_training_compares_random_init(tiny_setup, monkeypatch, t
   config.data.test_shards = tiny_setup['shards']['test']
   config.eval.compare_random_init = True
   # The real random init compiles model.init and model.loss: tens of seconds on a busy CPU.
-  monkeypatch.setattr(run, 'random_init_variables',
-                      lambda cfg, model, shards: run.narrow_only(_random_variables(model, cfg, 1)))
+  monkeypatch.setattr(backbone, 'random_init',
+                      lambda cfg: eval_test_utils.random_source(cfg, 1, kind='random_init'))
+  monkeypatch.setattr(backbone, 'calibrate_batch_norm', lambda cfg, source, batches: source)
   ts = step_lib.TrainState(np.int32(60), tiny_setup['params'], tiny_setup['state'], None, None)
   replicated = step_lib.replicate(ts._replace(opt_state=(), rng=np.zeros(2, np.uint32)))
-  results = run.evaluate_after_training(config, str(tmp_path), replicated)
+  results = linear.evaluate_after_training(config, str(tmp_path), replicated)
   assert set(results) == {'pretrained', 'random_init'}
   with open(tmp_path / 'results.json') as f:
     assert json.load(f) == results
   for tag in ('pretrained', 'random_init'):
     assert os.path.isfile(tmp_path / f'confusion_{tag}.png')
   assert results['pretrained']['checkpoint_step'] == 60
+
+
+def test_cli_knn_protocol_on_tiny_shards(tiny_setup):
+  out = tiny_setup['root'] / 'eval_knn'
+  _run_cli(['--protocol=knn', f'--workdir={tiny_setup["workdir"]}',
+            f'--train_shards={tiny_setup["shards"]["train"]}',
+            f'--test_shards={tiny_setup["shards"]["test"]}', f'--output_dir={out}',
+            '--temporal_crops=2', '--spatial_crops=1', '--train_passes=1', '--config.knn_monitor.k=3'])
+  with open(out / 'knn.json') as f:
+    written = json.load(f)
+  assert written['protocol'] == 'knn' and written['k'] == 3 and written['checkpoint_step'] == 60
+  assert written['num_bank_clips'] == 9 and written['num_test_videos'] == 3
+  assert 0.0 <= written['top1'] <= 1.0 and written['top5'] == 1.0
+
+
+def test_cli_refuses_unknown_config_fields_and_protocol_mixups(tmp_path):
+  with pytest.raises(evaluate.UsageError, match='no field'):
+    evaluate.main(['--checkpoint=c.npy', '--config.finetune.stepz=3', f'--output_dir={tmp_path}'])
+  with pytest.raises(evaluate.UsageError, match='--random_init'):
+    evaluate.main(['--checkpoint=c.npy', '--random_init', f'--output_dir={tmp_path}'])
+  with pytest.raises(evaluate.UsageError, match='both --audio_shards and --folds_csv'):
+    evaluate.main(['--protocol=audio', '--random_init', '--audio_shards=x',
+                   f'--output_dir={tmp_path}'])

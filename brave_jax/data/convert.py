@@ -22,6 +22,17 @@ writes (and replaces) nothing and exits 1. Reconverting a prefix with another
 `--num_shards` deletes the old `<prefix>-*-of-<old total>` set once the new
 set is complete.
 
+`--audio_only` converts sound collections (ESC-50, AudioSet): audio files
+(wav, flac, ogg, mp3, ...) and the audio of video files become waveform-only
+records (mono float PCM at `--audio_rate`, no frames). Labels come from the
+first sub-folder, or from a CSV: `path,label[;label...]` rows, or a metadata
+CSV with a header naming `--path_column` and `--label_column` (several labels
+per clip separated by `--label_separator`, e.g. AudioSet's positive labels):
+
+  python -m brave_jax.data.convert --audio_only --videos=/data/ESC-50/meta/esc50.csv \
+      --media_root=/data/ESC-50/audio --path_column=filename --label_column=category \
+      --output_dir=/data/esc50_shards --prefix=esc50
+
 `--flow` also stores optical flow (`flow/encoded`, one JPEG per frame) for the
 broad 'flow' view, computed by `brave_jax.data.flow` inside the worker
 processes between consecutive stored frames at the stored resolution, with
@@ -56,6 +67,8 @@ from brave_jax.data import flow as flow_lib
 
 VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.avi', '.mkv', '.webm', '.mov', '.mpg', '.mpeg', '.m2v',
                     '.ts', '.mts', '.m2ts', '.flv', '.wmv', '.3gp', '.ogv', '.ogg', '.vob')
+AUDIO_EXTENSIONS = ('.wav', '.flac', '.ogg', '.oga', '.opus', '.mp3', '.m4a', '.aac', '.aif',
+                    '.aiff', '.wma')
 _HMDB_SPLIT_RE = re.compile(r'^(?P<cls>.+)_test_split\d+\.txt$')
 _HMDB_SPLIT_CODES = {'train': '1', 'test': '2'}
 _MAX_GAP_S = 30.0  # Longer pauses between video frames are treated as broken timestamps.
@@ -352,13 +365,16 @@ def align_audio(audio: DecodedAudio, video_start_s: float, video_duration_s: flo
 # ----------------------------------------------------------------------------- one video
 
 
+Label = str | tuple[str, ...] | None  # One class name, several (multi-label), or none.
+
+
 @dataclasses.dataclass
 class Task:
   """One video to convert (picklable, sent to a worker)."""
   path: str
   video_id: str
-  label_index: int | None
-  label_text: str | None
+  label_index: int | list[int] | None
+  label_text: str | list[str] | None
 
 
 @dataclasses.dataclass
@@ -375,14 +391,45 @@ class Result:
   warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def convert_one(path: str, label_index: int | None = None, label_text: str | None = None,
+def convert_audio_one(path: str, label_index: int | list[int] | None = None,
+                      label_text: str | list[str] | None = None, video_id: str | None = None,
+                      audio_rate: int = 48000, max_seconds: float | None = None) -> Result:
+  """One audio (or video) file's first audio stream as a waveform-only record."""
+  video_id = video_id or os.path.basename(path)
+  try:
+    audio = decode_audio(path, audio_rate, max_seconds)
+    if audio is None:
+      raise ConvertError(f'{path}: no audio stream')
+    waveform = audio.waveform
+    if max_seconds and max_seconds > 0:
+      waveform = waveform[:int(round(max_seconds * audio_rate))]
+    if not waveform.size:
+      raise ConvertError(f'{path}: no audio sample could be decoded'
+                         + (f' ({"; ".join(audio.warnings)})' if audio.warnings else ''))
+    clip = dmvr_format.Clip(waveform=waveform, label_index=label_index, label_text=label_text,
+                            video_id=video_id, audio_rate=audio_rate)
+    serialized = dmvr_format.encode_clip(clip)
+  except ConvertError as e:
+    return Result(video_id, None, error=str(e))
+  except Exception as e:  # pylint: disable=broad-except  # One bad file must not stop the run.
+    return Result(video_id, None, error=f'{path}: {type(e).__name__}: {e}')
+  return Result(video_id, serialized, duration_s=waveform.size / audio_rate, has_audio=True,
+                audio_s=waveform.size / audio_rate, warnings=list(audio.warnings))
+
+
+def convert_one(path: str, label_index: int | list[int] | None = None,
+                label_text: str | list[str] | None = None,
                 video_id: str | None = None, fps: float = 25.0, audio_rate: int = 48000,
                 short_side: int = 256, jpeg_quality: int = 95,
-                max_seconds: float | None = None, flow_method: str | None = None) -> Result:
+                max_seconds: float | None = None, flow_method: str | None = None,
+                audio_only: bool = False) -> Result:
   """Converts one file to a serialized SequenceExample; failures come back as Result.error.
 
-  With `flow_method` the clip also gets one flow JPEG per frame (module docstring).
+  With `flow_method` the clip also gets one flow JPEG per frame (module docstring);
+  with `audio_only` it holds only the waveform (`convert_audio_one`).
   """
+  if audio_only:
+    return convert_audio_one(path, label_index, label_text, video_id, audio_rate, max_seconds)
   video_id = video_id or os.path.basename(path)
   try:
     encoded_flow = None
@@ -440,13 +487,15 @@ def read_classes_file(path: str) -> list[str]:
   return names
 
 
-def list_folder(root: str) -> list[tuple[str, str, str | None]]:
-  """(path, video_id, label) for every video under root; label = first sub-folder name."""
+def list_folder(root: str, extensions: Sequence[str] = VIDEO_EXTENSIONS
+                ) -> list[tuple[str, str, Label]]:
+  """(path, video_id, label) for every media file under root; label = first sub-folder name."""
   found = []
+  extensions = tuple(extensions)
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     for name in sorted(filenames):
-      if name.startswith('.') or not name.lower().endswith(VIDEO_EXTENSIONS):
+      if name.startswith('.') or not name.lower().endswith(extensions):
         continue
       path = os.path.join(dirpath, name)
       rel = os.path.relpath(path, root)
@@ -455,22 +504,56 @@ def list_folder(root: str) -> list[tuple[str, str, str | None]]:
   return found
 
 
-def list_csv(csv_path: str) -> list[tuple[str, str, str | None]]:
-  """(path, video_id, label) from `path[,label]` rows; relative paths are relative to the CSV."""
-  base = os.path.dirname(os.path.abspath(csv_path))
+def _split_labels(text: str, separator: str) -> Label:
+  """'a;b' -> ('a', 'b') (multi-label), 'a' -> 'a', '' -> None."""
+  names = [n.strip() for n in text.split(separator)] if separator else [text.strip()]
+  names = [n for n in names if n]
+  if not names:
+    return None
+  return names[0] if len(names) == 1 else tuple(names)
+
+
+def list_csv(csv_path: str, *, path_column: str | None = None, label_column: str | None = None,
+             media_root: str | None = None, label_separator: str = ';'
+             ) -> list[tuple[str, str, Label]]:
+  """(path, video_id, label) from a CSV; relative paths are relative to `media_root` (or the CSV).
+
+  Without `path_column`: `path[,label]` rows (an optional header row is
+  skipped), the label field may hold several labels separated by
+  `label_separator`. With `path_column` (and `label_column`): a metadata CSV
+  whose header names those columns, e.g. ESC-50's `filename`/`category`.
+  """
+  base = media_root or os.path.dirname(os.path.abspath(csv_path))
   found = []
   with open(csv_path, newline='') as f:
-    for row_no, row in enumerate(csv.reader(f), 1):
-      row = [c.strip() for c in row]
-      if not row or not row[0] or row[0].startswith('#'):
-        continue
+    rows = [[c.strip() for c in row] for row in csv.reader(f)]
+  columns = None
+  if path_column:
+    header = rows[0] if rows else []
+    missing = [c for c in (path_column, label_column) if c and c not in header]
+    if missing:
+      raise ValueError(f'{csv_path}: no column(s) {missing} in the header {header}')
+    columns = (header.index(path_column), header.index(label_column) if label_column else None)
+  for row_no, row in enumerate(rows, 1):
+    if not row or not row[0] or row[0].startswith('#'):
+      continue
+    if columns:
+      if row_no == 1:
+        continue  # Header.
+      if len(row) <= max(c for c in columns if c is not None):
+        raise ValueError(f'{csv_path}:{row_no}: too few columns for {path_column}/{label_column}')
+      rel = row[columns[0]]
+      label = _split_labels(row[columns[1]], label_separator) if columns[1] is not None else None
+    else:
       if row_no == 1 and row[0].lower() in ('path', 'video', 'filename', 'file'):
         continue  # Header.
       if len(row) > 2:
-        raise ValueError(f'{csv_path}:{row_no}: expected "path[,label]", got {row}')
-      path = row[0] if os.path.isabs(row[0]) else os.path.join(base, row[0])
-      label = row[1] if len(row) > 1 and row[1] else None
-      found.append((path, row[0], label))
+        raise ValueError(f'{csv_path}:{row_no}: expected "path[,label]", got {row}; for a '
+                         'metadata CSV name its columns with --path_column/--label_column')
+      rel = row[0]
+      label = _split_labels(row[1], label_separator) if len(row) > 1 else None
+    path = rel if os.path.isabs(rel) else os.path.join(base, rel)
+    found.append((path, rel, label))
   return found
 
 
@@ -525,15 +608,27 @@ def apply_split(videos: list[tuple[str, str, str | None]], selected: dict[str, s
   return kept, missing
 
 
-def make_tasks(videos: list[tuple[str, str, str | None]], classes: list[str]) -> list[Task]:
-  """Attaches label indices (positions in `classes`) to the listed videos."""
+def label_names(label: Label) -> tuple[str, ...]:
+  """The class names of one listed label (none, one, or several)."""
+  if label is None:
+    return ()
+  return (label,) if isinstance(label, str) else tuple(label)
+
+
+def make_tasks(videos: list[tuple[str, str, Label]], classes: list[str]) -> list[Task]:
+  """Attaches label indices (positions in `classes`) to the listed videos (lists when multi-label)."""
   index = {name: i for i, name in enumerate(classes)}
-  unknown = sorted({label for _, _, label in videos if label is not None and label not in index})
+  unknown = sorted({n for _, _, label in videos for n in label_names(label) if n not in index})
   if unknown:
     raise ValueError(f'labels not in the class list: {unknown[:10]}; fix --classes_file or the '
                      'input labels')
-  return [Task(path, vid, index[label] if label is not None else None, label)
-          for path, vid, label in videos]
+  tasks = []
+  for path, vid, label in videos:
+    if isinstance(label, tuple):
+      tasks.append(Task(path, vid, [index[n] for n in label], list(label)))
+    else:
+      tasks.append(Task(path, vid, index[label] if label is not None else None, label))
+  return tasks
 
 
 # ----------------------------------------------------------------------------- running
@@ -600,6 +695,7 @@ class Summary:
   audio_rate: int = 48000
   short_side: int = 256
   flow_method: str | None = None  # Optical flow algorithm of flow/encoded; None = no flow.
+  audio_only: bool = False  # Waveform-only records (no frames).
   wall_seconds: float = 0.0
 
   def add(self, result: Result) -> None:
@@ -619,8 +715,11 @@ class Summary:
 
   def text(self) -> str:
     """Human-readable lines for the end of the run."""
-    lines = [f'[{self.prefix}] converted {self.converted}/{self.videos_listed} videos, '
-             f'{self.total_seconds:.1f}s of video ({self.total_frames} frames at {self.fps:g} fps) '
+    what = (f'{self.total_seconds:.1f}s of audio (waveform only, {self.audio_rate} Hz)'
+            if self.audio_only else
+            f'{self.total_seconds:.1f}s of video ({self.total_frames} frames at {self.fps:g} fps)')
+    lines = [f'[{self.prefix}] converted {self.converted}/{self.videos_listed} '
+             f'{"clips" if self.audio_only else "videos"}, {what} '
              f'in {self.wall_seconds:.1f}s into {len(self.shards)} shard(s)',
              f'  without audio: {self.no_audio}; audio shorter than video: '
              f'{len(self.short_audio_files)}; skipped: {len(self.skipped)}'
@@ -663,32 +762,39 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
             workers: int = 1, split_files: Sequence[str] = (), hmdb_split: str | None = None,
             classes_file: str | None = None, jpeg_quality: int = 95,
             max_seconds: float | None = None, progress: bool = True,
-            flow_method: str | None = None) -> Summary:
+            flow_method: str | None = None, audio_only: bool = False,
+            path_column: str | None = None, label_column: str | None = None,
+            media_root: str | None = None, label_separator: str = ';') -> Summary:
   """Lists, converts and shards a dataset; returns (and saves) the summary.
 
   `flow_method` (one of flow.METHODS) also stores optical flow; None stores none.
+  `audio_only` writes waveform-only records of audio files and of videos' audio.
   """
   start = time.time()
   if flow_method and flow_method not in flow_lib.METHODS:
     raise ValueError(f'--flow_method={flow_method!r} is unknown; choose from {flow_lib.METHODS}')
   if flow_method:
     flow_lib.make_flow_fn(flow_method)  # Fails here, once, if OpenCV lacks the method.
+  if audio_only and flow_method:
+    raise ValueError('--audio_only records hold no frames, so no --flow')
   if os.path.isdir(videos):
-    listed = list_folder(videos)
+    listed = list_folder(videos, AUDIO_EXTENSIONS + VIDEO_EXTENSIONS if audio_only
+                         else VIDEO_EXTENSIONS)
   elif os.path.isfile(videos):
-    listed = list_csv(videos)
+    listed = list_csv(videos, path_column=path_column, label_column=label_column,
+                      media_root=media_root, label_separator=label_separator)
   else:
     raise FileNotFoundError(f'--videos={videos!r} is neither a folder nor a CSV file')
   if classes_file:
     classes = read_classes_file(classes_file)
   else:  # Sorted names, so separately written train and test shards agree.
-    classes = sorted({label for _, _, label in listed if label is not None})
+    classes = sorted({n for _, _, label in listed for n in label_names(label)})
   missing: list[str] = []
   if split_files:
     selection = read_split_files(split_files, hmdb_split)
     listed, missing = apply_split(listed, selection)
     if not classes_file:
-      classes = sorted(set(classes) | {l for _, _, l in listed if l is not None})
+      classes = sorted(set(classes) | {n for _, _, l in listed for n in label_names(l)})
   tasks = make_tasks(listed, classes)
   if not tasks:
     raise ValueError(f'no videos found in {videos!r}'
@@ -697,9 +803,11 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
 
   summary = Summary(prefix=prefix, videos_listed=len(tasks), classes=classes,
                     missing_from_split=missing, fps=fps, audio_rate=audio_rate,
-                    short_side=short_side, flow_method=flow_method or None)
+                    short_side=short_side, flow_method=flow_method or None,
+                    audio_only=audio_only)
   options = dict(fps=fps, audio_rate=audio_rate, short_side=short_side,
-                 jpeg_quality=jpeg_quality, max_seconds=max_seconds, flow_method=flow_method)
+                 jpeg_quality=jpeg_quality, max_seconds=max_seconds, flow_method=flow_method,
+                 audio_only=audio_only)
   results: Iterable[Result] = _run_tasks(tasks, options, workers)
   bar = None
   if progress:
@@ -792,6 +900,31 @@ def write_test_video(path: str, frames_TxHxWx3: np.ndarray, fps: float = 25.0,
   return path
 
 
+def write_test_audio(path: str, samples: np.ndarray, rate: int = 48000,
+                     codec: str | None = None) -> str:
+  """Writes an audio-only file (mono float samples in [-1, 1]) with PyAV, for tests and demos.
+
+  The codec follows the extension: wav pcm_s16le, flac, mp3 (libmp3lame), ogg/opus (opus at 48 kHz).
+  """
+  ext = os.path.splitext(path)[1].lower()
+  codec = codec or {'.wav': 'pcm_s16le', '.flac': 'flac', '.mp3': 'libmp3lame', '.ogg': 'libopus',
+                    '.opus': 'libopus', '.m4a': 'aac'}.get(ext, 'pcm_s16le')
+  samples = np.asarray(samples, np.float32).reshape(-1)
+  with av.open(path, 'w') as container:
+    stream = container.add_stream(codec, rate=rate)
+    stream.layout = 'mono'
+    chunk = 960 if codec == 'libopus' else 4800
+    for start in range(0, samples.size, chunk):
+      frame = av.AudioFrame.from_ndarray(samples[None, start:start + chunk], format='flt',
+                                         layout='mono')
+      frame.sample_rate = rate
+      frame.pts = start
+      frame.time_base = fractions.Fraction(1, rate)
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+  return path
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -799,7 +932,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog='python -m brave_jax.data.convert',
                               description=__doc__.split('\n\n')[0])
   p.add_argument('--videos', required=True,
-                 help='folder of videos (labels = first sub-folder) or CSV of path[,label]')
+                 help='folder of videos (labels = first sub-folder) or CSV of path[,label[;label]]')
+  p.add_argument('--audio_only', action='store_true',
+                 help='waveform-only records from audio files (wav, flac, ogg, mp3, ...) and '
+                      "videos' audio, for audio evaluation (ESC-50, AudioSet)")
+  p.add_argument('--path_column', default=None,
+                 help='CSV with a header: the column of file paths (e.g. ESC-50: filename)')
+  p.add_argument('--label_column', default=None,
+                 help='CSV with a header: the column of labels (e.g. ESC-50: category)')
+  p.add_argument('--label_separator', default=';',
+                 help='separates several labels of one clip in the CSV label field')
+  p.add_argument('--media_root', default=None,
+                 help="CSV paths are relative to this folder (default: the CSV's folder)")
   p.add_argument('--output_dir', required=True)
   p.add_argument('--prefix', default='train', help='shard name prefix, e.g. train or test')
   p.add_argument('--fps', type=float, default=25.0)
@@ -833,7 +977,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       hmdb_split=args.hmdb_split, classes_file=args.classes_file,
                       jpeg_quality=args.jpeg_quality, max_seconds=args.max_seconds,
                       progress=not args.no_progress,
-                      flow_method=args.flow_method if args.flow else None)
+                      flow_method=args.flow_method if args.flow else None,
+                      audio_only=args.audio_only, path_column=args.path_column,
+                      label_column=args.label_column, media_root=args.media_root,
+                      label_separator=args.label_separator)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -71,8 +71,8 @@ class Clip:
   frames_TxHxWx3: np.ndarray | None = None  # uint8 RGB frames.
   encoded_frames: Sequence[bytes] | None = None  # Or frames already JPEG-encoded.
   waveform: np.ndarray | None = None  # float32 mono PCM in [-1, 1]; None = no audio.
-  label_index: int | None = None
-  label_text: str | None = None
+  label_index: int | Sequence[int] | None = None  # Several for multi-label data (AudioSet).
+  label_text: str | Sequence[str] | None = None
   video_id: str = ''
   fps: float | None = None
   audio_rate: float | None = None
@@ -97,9 +97,11 @@ def encode_clip(clip: Clip, jpeg_quality: int = 95) -> bytes:
   seq = tf.train.SequenceExample()
   ctx = seq.context.feature
   if clip.label_index is not None:
-    ctx[LABEL_INDEX_KEY].int64_list.value.append(int(clip.label_index))
+    ctx[LABEL_INDEX_KEY].int64_list.value.extend(
+        int(i) for i in np.atleast_1d(np.asarray(clip.label_index, np.int64)))
   if clip.label_text is not None:
-    ctx[LABEL_TEXT_KEY].bytes_list.value.append(clip.label_text.encode())
+    texts = [clip.label_text] if isinstance(clip.label_text, str) else clip.label_text
+    ctx[LABEL_TEXT_KEY].bytes_list.value.extend(t.encode() for t in texts)
   if clip.video_id:
     ctx[VIDEO_ID_KEY].bytes_list.value.append(clip.video_id.encode())
   if clip.fps is not None:

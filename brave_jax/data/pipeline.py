@@ -50,6 +50,7 @@ from brave_jax.data import decode
 from brave_jax.data import reader
 from brave_jax.data import sampling
 from brave_jax.data import spectrogram
+from brave_jax.data import tfds_reader
 from brave_jax.data import tfrecord
 
 _INDEX = '_index'  # The example's slot: position in the (train) or this (eval) record stream.
@@ -57,6 +58,7 @@ _ENTRY = '_entry'  # Its record: position in the ShardIndex.
 _VALID = '_valid'  # False for a placeholder of a slot whose record failed.
 _PRIVATE = (_INDEX, _ENTRY, _VALID)
 _NEVER = 1 << 62  # End of the endless training slot range.
+Source = reader.ShardSpec | tfds_reader.TfdsSplit  # Labelled clips for evaluation, fine-tuning.
 _DEFAULT_PARALLELISM = max(4, 2 * (os.cpu_count() or 1))  # Examples in flight (AUTOTUNE: -1).
 _MIN_RECORDS_FOR_FRACTION = 100  # The fraction budget allows fraction * max(read, this) failures.
 _WARN_FIRST = 10  # Bad records warned about one by one; later ones in a summary line ...
@@ -535,7 +537,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
 # Evaluation.
 
 def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
-                        include_audio: bool):
+                        include_audio: bool, parse: Callable[..., Any] = reader.parse_example):
   """One augmented clip per record, as the published linear protocol: random window of the
   looped video, random crop, then the view chain without blur (scale, flip, colour, grey)."""
   d, e = config.data, config.eval
@@ -545,7 +547,7 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
     video_index, serialized = item
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
     s_win, s_view = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    ex = reader.parse_example(serialized, video=True, audio=include_audio)
+    ex = parse(serialized, video=True, audio=include_audio)
     n = _require_frames(ex['video'], 'image/encoded')
     start, idx = sampling.random_window(n, e.num_frames, e.frame_step, s_win)
     out = {'video': _rgb_view(tf.gather(ex['video'], idx), e.image_size, d.augment, s_view,
@@ -559,7 +561,8 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
   return fn
 
 
-def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool):
+def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool,
+                       parse: Callable[..., Any] = reader.parse_example):
   """N temporal x M spatial deterministic crops of one record, rows ordered (window, crop):
   the published test crops (windows at int(linspace) starts, short side resized, spatial
   crops on a diagonal)."""
@@ -568,7 +571,7 @@ def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool):
   num_samples = audio_num_samples(config)
 
   def fn(index, serialized):
-    ex = reader.parse_example(serialized, video=True, audio=include_audio)
+    ex = parse(serialized, video=True, audio=include_audio)
     n = _require_frames(ex['video'], 'image/encoded')
     starts, idx_NxT = sampling.evenly_spaced_windows(n, t, e.frame_step, nt)
     unique, position = tf.unique(tf.reshape(idx_NxT, [-1]))  # Decode each frame once.
@@ -593,9 +596,9 @@ def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool):
   return fn
 
 
-def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpec, *,
+def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
                       mode: str, batch_size: int | None = None, include_audio: bool = False,
-                      seed: int | None = None) -> DataIterator:
+                      seed: int | None = None) -> 'DataIterator | TfdsIterator':
   """Finite iterator of flat eval batches {'video' [N,T,H,W,3], 'label', 'video_index'[, 'audio']}.
 
   mode 'train': config.eval.train_passes augmented passes (one random clip per
@@ -605,12 +608,16 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpe
   video's video_index is its position in the sorted shard order, counting
   skipped records, so results are reproducible and comparable across runs.
   The audio of a clip covers the broad training window from the clip start,
-  so audio features match what the audio backbone was trained on.
+  so audio features match what the audio backbone was trained on. `shards`
+  may also be a `tfds_reader.TfdsSplit`: a TFDS dataset read as it is.
   """
   if mode not in ('train', 'test'):
     raise ValueError(f"make_eval_dataset: mode must be 'train' or 'test', got {mode!r}")
   limit_tf_op_threads(config.data.tf_intra_op_threads)
   batch_size = batch_size or config.eval.batch_size
+  if tfds_reader.is_tfds(shards):
+    return _tfds_eval_dataset(config, shards, mode=mode, batch_size=batch_size,
+                              include_audio=include_audio, seed=seed)
   index = reader.index_shards(reader.list_shards(shards))
   num_records = len(index)
   read, reasons = _record_reader(index)
@@ -644,3 +651,250 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpe
   ds = ds.batch(batch_size).prefetch(2)
   return DataIterator(_options(ds), monitor, total_slots=num_records * passes,
                       entry_of_slot=lambda slot: slot % num_records)
+
+
+# ---------------------------------------------------------------------------
+# TFDS datasets (evaluation and fine-tuning): TFDS's own reader, not the shard index.
+
+class TfdsIterator:
+  """Numpy batches of a TFDS pipeline; examples that fail are dropped and counted.
+
+  TFDS examples are not indexed by file offset, so this is the one place
+  without DataIterator's budget and exact resume: a gap in the stream's
+  positions is a dropped example, reported by `skipped_records()`.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, total: int | None = None):
+    self.dataset = dataset
+    self._iterator = iter(dataset)
+    self._next = 0
+    self._total = total
+    self._skipped = 0
+
+  def __iter__(self) -> 'TfdsIterator':
+    return self
+
+  def __next__(self) -> dict[str, Any]:
+    try:
+      batch = tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
+    except StopIteration:
+      if self._total is not None:
+        self._skipped += max(self._total - self._next, 0)
+        self._total = None
+      raise
+    positions = np.unique(batch.pop(_INDEX).reshape(-1))
+    for position in positions:
+      self._skipped += max(int(position) - self._next, 0)
+      self._next = max(self._next, int(position) + 1)
+    return batch
+
+  def skipped_records(self) -> int:
+    """Examples dropped so far (frames that do not decode, audio missing, no label)."""
+    return self._skipped
+
+
+def _check_tfds_audio_rate(config: ml_collections.ConfigDict, source: Source) -> None:
+  """A TFDS dataset's audio must be at the rate the spectrogram expects (no resampler in TF)."""
+  if not tfds_reader.is_tfds(source):
+    return
+  rate = tfds_reader.audio_sample_rate(source)
+  if rate and int(rate) != int(config.data.audio_sample_rate):
+    raise tfds_reader.TfdsError(
+        f'{source}: audio is {rate} Hz, config.data.audio_sample_rate is '
+        f'{config.data.audio_sample_rate}; set --config.data.audio_sample_rate={rate} (the '
+        'log-mel window then covers the same seconds) or convert the audio with '
+        'brave_jax.data.convert --audio_only, which resamples')
+
+
+def _tfds_eval_dataset(config: ml_collections.ConfigDict, source: tfds_reader.TfdsSplit, *,
+                       mode: str, batch_size: int, include_audio: bool,
+                       seed: int | None) -> TfdsIterator:
+  """make_eval_dataset for a TFDS split: the same per-example functions on TFDS's elements."""
+  if include_audio:
+    _check_tfds_audio_rate(config, source)
+  records = tfds_reader.records(source, audio=include_audio)
+  total = tfds_reader.num_examples(source)
+  if mode == 'train':
+    passes = config.eval.train_passes
+    seed = config.seed if seed is None else seed
+    train_fn = _make_eval_train_fn(config, tf.constant(_seed_ints(seed, 3), tf.int64),
+                                   include_audio, tfds_reader.parse)
+    ds = records.enumerate().repeat(passes).enumerate()
+    ds = ds.map(train_fn, num_parallel_calls=_parallel(config), deterministic=True)
+    ds = ds.ignore_errors(log_warning=True)
+    total *= passes
+  else:
+    test_fn = _make_eval_test_fn(config, include_audio, tfds_reader.parse)
+    rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
+
+    def example(index, element):
+      out = dict(test_fn(index, element))
+      out[_INDEX] = tf.fill([rows], index)
+      return out
+    ds = records.enumerate().map(example, num_parallel_calls=_parallel(config),
+                                 deterministic=True)
+    ds = ds.ignore_errors(log_warning=True).unbatch()
+  return TfdsIterator(_options(ds.batch(batch_size).prefetch(2)), total)
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning.
+
+def _finetune_example_fn(config: ml_collections.ConfigDict, example_seed: tf.Tensor,
+                         parse: Callable[..., Any]):
+  """(slot, record) -> {'video', 'label'}: the linear protocol's train clip; unlabelled raises."""
+  clip_fn = _make_eval_train_fn(config, example_seed, False, parse)
+
+  def fn(slot, record):
+    out = clip_fn(slot, (slot, record))
+    check = tf.debugging.assert_non_negative(
+        out['label'], message='record has no clip/label/index; fine-tuning needs labels')
+    with tf.control_dependencies([check]):
+      label = tf.identity(out['label'])
+    return {'video': out['video'], 'label': label, _INDEX: slot}
+  return fn
+
+
+def make_finetune_dataset(config: ml_collections.ConfigDict, source: Source, *,
+                          batch_size: int, process_index: int = 0, process_count: int = 1,
+                          num_local_devices: int | None = None, seed: int | None = None,
+                          start_step: int = 0) -> 'DataIterator | TfdsIterator':
+  """Endless labelled training clips, [local_devices, per_device, ...] {'video', 'label'}.
+
+  Each clip is made as the linear protocol's train clips are
+  (`_make_eval_train_fn`: a random window of config.eval.num_frames, random
+  crop, flip, colour jitter, greyscale), so fine-tuning and the linear probe
+  see the same augmentation. From DMVR shards the stream is make_train_dataset's
+  (each host its own shards, slot -> seeded per-epoch permutation, bad records
+  replaced and budgeted), so a resumed fine-tuning run reads exactly what an
+  uninterrupted one did; a record without a label counts as bad. From TFDS:
+  TFDS's shuffled reader, not exact on resume.
+  """
+  limit_tf_op_threads(config.data.tf_intra_op_threads)
+  if num_local_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    num_local_devices = jax.local_device_count()
+  if batch_size % process_count or (batch_size // process_count) % num_local_devices:
+    raise ValueError(f'fine-tuning batch {batch_size} does not split over {process_count} '
+                     f'process(es) x {num_local_devices} device(s); use a multiple of '
+                     f'{process_count * num_local_devices} (config.finetune.batch_size)')
+  per_host = batch_size // process_count
+  per_device = per_host // num_local_devices
+  host_seed = (config.seed if seed is None else seed) + process_index
+  shuffle_seed = tf.constant(_seed_ints(host_seed, 11), tf.int64)
+  example_seed = tf.constant(_seed_ints(host_seed, 12), tf.int64)
+
+  def to_devices(batch):
+    def reshape(x):
+      return tf.reshape(x, tf.concat([[num_local_devices, per_device], tf.shape(x)[1:]], 0))
+    out = {k: reshape(batch[k]) for k in ('video', 'label')}
+    out.update({k: batch[k] for k in _PRIVATE if k in batch})
+    return out
+
+  if tfds_reader.is_tfds(source):
+    example_fn = _finetune_example_fn(config, example_seed, tfds_reader.parse)
+    ds = tfds_reader.records(source, process_index=process_index, process_count=process_count,
+                             shuffle_files=True, seed=_seed_ints(host_seed, start_step, 13)[0])
+    ds = ds.shuffle(_TFDS_SHUFFLE_BUFFER, seed=_seed_ints(host_seed, start_step, 14)[0])
+    ds = ds.repeat().enumerate(start_step * per_host)
+    ds = ds.map(example_fn, num_parallel_calls=_parallel(config), deterministic=True)
+    ds = ds.ignore_errors(log_warning=True).batch(per_host, drop_remainder=True)
+    return TfdsIterator(_options(ds.map(to_devices).prefetch(config.data.prefetch)))
+
+  files = reader.split_for_process(reader.list_shards(source), process_index, process_count)
+  index = reader.index_shards(files)
+  read, reasons = _record_reader(index)
+  monitor = _budget_monitor(config, index, 'fine-tuning', reasons, {})
+  entry_of = _slot_to_entry(len(index), shuffle_seed)
+  example_fn = _finetune_example_fn(config, example_seed, reader.parse_example)
+
+  def example(slot):
+    entry = entry_of(slot)
+    return dict(example_fn(slot, read(entry)), **{_ENTRY: entry})
+
+  first_slot = start_step * per_host
+  parallel = _parallel(config)
+  ds = tf.data.Dataset.range(first_slot, _NEVER)
+  ds = ds.interleave(_example_or_placeholder(example, entry_of), block_length=1,
+                     cycle_length=_DEFAULT_PARALLELISM if parallel == tf.data.AUTOTUNE else parallel,
+                     num_parallel_calls=parallel, deterministic=True)
+  ds = ds.batch(per_host, drop_remainder=True).map(_fill_bad_rows).map(to_devices)
+  return DataIterator(_options(ds.prefetch(config.data.prefetch)), monitor, first_slot=first_slot)
+
+
+_TFDS_SHUFFLE_BUFFER = 256  # Examples TFDS fine-tuning shuffles over (besides its file order).
+
+
+# ---------------------------------------------------------------------------
+# Audio evaluation.
+
+def make_audio_eval_dataset(config: ml_collections.ConfigDict, source: Source, *,
+                            batch_size: int, num_windows: int = 1,
+                            num_classes: int | None = None) -> 'DataIterator | TfdsIterator':
+  """Finite iterator of log-mel windows of every record, in record order (audio-only records welcome).
+
+  Each record gives `num_windows` windows of the model's broad audio window
+  (`audio_num_samples`: 64 x 4 frames at 25 fps = 10.24 s at full size),
+  evenly spaced over the waveform; a clip shorter than the window is looped
+  (repeated from its start, as the published pipeline loops short videos and
+  their audio). Rows: {'audio' [F, M], 'label' (first label), 'video_index'
+  (record position), 'clip_id', 'num_samples' (the clip's own length, so
+  callers can report how many were looped)} plus, with `num_classes`,
+  'labels' as a multi-hot [num_classes] vector of every clip/label/index
+  value (AudioSet style). Records without audio are skipped and counted.
+  """
+  if num_windows < 1:
+    raise ValueError(f'make_audio_eval_dataset: num_windows must be >= 1, got {num_windows}')
+  limit_tf_op_threads(config.data.tf_intra_op_threads)
+  _check_tfds_audio_rate(config, source)
+  d = config.data
+  window = audio_num_samples(config)
+  is_tfds = tfds_reader.is_tfds(source)
+  parse = tfds_reader.parse if is_tfds else reader.parse_example
+
+  def windows(index, record):
+    ex = parse(record, video=False, audio=True, all_labels=True, clip_id=True)
+    wave = ex['audio']
+    length = tf.size(wave, out_type=tf.int32)
+    last = tf.cast(tf.maximum(length - window, 0), tf.float32)
+    starts = tf.cast(tf.round(tf.linspace(0.0, last, num_windows)), tf.int32)
+    # audio_window counts its start in video frames; with fps = rate = 1 it is in samples.
+    waves = tf.map_fn(lambda s: sampling.audio_window(wave, s, window, video_fps=1,
+                                                      audio_sample_rate=1),
+                      starts, fn_output_signature=tf.TensorSpec([window], tf.float32))
+    specs = tf.ensure_shape(spectrogram.from_config(waves, d),
+                            [num_windows, audio_num_frames(config), d.audio.num_mel_bins])
+    out = {'audio': specs,
+           'label': tf.fill([num_windows], ex['label']),
+           'video_index': tf.fill([num_windows], tf.cast(index, tf.int32)),
+           'clip_id': tf.fill([num_windows], ex['clip_id']),
+           'num_samples': tf.fill([num_windows], length),
+           _INDEX: tf.fill([num_windows], tf.cast(index, tf.int64))}
+    if num_classes:
+      labels_L = ex['labels']
+      check = tf.debugging.assert_less(
+          labels_L, num_classes, message=f'a clip/label/index value is >= {num_classes} classes')
+      with tf.control_dependencies([check]):
+        multi_hot = tf.reduce_max(tf.one_hot(labels_L, num_classes, dtype=tf.float32), axis=0)
+      multi_hot = tf.reshape(tf.cond(tf.size(labels_L) > 0, lambda: multi_hot,
+                                     lambda: tf.zeros([num_classes])), [num_classes])
+      out['labels'] = tf.tile(multi_hot[None], [num_windows, 1])
+    return out
+
+  if is_tfds:
+    ds = tfds_reader.records(source, audio=True).enumerate()
+    ds = ds.map(windows, num_parallel_calls=_parallel(config), deterministic=True)
+    ds = ds.ignore_errors(log_warning=True).unbatch().batch(batch_size).prefetch(2)
+    return TfdsIterator(_options(ds), tfds_reader.num_examples(source))
+  index = reader.index_shards(reader.list_shards(source))
+  num_records = len(index)
+  read, reasons = _record_reader(index)
+  monitor = _budget_monitor(config, index, 'audio eval', reasons, _needed_features(['audio']))
+
+  def example(entry):
+    return dict(windows(entry, read(entry)), **{_ENTRY: tf.fill([num_windows], entry)})
+  ds = tf.data.Dataset.range(num_records)
+  ds = ds.map(example, num_parallel_calls=_parallel(config), deterministic=True)
+  ds = ds.ignore_errors(log_warning=False).unbatch().batch(batch_size).prefetch(2)
+  return DataIterator(_options(ds), monitor, total_slots=num_records,
+                      entry_of_slot=lambda slot: slot)

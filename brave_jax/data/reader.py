@@ -202,14 +202,19 @@ def split_for_process(files: Sequence[str], process_index: int, process_count: i
 
 
 def parse_example(serialized: tf.Tensor, *, video: bool = True, flow: bool = False,
-                  audio: bool = False) -> dict[str, tf.Tensor]:
+                  audio: bool = False, all_labels: bool = False,
+                  clip_id: bool = False) -> dict[str, tf.Tensor]:
   """Parses one SequenceExample, reading only the requested features (parsing is the I/O cost).
 
-  Returns 'video' (string [T]), 'flow' (string [T]), 'audio' (float32 [S]) as
-  requested, and always 'label' (int32 scalar, -1 when absent). A missing
-  feature yields an empty tensor; callers decide whether that skips the record.
+  Returns 'video' (string [T]), 'flow' (string [T]), 'audio' (float32 [S]),
+  'labels' (every clip/label/index value, int32 [L], for multi-label data)
+  and 'clip_id' (string scalar, '' when absent) as requested, and always
+  'label' (the first label, int32 scalar, -1 when absent). A missing feature
+  yields an empty tensor; callers decide whether that skips the record.
   """
   context = {dmvr_format.LABEL_INDEX_KEY: tf.io.VarLenFeature(tf.int64)}
+  if clip_id:
+    context[dmvr_format.VIDEO_ID_KEY] = tf.io.FixedLenFeature([], tf.string, default_value='')
   sequence = {}
   if video:
     sequence[dmvr_format.IMAGE_KEY] = tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
@@ -222,6 +227,10 @@ def parse_example(serialized: tf.Tensor, *, video: bool = True, flow: bool = Fal
   labels = ctx[dmvr_format.LABEL_INDEX_KEY].values
   out = {'label': tf.cond(tf.size(labels) > 0, lambda: tf.cast(labels[0], tf.int32),
                           lambda: tf.constant(-1, tf.int32))}
+  if all_labels:
+    out['labels'] = tf.cast(labels, tf.int32)
+  if clip_id:
+    out['clip_id'] = ctx[dmvr_format.VIDEO_ID_KEY]
   if video:
     out['video'] = seq[dmvr_format.IMAGE_KEY]
   if flow:

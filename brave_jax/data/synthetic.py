@@ -28,7 +28,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import tqdm
@@ -368,6 +368,33 @@ def _load_complete(directory: str) -> dict[str, Any] | None:
   return None
 
 
+def _ensure(final_dir: str, write: Callable[[str], Any],
+            load: Callable[[str], dict[str, Any] | None]) -> dict[str, Any]:
+  """`load(final_dir)`, after building it with `write(tmp_dir)` + an atomic rename if needed."""
+  dataset = load(final_dir)
+  if dataset is not None:
+    return dataset
+  root = os.path.dirname(final_dir)
+  os.makedirs(root, exist_ok=True)
+  tmp_dir = tempfile.mkdtemp(prefix=f'.tmp-{os.path.basename(final_dir)}-', dir=root)
+  try:
+    write(tmp_dir)
+    if os.path.isdir(final_dir) and load(final_dir) is None:
+      shutil.rmtree(final_dir, ignore_errors=True)  # A broken leftover (e.g. copied by hand).
+    try:
+      os.rename(tmp_dir, final_dir)
+    except OSError:
+      if load(final_dir) is None:  # Not a lost race with another process: a real error.
+        raise
+  finally:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+  dataset = load(final_dir)
+  if dataset is None:
+    raise RuntimeError(f'synthetic dataset in {final_dir} is incomplete after generation; '
+                       'delete that directory and retry')
+  return dataset
+
+
 def ensure_dataset(synthetic_config: Any, with_flow: bool = False,
                    show_progress: bool = True) -> dict[str, Any]:
   """{'train': [shards], 'test': [shards], 'class_names': [...]}, generated once and cached.
@@ -378,27 +405,111 @@ def ensure_dataset(synthetic_config: Any, with_flow: bool = False,
   """
   root = os.path.expanduser(str(synthetic_config['cache_dir']))
   final_dir = os.path.join(root, config_hash(synthetic_config, with_flow))
-  dataset = _load_complete(final_dir)
-  if dataset is not None:
-    return dataset
-  os.makedirs(root, exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix=f'.tmp-{os.path.basename(final_dir)}-', dir=root)
+  return _ensure(final_dir,
+                 lambda tmp: write_dataset(synthetic_config, tmp, with_flow, show_progress),
+                 _load_complete)
+
+
+# ----------------------------------------------------------------------------- audio split
+
+AUDIO_SPLIT_SEED = 2  # Seeds the audio clips apart from the video splits (0 train, 1 test).
+AUDIO_META = 'meta.csv'  # ESC-50's layout: filename,fold,target,category.
+
+
+def audio_clip_name(fold: int, label: int, index: int) -> str:
+  """ESC-50-like file name {fold}-{clip}-{take}-{target}.wav (no file is written; it is the clip/id)."""
+  return f'{fold}-{label:02d}{index:03d}-A-{label}.wav'
+
+
+def add_background(rng: np.random.Generator, wave: np.ndarray,
+                   snr_db: tuple[float, float]) -> np.ndarray:
+  """Gaussian background noise at an SNR drawn from `snr_db` (dB, against the clip's power)."""
+  if not snr_db:
+    return wave
+  snr = rng.uniform(*snr_db)
+  power = float(np.mean(np.square(wave, dtype=np.float64)))
+  noisy = wave + rng.normal(0.0, math.sqrt(power / 10 ** (snr / 10)), wave.shape)
+  return (noisy / max(1.0, float(np.abs(noisy).max()))).astype(np.float32)
+
+
+def write_audio_dataset(synthetic_config: Any, output_dir: str, *, num_folds: int = 5,
+                        clips_per_fold: int = 1, seconds: float = 1.0,
+                        snr_db: tuple[float, float] | tuple[()] = (0.0, 10.0),
+                        show_progress: bool = True) -> dict[str, Any]:
+  """Waveform-only records of the classes' sounds in ESC-50's shape: folds, a metadata CSV.
+
+  Each clip is a fresh draw of `render_audio` (class pitch and rhythm; random
+  loudness, noise and hum), from seeds no video of the train or test split
+  uses, so an audio backbone is tested on sounds it has not heard; then
+  background noise at an SNR in `snr_db` (() for none) is added.
+  """
+  values = _config_values(synthetic_config)
+  names = class_names(values['num_classes'])
+  os.makedirs(output_dir, exist_ok=True)
+  rows, examples = [], []
+  total = num_folds * clips_per_fold * values['num_classes']
+  with tqdm.tqdm(total=total, desc='synthetic audio', unit='clip', disable=not show_progress,
+                 mininterval=1.0) as progress:
+    for fold in range(1, num_folds + 1):
+      for i in range(clips_per_fold):
+        for label in range(values['num_classes']):
+          rng = np.random.default_rng([values['seed'], AUDIO_SPLIT_SEED, fold, label, i])
+          name = audio_clip_name(fold, label, i)
+          wave = add_background(rng, render_audio(rng, label, seconds), tuple(snr_db))
+          examples.append(dmvr_format.encode_clip(dmvr_format.Clip(
+              waveform=wave, label_index=label,
+              label_text=names[label], video_id=name, audio_rate=AUDIO_RATE)))
+          rows.append(f'{name},{fold},{label},{names[label]}')
+          progress.update(1)
+  paths = dmvr_format.write_shards(examples, output_dir, 'audio', _num_shards(len(examples)))
+  with open(os.path.join(output_dir, AUDIO_META), 'w') as f:
+    f.write('filename,fold,target,category\n' + '\n'.join(rows) + '\n')
+  manifest = dict(audio=[os.path.basename(p) for p in paths], class_names=names,
+                  config=values, num_folds=num_folds, clips_per_fold=clips_per_fold,
+                  seconds=seconds, snr_db=list(snr_db), version=GENERATOR_VERSION,
+                  audio_rate=AUDIO_RATE)
+  with open(os.path.join(output_dir, MANIFEST), 'w') as f:
+    json.dump(manifest, f, indent=1)
+  return _load_audio(output_dir)
+
+
+def _load_audio(directory: str) -> dict[str, Any] | None:
   try:
-    write_dataset(synthetic_config, tmp_dir, with_flow, show_progress)
-    if os.path.isdir(final_dir) and _load_complete(final_dir) is None:
-      shutil.rmtree(final_dir, ignore_errors=True)  # A broken leftover (e.g. copied by hand).
-    try:
-      os.rename(tmp_dir, final_dir)
-    except OSError:
-      if _load_complete(final_dir) is None:  # Not a lost race with another process: a real error.
-        raise
-  finally:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-  dataset = _load_complete(final_dir)
-  if dataset is None:
-    raise RuntimeError(f'synthetic dataset in {final_dir} is incomplete after generation; '
-                       'delete that directory and retry')
-  return dataset
+    with open(os.path.join(directory, MANIFEST)) as f:
+      manifest = json.load(f)
+    dataset = {'audio': [os.path.join(directory, p) for p in manifest['audio']],
+               'folds_csv': os.path.join(directory, AUDIO_META),
+               'class_names': list(manifest['class_names'])}
+  except (OSError, ValueError, KeyError):
+    return None
+  if all(os.path.isfile(p) for p in dataset['audio'] + [dataset['folds_csv']]):
+    return dataset
+  return None
+
+
+def ensure_audio_dataset(synthetic_config: Any, *, num_folds: int = 5, clips_per_fold: int = 1,
+                         seconds: float = 1.0,
+                         snr_db: tuple[float, float] | tuple[()] = (0.0, 10.0),
+                         show_progress: bool = True) -> dict[str, Any]:
+  """{'audio': [shards], 'folds_csv': path, 'class_names': [...]}: the embedded ESC-style split, cached.
+
+  Defaults (config.audio_eval.synthetic): 10 classes x 5 folds x 1 clip of 1 s
+  at 0-10 dB SNR, so each fold's classifier learns from 4 clips per class
+  (README, "Evaluation": with 8 clean clips per fold any features separate the
+  tones). ESC-50 itself: 50 classes x 5 folds x 8 clips of 5 s.
+  """
+  key = dict(_config_values(synthetic_config), kind='audio', num_folds=num_folds,
+             clips_per_fold=clips_per_fold, seconds=float(seconds), version=GENERATOR_VERSION,
+             audio_rate=AUDIO_RATE)
+  if snr_db:  # Absent for clean clips, so their cache key stays that of the first version.
+    key['snr_db'] = [float(x) for x in snr_db]
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  final_dir = os.path.join(os.path.expanduser(str(synthetic_config['cache_dir'])), f'audio-{digest}')
+  return _ensure(final_dir,
+                 lambda tmp: write_audio_dataset(synthetic_config, tmp, num_folds=num_folds,
+                                                 clips_per_fold=clips_per_fold, seconds=seconds,
+                                                 snr_db=tuple(snr_db), show_progress=show_progress),
+                 _load_audio)
 
 
 # ----------------------------------------------------------------------------- CLI

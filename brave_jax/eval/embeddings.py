@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +51,12 @@ def _make_forward(embed_fn: EmbedFn, has_variables: bool, num_devices: int) -> C
 def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.ndarray]], *,
                        num_devices: int | None = None, variables: Any = None,
                        input_key: str = 'video', pad_to: int = 0, total: int | None = None,
-                       desc: str = 'embedding') -> dict[str, np.ndarray]:
+                       desc: str = 'embedding', extra_keys: Sequence[str] = (),
+                       show_progress: bool = True) -> dict[str, np.ndarray]:
   """Runs `embed_fn` over every batch; returns {'feats' [N, D] f32, 'labels' [N], 'video_index' [N]}.
+
+  `extra_keys` are further batch fields returned alongside (e.g. 'clip_id',
+  multi-hot 'labels' of multi-label data, which then replace the label column).
 
   Batches are padded to the largest batch seen, at least `pad_to` (the
   iterator's batch size), rounded up to a multiple of the device count, so the
@@ -75,6 +79,7 @@ def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.nda
       variables = jax.device_put(variables)
 
   feats, labels, video_index = [], [], []
+  extras: dict[str, list[np.ndarray]] = {k: [] for k in extra_keys}
   pending = None  # (device feats, rows to keep): read one batch late so the device stays busy.
   padded_rows = -(-int(pad_to) // num_devices) * num_devices
   num_clips = 0
@@ -84,7 +89,8 @@ def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.nda
     out = np.asarray(out)
     feats.append(out.reshape((-1,) + out.shape[2:])[:rows] if num_devices > 1 else out[:rows])
 
-  with tqdm.tqdm(total=total, desc=desc, unit='batch', dynamic_ncols=True) as bar:
+  with tqdm.tqdm(total=total, desc=desc, unit='batch', dynamic_ncols=True,
+                 disable=not show_progress) as bar:
     for batch in iterator:
       if input_key not in batch:
         raise KeyError(f'compute_embeddings: batch has no {input_key!r} (keys {sorted(batch)}); '
@@ -102,6 +108,10 @@ def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.nda
         collect(pending)
       pending = (out, rows)
       labels.append(np.asarray(batch.get('label', np.full(rows, -1))).reshape(-1)[:rows])
+      for k in extra_keys:
+        if k not in batch:
+          raise KeyError(f'compute_embeddings: batch has no {k!r} (keys {sorted(batch)})')
+        extras[k].append(np.asarray(batch[k])[:rows])
       if 'video_index' in batch:
         video_index.append(np.asarray(batch['video_index']).reshape(-1)[:rows])
       else:  # One clip per video.
@@ -114,11 +124,13 @@ def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.nda
 
   if not feats:
     raise ValueError('compute_embeddings: the iterator yielded no clips; check the shards')
-  return {
+  out = {
       'feats': np.concatenate(feats).astype(np.float32),
       'labels': np.concatenate(labels).astype(np.int64),
       'video_index': np.concatenate(video_index).astype(np.int64),
   }
+  out.update({k: np.concatenate(v) for k, v in extras.items()})
+  return out
 
 
 def save_embeddings(path: str, splits: Mapping[str, Mapping[str, np.ndarray]],

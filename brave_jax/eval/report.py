@@ -1,4 +1,4 @@
-"""What a linear evaluation leaves behind: eval.json (plain numbers), confusion.png, a printed table.
+"""What an evaluation leaves behind: eval.json (plain numbers), confusion.png, a printed table.
 
 Kept apart from the protocol so the numbers can be re-plotted or re-tabulated
 from eval.json alone, and so the protocol code never imports matplotlib.
@@ -117,13 +117,16 @@ def plot_confusion(path: str, confusion_KxK: Sequence[Sequence[int]],
 
 def format_table(records: Mapping[str, Mapping[str, Any]]) -> str:
   """A small fixed-width table, one row per evaluated backbone (e.g. pretrained, random_init)."""
-  header = f"{'backbone':<14} {'train top1':>10} {'train top5':>10} {'test top1':>10} " \
+  width = max([14] + [len(name) for name in records])
+  header = f"{'backbone':<{width}} {'train top1':>10} {'train top5':>10} {'test top1':>10} " \
            f"{'test top5':>10} {'svm C':>9}"
   lines = [header, '-' * len(header)]
+  def pct(value):
+    return f'{"-":>9} ' if value is None else f'{100 * value:>9.1f}%'
   for name, r in records.items():
-    lines.append(f"{name:<14} {100 * r['train']['top1']:>9.1f}% {100 * r['train']['top5']:>9.1f}% "
-                 f"{100 * r['test']['top1']:>9.1f}% {100 * r['test']['top5']:>9.1f}% "
-                 f"{r['svm_c']:>9.1e}")
+    c = f'{"-":>9}' if r.get('svm_c') is None else f"{r['svm_c']:>9.1e}"
+    lines.append(f"{name:<{width}} {pct(r['train']['top1'])} {pct(r['train']['top5'])} "
+                 f"{pct(r['test']['top1'])} {pct(r['test']['top5'])} {c}")
   return '\n'.join(lines)
 
 

@@ -56,7 +56,7 @@ def _backbone_config(model_config: ml_collections.ConfigDict, view: str,
   return model_config.audio_backbone if modality == 'audio' else model_config.broad_video_backbone
 
 
-class _Embedding(hk.Module):
+class Embedding(hk.Module):
   """One view's module root (`<view>_<modality>_embedding`): checks the input, runs a backbone."""
 
   def __init__(self, model_config: ml_collections.ConfigDict, view: str, modality: str,
@@ -84,7 +84,7 @@ class _Embedding(hk.Module):
 
 
 @contextlib.contextmanager
-def _precision(compute_dtype: str) -> Iterator[None]:
+def precision(compute_dtype: str) -> Iterator[None]:
   """bf16 backbones (f32 params, f32 outputs) with f32 batch norm; heads and loss stay f32."""
   if compute_dtype == 'float32':
     yield
@@ -143,11 +143,11 @@ def build_model(model_config: ml_collections.ConfigDict, broad_modalities: Seque
   head_args = (model_config.hidden_dim, model_config.projection_dim)
 
   def loss_forward(batch: Batch, axis: str | None) -> tuple[jax.Array, Metrics]:
-    with _precision(model_config.compute_dtype):
-      feats = {'narrow': _Embedding(model_config, 'narrow', 'video', axis)(
+    with precision(model_config.compute_dtype):
+      feats = {'narrow': Embedding(model_config, 'narrow', 'video', axis)(
           _view_input(batch, 'narrow', 'video'), True)}
       for m in modalities:
-        feats[m] = _Embedding(model_config, 'broad', m, axis)(_view_input(batch, 'broad', m), True)
+        feats[m] = Embedding(model_config, 'broad', m, axis)(_view_input(batch, 'broad', m), True)
     head_bn = tsm_resnet.make_bn_config(model_config.bn_decay, model_config.bn_eps, axis)
     if model_config.shared_head:
       shared = heads.ProjectAndPredict(*head_args, head_bn, name='shared_project')
@@ -178,8 +178,8 @@ def build_model(model_config: ml_collections.ConfigDict, broad_modalities: Seque
 
   def make_embed(view: str, modality: str) -> EmbedFn:
     def forward(x: jax.Array) -> jax.Array:
-      with _precision(model_config.compute_dtype):
-        feats = _Embedding(model_config, view, modality, None)(x, False)
+      with precision(model_config.compute_dtype):
+        feats = Embedding(model_config, view, modality, None)(x, False)
       return feats.astype(jnp.float32)
 
     transformed = hk.transform_with_state(forward)

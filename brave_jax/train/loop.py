@@ -28,12 +28,13 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 from etils import epath
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from brave_jax import config_base
 from brave_jax.train import checkpointing
@@ -168,15 +169,66 @@ def _skipped_records(iterator: Any) -> int | None:
   return None if value is None else int(value)
 
 
+class Hook(Protocol):
+  """Runs every `every_steps` updates (and after the last) on the current state.
+
+  Returns scalars for that step's metrics.jsonl record, TensorBoard and
+  progress line (e.g. the kNN monitor, eval/knn.py); `close()` runs at the end.
+  """
+  every_steps: int
+  progress_fields: tuple[str, ...]
+
+  def __call__(self, step: int, train_state: step_lib.TrainState) -> Mapping[str, float]: ...
+
+  def close(self) -> None: ...
+
+
+def _merge_initial(fresh: PyTree, given: PyTree, what: str) -> PyTree:
+  """`fresh` with every leaf that `given` also holds (same module/name path) replaced by it."""
+  flat_given = {optimizer_lib.param_path(kp): x
+                for kp, x in jax.tree_util.tree_flatten_with_path(given)[0]}
+  used = set()
+
+  def pick(key_path, x):
+    path = optimizer_lib.param_path(key_path)
+    if path not in flat_given:
+      return x
+    value = np.asarray(flat_given[path])
+    if value.shape != np.shape(x):
+      raise ValueError(f'initial {what} {path!r} has shape {value.shape}, the model needs '
+                       f'{np.shape(x)}: the checkpoint was trained with another architecture '
+                       '(config.model) than the one being trained')
+    used.add(path)
+    return value.astype(np.asarray(x).dtype)
+  merged = jax.tree_util.tree_map_with_path(pick, fresh)
+  unused = sorted(set(flat_given) - used)
+  if unused:
+    raise ValueError(f'initial {what} {unused[:3]} ({len(unused)} in all) match no parameter '
+                     'of the model being trained; check the module names')
+  return merged
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           make_batch_iterator: BatchIteratorFn, model: Any = None,
-          stop_at_step: int | None = None) -> step_lib.TrainState:
+          stop_at_step: int | None = None, *,
+          optimizer: optax.GradientTransformation | None = None,
+          schedule: optax.Schedule | None = None,
+          initial_variables: tuple[PyTree, PyTree] | None = None,
+          hooks: Sequence[Hook] = (),
+          progress_fields: Sequence[str] = ()) -> step_lib.TrainState:
   """Trains to training.num_steps (or stop_at_step), resuming from workdir; returns the state.
 
   make_batch_iterator(start_step) must yield batches [local_devices, per_device, ...]
   for steps start_step, start_step + 1, ... as a pure function of (seed, step), as
   data.pipeline.make_train_dataset does; resumed runs then match uninterrupted ones.
   stop_at_step ends early with a checkpoint, as a preemption would (schedule unchanged).
+
+  Other users of the same machinery (fine-tuning, eval/finetune.py) pass their
+  own `model` (init/loss), `optimizer` and `schedule` (default: config.optimizer's),
+  and `initial_variables` = (params, state) whose leaves replace the freshly
+  initialised ones on a fresh start (e.g. a pretrained backbone; a resume
+  restores everything from the checkpoint instead). `hooks` run periodically
+  (see Hook); `progress_fields` are extra metric names shown on the progress line.
   """
   devices = jax.local_devices()  # This process's; the step itself spans every process's.
   config_base.validate(config, jax.process_count(), len(devices))
@@ -189,8 +241,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if model is None:
     from brave_jax.models import brave  # pylint: disable=g-import-not-at-top
     model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
-  schedule = optimizer_lib.make_schedule(config)
-  optimizer = optimizer_lib.make_optimizer(config)
+  if optimizer is None:
+    schedule = optimizer_lib.make_schedule(config) if schedule is None else schedule
+    optimizer = optimizer_lib.make_optimizer(config)
 
   ckpt_dir = os.path.join(workdir, CHECKPOINT_SUBDIR)
   ckpt = checkpointing.Checkpointer(ckpt_dir, keep=int(t.keep_checkpoints))
@@ -207,10 +260,18 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     print(f'Resumed from {ckpt_dir} at step {meta["step"]}.', flush=True)
   else:
     train_state = init(init_rng, first_batch)
+    if initial_variables is not None:
+      host = step_lib.unreplicate(train_state)
+      params = _merge_initial(host.params, initial_variables[0], 'parameter')
+      state = _merge_initial(host.state, initial_variables[1], 'state')
+      host = host._replace(params=params, state=state, opt_state=optimizer.init(params))
+      train_state = step_lib.replicate(host, devices)
   update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule)
+  fields = tuple(progress_fields) + tuple(f for h in hooks for f in getattr(h, 'progress_fields', ()))
   writer = metrics_lib.MetricsWriter(
       workdir, int(t.num_steps), int(t.batch_size), start_step=start_step,
-      plot_every=int(t.plot_every))
+      plot_every=int(t.plot_every), progress_fields=fields)
+  hook_scalars: dict[int, dict[str, float]] = {}  # Step -> hook results, written with its record.
 
   last_good = start_step or None
   pending = None  # (steps done, metrics on device) read one step late.
@@ -220,10 +281,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     nonlocal wait_at_last_log
     scalars = _scalars(metrics_D)
     _check_finite_scalars(done, scalars, last_good, ckpt_dir)
-    if done % t.log_every == 0 or done == num_steps:
+    from_hooks = hook_scalars.pop(done, None)
+    if done % t.log_every == 0 or done == num_steps or from_hooks:
       skipped = _skipped_records(host_iterator)
+      extra = dict(from_hooks or {})
+      if skipped is not None:
+        extra['skipped_records'] = skipped
       writer.write(done, scalars, input_wait_s=batches.wait_s - wait_at_last_log,
-                   extra=None if skipped is None else {'skipped_records': skipped})
+                   extra=extra or None)
       wait_at_last_log = batches.wait_s
     if done == start_step + 1:
       writer.reset_timer(done)  # Leave compilation out of later throughput numbers.
@@ -239,6 +304,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         consume(*pending)
       pending = (step + 1, metrics_D)
       done = step + 1
+      due = [h for h in hooks if h.every_steps and (done % h.every_steps == 0 or done == num_steps)]
+      if due:  # A diverged state stops the run here, with the usual message, not inside a hook.
+        _check_finite_scalars(done, _scalars(metrics_D), last_good, ckpt_dir)
+      for hook in due:
+        hook_scalars.setdefault(done, {}).update(hook(done, train_state) or {})
       if done % t.checkpoint_every == 0 or done == num_steps:
         consume(*pending)  # The update that made this state must be finite before it is saved.
         pending = None
@@ -252,6 +322,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     batches.close()
     ckpt.close()  # Lets an in-flight save of the last good state commit, even on error.
     writer.close()
+    for hook in hooks:
+      if hasattr(hook, 'close'):
+        hook.close()
   return train_state
 
 

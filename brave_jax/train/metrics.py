@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 import jax
@@ -90,8 +90,9 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, num_steps: int, global_batch_size: int,
                start_step: int = 0, plot_every: int = 0, is_writer: bool | None = None,
-               use_tensorboard: bool = True):
+               use_tensorboard: bool = True, progress_fields: Sequence[str] = ()):
     self.workdir = workdir
+    self.progress_fields = tuple(progress_fields)  # Extra metrics shown on the progress line.
     self.num_steps = num_steps
     self.global_batch_size = global_batch_size
     self.plot_every = plot_every
@@ -135,7 +136,8 @@ class MetricsWriter:
     print(f'step {step}/{self.num_steps} | loss {record.get("loss", float("nan")):.4f} | '
           f'lr {record.get("learning_rate", float("nan")):.3e} | '
           f'{record["clips_per_s"]:.1f} clips/s | input wait {record["input_wait_fraction"]:.0%} | '
-          f'ETA {_format_eta(eta)}', flush=True)
+          + ''.join(f'{k} {record[k]:.4g} | ' for k in self.progress_fields if k in record)
+          + f'ETA {_format_eta(eta)}', flush=True)
     if self.plot_every and step - self._last_plot_step >= self.plot_every:
       plot_losses(self.workdir)
       self._last_plot_step = step

@@ -1,25 +1,25 @@
-"""Linear protocol: multi-crop grouping, top-k, SVM fit, C selection, batched embeddings."""
+"""Linear classification of frozen features: multi-crop grouping, top-k, SVM fit, C selection, embeddings."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from brave_jax.eval import embeddings
-from brave_jax.eval import linear
+from brave_jax.eval import svm
 
 
 def test_group_crops_averages_each_videos_rows():
   feats_NxD = np.array([[0., 0.], [2., 4.], [10., 10.], [1., 1.], [3., 3.], [5., 5.]])
   labels_N = np.array([7, 7, 3, 1, 1, 1])
   video_index_N = np.array([4, 4, 9, 2, 2, 2])
-  feats_VxD, labels_V = linear.group_crops(feats_NxD, labels_N, video_index_N)
+  feats_VxD, labels_V = svm.group_crops(feats_NxD, labels_N, video_index_N)
   np.testing.assert_allclose(feats_VxD, [[3., 3.], [1., 2.], [10., 10.]])  # Videos 2, 4, 9.
   np.testing.assert_array_equal(labels_V, [1, 7, 3])
 
 
 def test_group_crops_refuses_mixed_labels_naming_the_video():
-  with pytest.raises(linear.LinearEvalError, match='video_index 5'):
-    linear.group_crops(np.zeros((4, 2)), np.array([0, 0, 1, 2]), np.array([3, 3, 5, 5]))
+  with pytest.raises(svm.LinearEvalError, match='video_index 5'):
+    svm.group_crops(np.zeros((4, 2)), np.array([0, 0, 1, 2]), np.array([3, 3, 5, 5]))
 
 
 def test_topk_accuracy_hand_made():
@@ -30,9 +30,9 @@ def test_topk_accuracy_hand_made():
       [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],  # label 9: outside the columns, never a hit.
   ])
   labels_V = np.array([0, 5, 4, 9])
-  assert linear.topk_accuracy(scores_VxK, labels_V, 1) == pytest.approx(0.25)
-  assert linear.topk_accuracy(scores_VxK, labels_V, 5) == pytest.approx(0.5)
-  assert linear.topk_accuracy(scores_VxK, labels_V, 6) == pytest.approx(0.75)
+  assert svm.topk_accuracy(scores_VxK, labels_V, 1) == pytest.approx(0.25)
+  assert svm.topk_accuracy(scores_VxK, labels_V, 5) == pytest.approx(0.5)
+  assert svm.topk_accuracy(scores_VxK, labels_V, 6) == pytest.approx(0.75)
 
 
 def _separable(num_classes=4, videos_per_class=6, crops=3, dim=8, seed=0):
@@ -50,7 +50,7 @@ def test_svm_on_separable_embeddings_is_perfect():
   test_x, test_y, test_vid = _separable(videos_per_class=3, seed=1)
   keep = test_y < 2  # Test only classes 0 and 1: the others get per-class None.
   test_x, test_y, test_vid = test_x[keep], test_y[keep], test_vid[keep]
-  result = linear.evaluate_linear(train_x, train_y, test_x, test_y, test_vid, 1e-2)
+  result = svm.evaluate_linear(train_x, train_y, test_x, test_y, test_vid, 1e-2)
   assert result['train'] == {'top1': 1.0, 'top5': 1.0}
   assert result['test'] == {'top1': 1.0, 'top5': 1.0}
   assert result['svm_c'] == 1e-2
@@ -66,28 +66,28 @@ def test_test_scores_are_averaged_over_crops():
   mean0 = train_x[train_y == 0].mean(0)
   mean1 = train_x[train_y == 1].mean(0)
   test_x = np.stack([mean0, mean0, mean0 * 0.2 + mean1 * 0.8])  # Third crop looks like class 1.
-  result = linear.evaluate_linear(train_x, train_y, test_x, np.zeros(3, int), np.zeros(3, int), 1.0)
+  result = svm.evaluate_linear(train_x, train_y, test_x, np.zeros(3, int), np.zeros(3, int), 1.0)
   assert result['test']['top1'] == 1.0 and result['num_test_videos'] == 1
 
 
 def test_auto_c_cross_validates_on_train_only(monkeypatch):
   train_x, train_y, train_vid = _separable(num_classes=3, videos_per_class=4, crops=2, seed=0)
   seen_rows = []
-  real_fit = linear._fit_quietly
+  real_fit = svm._fit_quietly
 
   def spy(model, x, y):
     seen_rows.append(len(x))
     return real_fit(model, x, y)
-  monkeypatch.setattr(linear, '_fit_quietly', spy)
-  c, cv_scores = linear.choose_c(train_x, train_y, groups=train_vid)
-  assert c in linear.C_GRID and set(cv_scores) == set(linear.C_GRID)
+  monkeypatch.setattr(svm, '_fit_quietly', spy)
+  c, cv_scores = svm.choose_c(train_x, train_y, groups=train_vid)
+  assert c in svm.C_GRID and set(cv_scores) == set(svm.C_GRID)
   assert max(seen_rows) < len(train_x)  # Every CV fit held out a fold.
   assert c == min(k for k, v in cv_scores.items() if v == max(cv_scores.values()))
 
   # Test features never influence the chosen C: garbage test data, same C.
   seen_rows.clear()
   test_x = np.random.default_rng(5).normal(size=(6, train_x.shape[1])) * 100
-  result = linear.evaluate_linear(train_x, train_y, test_x, np.array([0, 0, 1, 1, 2, 2]),
+  result = svm.evaluate_linear(train_x, train_y, test_x, np.array([0, 0, 1, 1, 2, 2]),
                                   np.array([0, 0, 1, 1, 2, 2]), 'auto', train_video_index=train_vid)
   assert result['svm_c'] == c
   assert seen_rows[-1] == len(train_x)  # The final fit uses all train clips, no test rows.
@@ -95,8 +95,8 @@ def test_auto_c_cross_validates_on_train_only(monkeypatch):
 
 def test_auto_c_refuses_single_video_classes():
   x = np.random.default_rng(0).normal(size=(4, 3))
-  with pytest.raises(linear.LinearEvalError, match='--svm_c'):
-    linear.fit_linear_svm(x, np.array([0, 1, 1, 1]), 'auto')
+  with pytest.raises(svm.LinearEvalError, match='--svm_c'):
+    svm.fit_linear_svm(x, np.array([0, 1, 1, 1]), 'auto')
 
 
 def _fake_embed(variables, video_BxTxHxWx3):

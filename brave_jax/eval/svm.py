@@ -1,0 +1,238 @@
+"""Classifying frozen embeddings: multi-crop grouping, top-k, a standardised linear SVM.
+
+Pure numpy/sklearn, so the protocols that fit a linear classifier on frozen
+features (eval/linear.py for video, eval/audio.py for ESC-style folds) and
+score multi-crop predictions (eval/finetune.py) can be tested and re-fitted
+without a model or a device.
+
+Multi-crop averaging: the published protocol averages *predictions* over the
+crops of a test video. `evaluate_linear` does exactly that: it scores every
+crop and averages the SVM decision scores per video. (For a linear model on
+standardised features this equals scoring the averaged feature, since both the
+scaler and the SVM are affine; averaging scores keeps the protocol explicit.)
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn import exceptions as sk_exceptions
+from sklearn import model_selection
+from sklearn import pipeline as sk_pipeline
+from sklearn import preprocessing
+from sklearn import svm
+
+C_GRID = tuple(float(c) for c in np.logspace(-5, 1, 7))  # 1e-5 ... 1e1, for svm_c='auto'.
+CV_FOLDS = 5  # Folds for choosing C (fewer when the rarest class has fewer examples).
+MAX_ITER = 20_000  # liblinear iterations; small C converges fast, large C may need many.
+RANDOM_STATE = 0  # liblinear shuffles in the dual solver; fixed for reproducible numbers.
+
+
+class LinearEvalError(ValueError):
+  """Embeddings or labels the linear protocol cannot use."""
+
+
+def group_crops(feats_NxD: np.ndarray, labels_N: np.ndarray,
+                video_index_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Averages the rows of each video's crops, so a video counts once whatever its crop count.
+
+  Returns (feats_VxD, labels_V) ordered by ascending video index. Refuses a video
+  whose crops disagree on the label: that means the eval pipeline mixed videos.
+  """
+  feats_NxD = np.asarray(feats_NxD)
+  labels_N = np.asarray(labels_N).reshape(-1)
+  video_index_N = np.asarray(video_index_N).reshape(-1)
+  if feats_NxD.ndim != 2:
+    raise LinearEvalError(f'group_crops: features must be [N, D], got shape {feats_NxD.shape}')
+  if not len(feats_NxD) == len(labels_N) == len(video_index_N):
+    raise LinearEvalError(
+        f'group_crops: {len(feats_NxD)} feature rows, {len(labels_N)} labels and '
+        f'{len(video_index_N)} video indices; each crop needs one of each')
+  videos_V, group_N, counts_V = np.unique(video_index_N, return_inverse=True, return_counts=True)
+  sums_VxD = np.zeros((len(videos_V), feats_NxD.shape[1]), np.float64)
+  np.add.at(sums_VxD, group_N, feats_NxD.astype(np.float64))
+  feats_VxD = (sums_VxD / counts_V[:, None]).astype(np.result_type(feats_NxD.dtype, np.float32))
+
+  labels_V = np.empty(len(videos_V), labels_N.dtype)
+  labels_V[group_N] = labels_N  # Any crop's label; checked for agreement below.
+  mixed_N = labels_V[group_N] != labels_N
+  if mixed_N.any():
+    bad = video_index_N[np.argmax(mixed_N)]
+    found = sorted(set(labels_N[video_index_N == bad].tolist()))
+    raise LinearEvalError(
+        f'group_crops: crops of video_index {bad} carry different labels {found}; the crops of '
+        'one video must share its label (check the eval pipeline\'s video_index assignment)')
+  return feats_VxD, labels_V
+
+
+def topk_accuracy(scores_VxK: np.ndarray, labels_V: np.ndarray, k: int) -> float:
+  """Fraction of rows whose label column is among the k highest scores (ties count as hits).
+
+  Labels are column indices into `scores_VxK`; a label outside [0, K) or whose
+  score is -inf (a class the classifier never saw) is never a hit.
+  k >= K makes every in-range label a hit.
+  """
+  scores_VxK = np.asarray(scores_VxK, np.float64)
+  labels_V = np.asarray(labels_V).reshape(-1)
+  if scores_VxK.ndim != 2 or len(scores_VxK) != len(labels_V):
+    raise LinearEvalError(f'topk_accuracy: need scores [V, K] and labels [V], got '
+                          f'{scores_VxK.shape} and {labels_V.shape}')
+  if k < 1:
+    raise LinearEvalError(f'topk_accuracy: k must be >= 1, got {k}')
+  if len(labels_V) == 0:
+    raise LinearEvalError('topk_accuracy: no rows to score')
+  num_classes = scores_VxK.shape[1]
+  valid_V = (labels_V >= 0) & (labels_V < num_classes)
+  label_score_V = scores_VxK[np.arange(len(labels_V)), np.where(valid_V, labels_V, 0)]
+  # Rank = number of classes scoring strictly higher than the true one; hit when rank < k.
+  rank_V = (scores_VxK > label_score_V[:, None]).sum(axis=1)
+  return float(np.mean(valid_V & np.isfinite(label_score_V) & (rank_V < k)))
+
+
+def _make_pipeline(c: float) -> sk_pipeline.Pipeline:
+  return sk_pipeline.Pipeline([
+      ('scaler', preprocessing.StandardScaler()),
+      ('svm', svm.LinearSVC(C=c, dual='auto', max_iter=MAX_ITER, random_state=RANDOM_STATE)),
+  ])
+
+
+def _fit_quietly(model: sk_pipeline.Pipeline, x: np.ndarray, y: np.ndarray) -> sk_pipeline.Pipeline:
+  """Fits; a non-converged liblinear still gives a usable (slightly off-optimum) classifier."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', sk_exceptions.ConvergenceWarning)
+    return model.fit(x, y)
+
+
+def _check_train(train_x: np.ndarray, train_y: np.ndarray) -> None:
+  if train_x.ndim != 2 or len(train_x) != len(train_y):
+    raise LinearEvalError(f'linear SVM: need train features [N, D] and labels [N], got '
+                          f'{train_x.shape} and {train_y.shape}')
+  if not np.all(np.isfinite(train_x)):
+    raise LinearEvalError('linear SVM: train features contain NaN/inf; the backbone diverged or '
+                          'the checkpoint is corrupt')
+  if len(np.unique(train_y)) < 2:
+    raise LinearEvalError(f'linear SVM: the train split has {len(np.unique(train_y))} class(es); '
+                          'it needs at least 2 labelled classes (shards without clip/label/index '
+                          'give label -1)')
+
+
+def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C_GRID,
+             groups: np.ndarray | None = None,
+             folds: int = CV_FOLDS) -> tuple[float, dict[float, float]]:
+  """Picks C by stratified K-fold accuracy on the train split only, so test data never tunes C.
+
+  `groups` (e.g. the train video index) keeps every clip of a video in one fold,
+  so augmented passes over the same video cannot leak between folds. Ties go to
+  the smaller (more regularising) C. Returns (best C, {C: mean CV accuracy}).
+  """
+  train_x = np.asarray(train_x)
+  train_y = np.asarray(train_y).reshape(-1)
+  _check_train(train_x, train_y)
+  if groups is not None:
+    groups = np.asarray(groups).reshape(-1)
+    # Count videos (not clips) per class: a fold split needs whole videos.
+    _, first = np.unique(groups, return_index=True)
+    _, per_class = np.unique(train_y[first], return_counts=True)
+  else:
+    _, per_class = np.unique(train_y, return_counts=True)
+  n_splits = int(min(folds, per_class.min()))
+  if n_splits < 2:
+    raise LinearEvalError(
+        'svm_c=auto: some class has a single train video, too few to cross-validate C; '
+        'give a number instead (e.g. --svm_c=1e-4, the published value)')
+  if groups is not None:
+    splitter = model_selection.StratifiedGroupKFold(n_splits, shuffle=True,
+                                                    random_state=RANDOM_STATE)
+  else:
+    splitter = model_selection.StratifiedKFold(n_splits, shuffle=True, random_state=RANDOM_STATE)
+  splits = list(splitter.split(train_x, train_y, groups))
+  scores = {}
+  for c in sorted(float(c) for c in grid):
+    accs = []
+    for fit_idx, val_idx in splits:
+      model = _fit_quietly(_make_pipeline(c), train_x[fit_idx], train_y[fit_idx])
+      accs.append(np.mean(model.predict(train_x[val_idx]) == train_y[val_idx]))
+    scores[c] = float(np.mean(accs))
+  best = max(scores.values())
+  return min(c for c, s in scores.items() if s >= best - 1e-12), scores
+
+
+def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
+                   groups: np.ndarray | None = None) -> sk_pipeline.Pipeline:
+  """StandardScaler (fit on train only) + LinearSVC; c='auto' cross-validates C on train.
+
+  The chosen C is `model.named_steps['svm'].C`.
+  """
+  train_x = np.asarray(train_x)
+  train_y = np.asarray(train_y).reshape(-1)
+  _check_train(train_x, train_y)
+  if isinstance(c, str):
+    if c != 'auto':
+      raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
+    c, _ = choose_c(train_x, train_y, groups=groups)
+  if not float(c) > 0:
+    raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
+  return _fit_quietly(_make_pipeline(float(c)), train_x, train_y)
+
+
+def class_scores(model: sk_pipeline.Pipeline, x_NxD: np.ndarray, num_classes: int) -> np.ndarray:
+  """Decision scores [N, num_classes] with column = class id; unseen classes score -inf."""
+  raw = np.asarray(model.decision_function(x_NxD), np.float64)
+  classes = model.classes_
+  if raw.ndim == 1:  # Binary LinearSVC gives one margin, positive for classes[1].
+    raw = np.stack([-raw, raw], axis=1)
+  scores_NxK = np.full((len(raw), num_classes), -np.inf)
+  scores_NxK[:, classes.astype(int)] = raw
+  return scores_NxK
+
+
+def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
+                    test_labels: np.ndarray, test_video_index: np.ndarray, c: float | str,
+                    *, train_video_index: np.ndarray | None = None,
+                    num_classes: int | None = None) -> dict[str, Any]:
+  """The linear protocol end to end: fit on train clips, score test videos by averaged crop scores.
+
+  Train top-1/5 is measured on the (augmented) train clips the SVM was fit on;
+  test top-1/5 on test videos, each scored by the mean decision score of its
+  crops. Accuracies are fractions in [0, 1]. Per-class accuracy is None for a
+  class with no test video. `train_video_index` groups clips for C='auto' CV.
+  """
+  train_feats = np.asarray(train_feats)
+  train_labels = np.asarray(train_labels).reshape(-1)
+  test_labels = np.asarray(test_labels).reshape(-1)
+  for name, labels in (('train', train_labels), ('test', test_labels)):
+    if len(labels) and labels.min() < 0:
+      raise LinearEvalError(f'{name} split has unlabelled clips (label -1); linear evaluation '
+                            'needs shards with clip/label/index')
+  if len(test_labels) == 0:
+    raise LinearEvalError('the test split produced no clips; check the test shards')
+  if num_classes is None:
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+  model = fit_linear_svm(train_feats, train_labels, c, groups=train_video_index)
+
+  train_scores_NxK = class_scores(model, train_feats, num_classes)
+  test_scores_NxK = class_scores(model, np.asarray(test_feats), num_classes)
+  # Average predictions over each test video's crops (unseen classes stay -inf).
+  finite_NxK = np.where(np.isfinite(test_scores_NxK), test_scores_NxK, 0.0)
+  video_scores_VxK, video_labels_V = group_crops(finite_NxK, test_labels, test_video_index)
+  video_scores_VxK = np.where(np.isfinite(test_scores_NxK[0]), video_scores_VxK, -np.inf)
+
+  predicted_V = np.argmax(video_scores_VxK, axis=1)
+  confusion_KxK = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion_KxK, (video_labels_V, predicted_V), 1)
+  per_class = []
+  for k in range(num_classes):
+    total = confusion_KxK[k].sum()
+    per_class.append(float(confusion_KxK[k, k] / total) if total else None)
+  return {
+      'train': {'top1': topk_accuracy(train_scores_NxK, train_labels, 1),
+                'top5': topk_accuracy(train_scores_NxK, train_labels, 5)},
+      'test': {'top1': topk_accuracy(video_scores_VxK, video_labels_V, 1),
+               'top5': topk_accuracy(video_scores_VxK, video_labels_V, 5)},
+      'per_class_test_accuracy': per_class,
+      'confusion_matrix': confusion_KxK.tolist(),
+      'svm_c': float(model.named_steps['svm'].C),
+      'num_train_clips': int(len(train_labels)),
+      'num_test_videos': int(len(video_labels_V)),
+  }
