@@ -12,6 +12,9 @@
 Defaults follow the published protocol (config.eval: 32 frames, step 2, 224 px,
 10x3 test crops at short side 256, 10 augmented train passes, C=1e-4). Empty
 shard flags evaluate on the embedded synthetic dataset's splits.
+
+Bad flags or config (missing file, a workdir that is a file or has no
+config.json, a bad field) print one line, `error: ...`, and exit with status 2.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from brave_jax import config_base
+from brave_jax import errors
 
 # --flag -> config.eval field it overrides.
 _EVAL_FLAGS = {
@@ -37,8 +41,7 @@ _EVAL_FLAGS = {
 }
 
 
-class UsageError(ValueError):
-  """The flags do not describe one evaluation."""
+UsageError = errors.UsageError  # The flags do not describe one evaluation.
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -81,10 +84,14 @@ def _merge_json(base: ml_collections.ConfigDict, values: dict[str, Any], prefix:
 def config_from_json(path: str) -> ml_collections.ConfigDict:
   """The resolved config a training run wrote (config.json), on top of today's schema defaults."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: --workdir must be a training workdir (main.py '
-                            'writes config.json there), or pass --config=configs/<file>.py[:variant]')
-  with open(path) as f:
-    values = json.load(f)
+    raise UsageError(f'{path} not found: --workdir must be a training workdir (main.py '
+                     'writes config.json there), or pass --config=configs/<file>.py[:variant]')
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except ValueError as error:
+    raise UsageError(f'{path} is not valid JSON ({error}); pass '
+                     '--config=configs/<file>.py[:variant] instead') from error
   config = config_base.base_config()
   _merge_json(config, values)
   return config
@@ -108,7 +115,10 @@ def _apply_flags(config: ml_collections.ConfigDict,
 def load_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   """--config, else <workdir>/config.json, else the published defaults (base config)."""
   if args.config:
-    config = config_base.load(args.config)
+    try:
+      config = config_base.load(args.config)
+    except (FileNotFoundError, errors.RunError) as error:
+      raise UsageError(f'--config={args.config}: {error}') from error
   elif args.workdir:
     config = config_from_json(os.path.join(args.workdir, 'config.json'))
   else:
@@ -165,7 +175,21 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None, checkpoi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The CLI: a RunError (bad flag, config, workdir) is printed as one line, exit status 2 or 1."""
   args = parse_args(argv)
+
+  def run() -> int:
+    try:
+      return _main(args)
+    except FileNotFoundError as error:  # A path flag that points nowhere: its message names it.
+      raise UsageError(str(error)) from error
+  return errors.run_cli(run)
+
+
+def _main(args: argparse.Namespace) -> int:
+  from brave_jax.train import resume  # pylint: disable=g-import-not-at-top
+  if args.workdir:
+    resume.check_is_directory(args.workdir)
   if not args.embeddings and bool(args.checkpoint) == bool(args.workdir):
     raise UsageError('give exactly one of --workdir or --checkpoint (or --embeddings to re-fit)')
   output_dir = args.output_dir or (args.workdir and os.path.join(args.workdir, 'eval'))

@@ -7,9 +7,16 @@ workdir resumes from its latest checkpoint.
 Multi-host: every process runs this same command plus --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I (on a multi-host TPU slice these are found automatically);
 add --cpu_collectives=gloo for CPU processes. See train/distributed.py.
+
+A config problem (missing file, unknown field, bad value) is printed as one line,
+`error: ...`, with exit status 2, before anything starts; a run stopped by a
+fault (full disk, failed checkpoint save, lost process, another config's
+workdir) prints one line saying how to go on, with exit status 1.
 """
 import os
-from typing import Iterator
+import re
+import traceback
+from typing import Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -17,6 +24,9 @@ from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
+
+from brave_jax import config_base
+from brave_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]',
                                           lock_config=True)
@@ -29,6 +39,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num
 _CPU_COLLECTIVES = flags.DEFINE_enum('cpu_collectives', None, ['gloo', 'mpi'],
                                      'Cross-process collectives for CPU devices (or env '
                                      'BRAVE_CPU_COLLECTIVES).')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', None, 'Multi-host: seconds without a heartbeat after which a process '
+    'counts as dead and the others stop (default train/distributed.py DEFAULT_HEARTBEAT_TIMEOUT_S).')
 
 
 def default_workdir(config_spec: str) -> str:
@@ -64,6 +77,8 @@ def make_batch_iterator_fn(config: ml_collections.ConfigDict):
 def run(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from workdir), then evaluates if the config asks; returns the TrainState."""
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config_base.validate(config, jax.process_count(), jax.local_device_count())
+  loop.check_workdir(config, workdir)  # Before the (maybe minutes-long) synthetic data generation.
   train_state = loop.train(config, workdir, make_batch_iterator_fn(config))
   if config.eval.run_after_training:
     from brave_jax.eval import run as eval_run  # pylint: disable=g-import-not-at-top
@@ -71,16 +86,83 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   return train_state
 
 
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+  """The last --name=value / --name value in argv (absl's own parse comes after)."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      value = arg.split('=', 1)[1]
+    elif arg == f'--{name}' and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _explain_flag_error(error: BaseException, argv: Sequence[str]) -> str:
+  """One line for what went wrong parsing --config and its --config.* overrides."""
+  text = str(error.args[0]) if isinstance(error, (KeyError, AttributeError)) and error.args else str(error)
+  missing = re.match(r"""^['"]?\\?'?([A-Za-z_0-9]+)""", text.strip())
+  if isinstance(error, (KeyError, AttributeError)) and missing:
+    key = missing.group(1)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    overrides = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
+    flag = next((o for o in overrides if key in o[len('--config.'):].split('.')), f'--config.*{key}*')
+    return (f'{flag}: the config has no field {flag[len("--config."):]!r}'
+            f'{f" (did you mean {hint.group(1)!r}?)" if hint else ""}; see the config file '
+            'or brave_jax/config_base.py for the fields')
+  text = errors.one_line(text.split('Pass --helpshort')[0])
+  return text[len('flag '):] if text.startswith('flag ') else text
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's parse, but a bad --config (file, variant, override, field value) is one line, exit 2.
+
+  The config is also validated here (process/device counts aside), so a typo
+  fails in a second, before jax.distributed or data generation start.
+  """
+  spec = _flag_value(argv[1:], 'config')
+  try:
+    if spec:
+      try:
+        config_base.load(spec)  # Missing file, error in the file, unknown variant.
+      except errors.RunError as error:
+        raise errors.UsageError(f'--config={spec}: {error}') from error
+    rest = flags.FLAGS(list(argv))
+    config = _CONFIG.value  # config_flags applies the overrides here.
+    if config is None:
+      raise errors.UsageError('--config is required: --config=configs/<file>.py[:tiny|demo]')
+    config_base.validate(config)
+  except errors.RunError as error:
+    errors.print_error(error)
+    raise SystemExit(error.exit_code) from None
+  except FileNotFoundError as error:
+    errors.print_error(errors.UsageError(f'--config={spec}: {error}'))
+    raise SystemExit(errors.EXIT_USAGE) from None
+  except Exception as error:  # pylint: disable=broad-except
+    errors.print_error(errors.UsageError(_explain_flag_error(error, argv)))
+    raise SystemExit(errors.EXIT_USAGE) from None
+  return rest
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Progress and results are printed; INFO is noise.
   from brave_jax.train import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         _CPU_COLLECTIVES.value)  # Before anything touches a device.
-  config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
-  run(_CONFIG.value, _WORKDIR.value or default_workdir(config_spec))
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _CPU_COLLECTIVES.value,
+                           heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)  # Before any device use.
+    config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
+    run(_CONFIG.value, _WORKDIR.value or default_workdir(config_spec))
+  except errors.RunError as error:
+    errors.print_error(error)
+    distributed.exit_now_if_multiprocess(error.exit_code)
+    raise SystemExit(error.exit_code) from None
+  except Exception:  # A bug: keep its traceback, but don't wait at the shutdown barrier either.
+    if distributed.is_multiprocess():
+      traceback.print_exc()
+      distributed.exit_now_if_multiprocess(errors.EXIT_RUN_ERROR)
+    raise
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
