@@ -185,6 +185,25 @@ def class_scores(model: sk_pipeline.Pipeline, x_NxD: np.ndarray, num_classes: in
   return scores_NxK
 
 
+def labels_missing_from_train(train_labels: np.ndarray, test_labels: np.ndarray,
+                              test_video_index: np.ndarray) -> dict[int, int]:
+  """{label: test videos with it} for test labels the train split never has.
+
+  A linear classifier cannot predict a class it never saw, so those videos are
+  always misses. That is kept (the test score stays over every test video) but
+  must be said: it usually means the splits were converted with different class
+  lists.
+  """
+  seen = set(np.unique(np.asarray(train_labels)).tolist())
+  test_labels = np.asarray(test_labels).reshape(-1)
+  videos = np.asarray(test_video_index).reshape(-1)
+  missing: dict[int, set] = {}
+  for label, video in zip(test_labels.tolist(), videos.tolist()):
+    if label >= 0 and label not in seen:  # -1 (unlabelled) is refused by evaluate_linear.
+      missing.setdefault(int(label), set()).add(video)
+  return {label: len(v) for label, v in sorted(missing.items())}
+
+
 def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                     test_labels: np.ndarray, test_video_index: np.ndarray, c: float | str,
                     *, train_video_index: np.ndarray | None = None,
