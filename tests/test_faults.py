@@ -303,3 +303,51 @@ def test_workdir_that_is_a_file_is_refused(config, tmp_path):
   with pytest.raises(errors.UsageError, match='is a file, not a directory'):
     _train(config, a_file)
   assert a_file.read_text() == 'not a directory'
+
+
+# --- the command line: one line, no traceback ---------------------------------------------------
+
+def test_main_cli_prints_config_and_workdir_errors_as_one_line(tmp_path, tiny_va_config):
+  import conftest  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  tiny = conftest.config_path('brave_rgb_audio', 'tiny')
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  workdir = tmp_path / 'work'  # config.json + one committed checkpoint of the tiny config.
+  workdir.mkdir()
+  loop.write_config(tiny_va_config, str(workdir))
+  ckpt = checkpointing.Checkpointer(str(workdir / 'checkpoints'), keep=1, async_save=False)
+  ckpt.save(step_lib.TrainState(step=np.int32(20), params={}, state={}, opt_state=(),
+                                rng=np.zeros(2, np.uint32)))
+  ckpt.close()
+  config_json = (workdir / 'config.json').read_bytes()
+  cases = {  # argv -> (exit status, what the one line must say)
+      ('--config=configs/nope.py',): (2, "--config=configs/nope.py: config file 'configs/nope.py' "
+                                         'not found'),
+      (f'--config={tiny}', '--config.training.num_stepz=3'): (
+          2, "--config.training.num_stepz: the config has no field 'training.num_stepz' (did you "
+             "mean 'num_steps'?)"),
+      (f'--config={tiny}', '--config.training.num_steps=abc'): (
+          2, "--config.training.num_steps=abc: invalid literal for int()"),
+      (f'--config={tiny}', '--config.training.batch_size=0'): (
+          2, 'config.training.batch_size: must be a positive integer, got 0'),
+      (f'--config={conftest.config_path("brave_rgb_audio", None)}:huge',): (
+          2, "unknown config variant 'huge'"),
+      (f'--config={tiny}', f'--workdir={a_file}'): (2, 'is a file, not a directory'),
+      (f'--config={tiny}', f'--workdir={workdir}', '--config.model.projection_dim=32'): (
+          1, 'changes 1 field(s) that resuming cannot: model.projection_dim: 64 -> 32. Use a new '
+             '--workdir'),
+  }
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(conftest.REPO_ROOT),
+                                                     os.environ.get('PYTHONPATH', '')]))
+  procs = {argv: subprocess.Popen([sys.executable, '-m', 'brave_jax.main', *argv],
+                                  cwd=conftest.REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+           for argv in cases}
+  for argv, proc in procs.items():
+    out, err = proc.communicate(timeout=120)
+    code, expected = cases[argv]
+    error_lines = [l for l in (out + err).splitlines() if l.startswith('error: ')]
+    assert proc.returncode == code and len(error_lines) == 1, (argv, proc.returncode, out, err)
+    assert 'Traceback' not in out + err and expected in error_lines[0], (argv, error_lines)
+  assert (workdir / 'config.json').read_bytes() == config_json
