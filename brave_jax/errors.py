@@ -56,6 +56,12 @@ def one_line(message: str, limit: int = 400) -> str:
   return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
+def first_line(error: BaseException, limit: int = 600) -> str:
+  """The first line of an error's message (its type name if empty), cut to `limit`."""
+  text = str(error).strip()
+  return one_line(text.splitlines()[0] if text else type(error).__name__, limit=limit)
+
+
 def print_error(error: BaseException) -> None:
   """`error: <message>` on stderr, one line."""
   print(f'error: {one_line(str(error), limit=2000)}', file=sys.stderr, flush=True)

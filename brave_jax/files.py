@@ -135,7 +135,8 @@ def read_jsonl(path: str) -> Iterator[dict[str, Any]]:
                   f'{", ..." if len(bad) > 5 else ""}): torn by a crash or a full disk')
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+  """error, then what caused it (__cause__, else __context__), and so on."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
@@ -148,7 +149,7 @@ _QUOTED_PATH = re.compile(r'"((?:/|[a-z]+://)[^"]+)"')
 
 def disk_full_path(error: BaseException) -> str | None:
   """If `error` (or what caused it) is a full disk: the path being written ('' if unknown); else None."""
-  for e in _chain(error):
+  for e in error_chain(error):
     message = str(e)
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
       return str(e.filename or '')

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from brave_jax import config_base
+from brave_jax import errors
 from brave_jax import files
 from brave_jax.models import brave
 from brave_jax.models import tsm_resnet
@@ -33,8 +34,8 @@ IGNORED_ROOTS = ('shared_project_1',)  # In published checkpoints, never used by
 REQUIRED_KEYS = ('params', 'state', 'config')
 
 
-class PublishedCheckpointError(ValueError):
-  """A checkpoint file does not hold a model brave_jax can rebuild."""
+class PublishedCheckpointError(errors.RunError, ValueError):
+  """A checkpoint file does not hold a model brave_jax can rebuild (printed as one line by CLIs)."""
 
 
 @dataclasses.dataclass(frozen=True)

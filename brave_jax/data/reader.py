@@ -12,13 +12,16 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from brave_jax import errors
 from brave_jax.data import dmvr_format
 
 ShardSpec = str | Sequence[str]
 
 
-class ShardError(ValueError):
-  """The shard specification names nothing readable, or cannot be split over hosts."""
+class ShardError(errors.RunError, ValueError):
+  """The shard specification names nothing readable, or cannot be split over hosts.
+
+  A RunError: its message names the shards, so the CLIs print it as one line."""
 
 
 def _expand_one(spec: str) -> list[str]:

@@ -21,14 +21,16 @@ from sklearn import pipeline as sk_pipeline
 from sklearn import preprocessing
 from sklearn import svm
 
+from brave_jax import errors
+
 C_GRID = tuple(float(c) for c in np.logspace(-5, 1, 7))  # 1e-5 ... 1e1, for svm_c='auto'.
 CV_FOLDS = 5  # Folds for choosing C (fewer when the rarest class has fewer examples).
 MAX_ITER = 20_000  # liblinear iterations; small C converges fast, large C may need many.
 RANDOM_STATE = 0  # liblinear shuffles in the dual solver; fixed for reproducible numbers.
 
 
-class LinearEvalError(ValueError):
-  """Embeddings or labels the linear protocol cannot use."""
+class LinearEvalError(errors.RunError, ValueError):
+  """Embeddings or labels the linear protocol cannot use (printed as one line by CLIs)."""
 
 
 def group_crops(feats_NxD: np.ndarray, labels_N: np.ndarray,

@@ -17,7 +17,7 @@ that fails (full disk, lost bucket) is raised by `check_save` at the next
 training step as one CheckpointSaveError naming the directory, instead of
 surfacing a checkpoint interval later under Orbax's per-thread tracebacks
 (which are kept out of the log). A failed save never removes older
-checkpoints; its temporary directory is deleted when the next run starts.
+checkpoints; its temporary directory is deleted when the next training run starts.
 
 `restore` checks the checkpoint's parameter shapes against the model first:
 Orbax would otherwise hand back the on-disk shapes silently.
@@ -79,11 +79,6 @@ def quiet_orbax_logs() -> None:
 
 
 
-def _first_line(error: BaseException) -> str:
-  return errors.one_line(str(error).strip().splitlines()[0] if str(error).strip() else
-                         type(error).__name__, limit=600)
-
-
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {optimizer_lib.param_path(path): tuple(getattr(x, 'shape', ())) for path, x in leaves}
@@ -116,13 +111,16 @@ def latest_step(directory: str) -> int | None:
 class Checkpointer:
   """Saves and restores TrainState under `directory/<step>/`."""
 
-  def __init__(self, directory: str, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, keep: int, async_save: bool = True,
+               remove_failed_saves: bool = False):
+    """remove_failed_saves: delete the temporary directories of saves that never committed
+    (the training loop's, at start); never from a reader that may run beside training."""
     quiet_orbax_logs()
     self.directory = (directory.rstrip('/') if '://' in directory
                       else os.path.abspath(os.path.expanduser(directory)))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True)  # A failed save's partial directory goes on restart.
+        cleanup_tmp_directories=remove_failed_saves)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_handlers=_item_handlers())
     self._watcher: threading.Thread | None = None
@@ -157,7 +155,7 @@ class Checkpointer:
       return
     self._save_error = None
     raise errors.CheckpointSaveError(
-        f'saving checkpoint step {step} to {self.directory} failed: {_first_line(error)}. The '
+        f'saving checkpoint step {step} to {self.directory} failed: {errors.first_line(error)}. The '
         f'last good checkpoint, step {self._committed_step}, is kept'
         f'{"" if self._committed_step is None else " and a rerun resumes from it"}.') from error
 
@@ -198,7 +196,7 @@ class Checkpointer:
     except ValueError as error:
       if 'do not match' not in str(error):
         raise
-      raise self._mismatch(step, [_first_line(error)]) from error
+      raise self._mismatch(step, [errors.first_line(error)]) from error
     return restored.train_state, dict(restored.meta)
 
   def _check_shapes(self, template: step_lib.TrainState, step: int) -> None:

@@ -189,7 +189,7 @@ def _peer_lost(error: BaseException) -> bool:
   """True when `error` says a collective or the coordination service lost another process."""
   if jax.process_count() < 2:
     return False
-  text = ' '.join(str(e) for e in files._chain(error))  # pylint: disable=protected-access
+  text = ' '.join(str(e) for e in files.error_chain(error))
   return any(sign in text for sign in _PEER_LOST_SIGNS)
 
 
@@ -214,8 +214,7 @@ def _explain_stop(error: BaseException, step: int, workdir: str,
   if isinstance(error, errors.RunError):
     return error
   if _peer_lost(error):
-    first = errors.one_line(str(error).strip().splitlines()[0] if str(error).strip() else
-                            type(error).__name__, limit=300)
+    first = errors.first_line(error, limit=300)
     return errors.PeerLostError(
         f'process {jax.process_index()} of {jax.process_count()} lost contact with another '
         f'process of this run at step {step} ({first}); it probably died or was killed (see its '
@@ -243,7 +242,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   num_steps = int(t.num_steps) if stop_at_step is None else min(int(stop_at_step), int(t.num_steps))
   ckpt_dir = os.path.join(workdir, CHECKPOINT_SUBDIR)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  ckpt = checkpointing.Checkpointer(ckpt_dir, keep=int(t.keep_checkpoints))
+  ckpt = checkpointing.Checkpointer(ckpt_dir, keep=int(t.keep_checkpoints),
+                                    remove_failed_saves=True)
   start_step = ckpt.latest_step() or 0
   step = start_step
   batches = writer = None
