@@ -49,6 +49,7 @@ from typing import Any, Callable
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 TINY = 'configs/brave_rgb_audio.py:tiny'
+LOG_EVERY_STEP = '--config.training.log_every=1'  # Kill moments keyed to steps; same params.
 TINY_STEPS = 60
 
 
@@ -176,24 +177,25 @@ def _last_step(workdir: str) -> int | None:
 # --- (a) kill -9 ----------------------------------------------------------------------------------
 
 def kill_trials(n: int, root: str, env: dict[str, str], rng: random.Random, timeout_s: float,
-                reference: str | None, train_s: float) -> list[dict[str, Any]]:
+                reference: str | None) -> list[dict[str, Any]]:
   results = []
   for i in range(n):
     mode = 'checkpointing' if i % 2 else 'training'
     workdir = os.path.join(root, f'kill_{i}')
     shutil.rmtree(workdir, ignore_errors=True)
-    args = [f'--config={TINY}', f'--workdir={workdir}']
-    state = {'armed_at': None}
+    args = [f'--config={TINY}', f'--workdir={workdir}', LOG_EVERY_STEP]
     if mode == 'training':
-      delay = rng.uniform(0.0, train_s)
+      step, delay = rng.randint(1, TINY_STEPS - 1), rng.uniform(0.0, 0.3)
+      logged = _metrics_reached(step)
+      armed = {}
 
-      def kill_when(delay=delay):
-        if state['armed_at'] is None:
-          if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-            state['armed_at'] = time.time()
+      def kill_when(logged=logged, delay=delay, armed=armed):
+        if 'at' not in armed:
+          if logged(workdir):
+            armed['at'] = time.time()
           return False
-        return time.time() - state['armed_at'] >= delay
-      what = f'{delay:.1f} s after the first metrics line'
+        return time.time() - armed['at'] >= delay
+      what = f'{delay:.2f} s after step {step} was logged'
     else:
       save = rng.choice((20, 40, 60))
 
@@ -260,7 +262,7 @@ def disk_full_cases(cases: list[tuple[str, dict]], root: str, env: dict[str, str
       continue
     try:
       workdir, filler = os.path.join(mount, 'work'), os.path.join(mount, 'filler')
-      args = [f'--config={TINY}', f'--workdir={workdir}', *spec.get('flags', ())]
+      args = [f'--config={TINY}', f'--workdir={workdir}', LOG_EVERY_STEP, *spec.get('flags', ())]
       trigger = spec.get('fill_when')
 
       def kill_when(trigger=trigger):  # Never kills: fills the disk when the moment comes.
@@ -608,8 +610,8 @@ def main() -> None:
         first_metrics['at'] = time.time()
       return False
     ref_start = time.time()
-    ref = run_main([f'--config={TINY}', f'--workdir={ref_dir}'], os.path.join(root, 'ref.log'),
-                   env, timeout_s, note_first_metrics)
+    ref = run_main([f'--config={TINY}', f'--workdir={ref_dir}', LOG_EVERY_STEP],
+                   os.path.join(root, 'ref.log'), env, timeout_s, note_first_metrics)
     reference = params_digest(ref_dir) if ref.code == 0 else None
     steps = [l for l in ref.log.splitlines() if l.startswith('step ')]
     # Kills land uniformly in the time between the first metrics line and the end.
@@ -619,14 +621,14 @@ def main() -> None:
                            'params_digest': reference, 'steps_logged': len(steps)}
     if not args.quick:  # Are uninterrupted runs themselves bit-identical?
       ref2_dir = os.path.join(root, 'reference_2')
-      run_main([f'--config={TINY}', f'--workdir={ref2_dir}'], os.path.join(root, 'ref2.log'),
-               env, timeout_s)
+      run_main([f'--config={TINY}', f'--workdir={ref2_dir}', LOG_EVERY_STEP],
+               os.path.join(root, 'ref2.log'), env, timeout_s)
       result['reference']['second_run_equal'] = params_digest(ref2_dir) == reference
     print(f'[reference] exit {ref.code} in {ref.seconds:.0f} s, params {str(reference)[:12]}',
           flush=True)
 
   if 'kills' in only:
-    result['kills'] = kill_trials(kills, root, env, rng, timeout_s, reference, train_s)
+    result['kills'] = kill_trials(kills, root, env, rng, timeout_s, reference)
   if 'disk' in only:
     fills = [5 * rng.randint(1, TINY_STEPS // 5 - 1) for _ in range(2)]
     cases = [
