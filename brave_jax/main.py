@@ -14,9 +14,8 @@ fault (full disk, failed checkpoint save, lost process, another config's
 workdir) prints one line saying how to go on, with exit status 1.
 """
 import os
-import re
 import traceback
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from absl import app
 from absl import flags
@@ -25,6 +24,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from brave_jax import cli
 from brave_jax import config_base
 from brave_jax import errors
 
@@ -86,63 +86,6 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   return train_state
 
 
-def _flag_value(argv: Sequence[str], name: str) -> str | None:
-  """The last --name=value / --name value in argv (absl's own parse comes after)."""
-  value = None
-  for i, arg in enumerate(argv):
-    if arg.startswith(f'--{name}='):
-      value = arg.split('=', 1)[1]
-    elif arg == f'--{name}' and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value
-
-
-def _explain_flag_error(error: BaseException, argv: Sequence[str]) -> str:
-  """One line for what went wrong parsing --config and its --config.* overrides."""
-  text = str(error.args[0]) if isinstance(error, (KeyError, AttributeError)) and error.args else str(error)
-  missing = re.match(r"""^['"]?\\?'?([A-Za-z_0-9]+)""", text.strip())
-  if isinstance(error, (KeyError, AttributeError)) and missing:
-    key = missing.group(1)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    overrides = [a.split('=', 1)[0] for a in argv if a.startswith('--config.')]
-    flag = next((o for o in overrides if key in o[len('--config.'):].split('.')), f'--config.*{key}*')
-    return (f'{flag}: the config has no field {flag[len("--config."):]!r}'
-            f'{f" (did you mean {hint.group(1)!r}?)" if hint else ""}; see the config file '
-            'or brave_jax/config_base.py for the fields')
-  text = errors.one_line(text.split('Pass --helpshort')[0])
-  return text[len('flag '):] if text.startswith('flag ') else text
-
-
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's parse, but a bad --config (file, variant, override, field value) is one line, exit 2.
-
-  The config is also validated here (process/device counts aside), so a typo
-  fails in a second, before jax.distributed or data generation start.
-  """
-  spec = _flag_value(argv[1:], 'config')
-  try:
-    if spec:
-      try:
-        config_base.load(spec)  # Missing file, error in the file, unknown variant.
-      except errors.RunError as error:
-        raise errors.UsageError(f'--config={spec}: {error}') from error
-    rest = flags.FLAGS(list(argv))
-    config = _CONFIG.value  # config_flags applies the overrides here.
-    if config is None:
-      raise errors.UsageError('--config is required: --config=configs/<file>.py[:tiny|demo]')
-    config_base.validate(config)
-  except errors.RunError as error:
-    errors.print_error(error)
-    raise SystemExit(error.exit_code) from None
-  except FileNotFoundError as error:
-    errors.print_error(errors.UsageError(f'--config={spec}: {error}'))
-    raise SystemExit(errors.EXIT_USAGE) from None
-  except Exception as error:  # pylint: disable=broad-except
-    errors.print_error(errors.UsageError(_explain_flag_error(error, argv)))
-    raise SystemExit(errors.EXIT_USAGE) from None
-  return rest
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Progress and results are printed; INFO is noise.
@@ -165,4 +108,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.config_flags_parser(_CONFIG))
