@@ -169,8 +169,8 @@ def test_killed_process_stops_the_other_within_the_heartbeat_bound(tmp_path):
   errors_printed = [l for l in text.splitlines() if l.startswith('error: ')]
   assert code == 1 and took_s < heartbeat_s, (code, took_s, text[-3000:])
   assert len(errors_printed) == 1 and errors_printed[0].startswith(
-      'error: process 0 of 2 lost contact with another process of this run at step '), text[-3000:]
-  assert 'Restart every process with the same command' in errors_printed[0]
+      'error: process 0 of 2 lost contact with another process of this run after step '), text[-3000:]
+  assert 'Rerun the same command on every process to ' in errors_printed[0]
   assert 'Traceback' not in text
 
 

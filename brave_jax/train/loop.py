@@ -193,9 +193,10 @@ def _peer_lost(error: BaseException) -> bool:
   return any(sign in text for sign in _PEER_LOST_SIGNS)
 
 
-def _explain_stop(error: BaseException, step: int, workdir: str,
+def _explain_stop(error: BaseException, reached: int, workdir: str,
                   ckpt: checkpointing.Checkpointer | None) -> BaseException:
-  """The error to raise for a run that stopped at `step`: a clear RunError where we know the cause.
+  """The error to raise for a run that stopped after `reached` updates: a clear RunError where we
+  know the cause.
 
   Called after the checkpointer closed, so ckpt.committed_step is what a rerun resumes from.
   """
@@ -209,16 +210,18 @@ def _explain_stop(error: BaseException, step: int, workdir: str,
   path = files.disk_full_path(error)
   if path is not None:
     return errors.DiskFullError(
-        f'{files.NO_SPACE} writing {path or workdir}. Training stopped at step {step}; '
+        f'{files.NO_SPACE} writing {path or workdir}. Training stopped after step {reached}; '
         f'{resume_from} once space is freed on that disk.', path=path)
   if isinstance(error, errors.RunError):
     return error
   if _peer_lost(error):
     first = errors.first_line(error, limit=300)
+    rerun = (f'resume from the last good checkpoint, step {last} in {where}' if last else
+             f'start over (no checkpoint was saved yet in {where})')
     return errors.PeerLostError(
         f'process {jax.process_index()} of {jax.process_count()} lost contact with another '
-        f'process of this run at step {step} ({first}); it probably died or was killed (see its '
-        f'log). Restart every process with the same command: {resume_from}.')
+        f'process of this run after step {reached} ({first}); it probably died or was killed (see '
+        f'its log). Rerun the same command on every process to {rerun}.')
   return error
 
 
@@ -245,7 +248,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   ckpt = checkpointing.Checkpointer(ckpt_dir, keep=int(t.keep_checkpoints),
                                     remove_failed_saves=True)
   start_step = ckpt.latest_step() or 0
-  step = start_step
+  reached = start_step  # Updates applied so far.
   batches = writer = None
   failure: BaseException | None = None
   try:
@@ -300,6 +303,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if step > start_step:
         batch = next(batches)
       train_state, metrics_D = update(train_state, batch)
+      reached = step + 1
       ckpt.check_save()  # A failed background save stops the run now, not an interval later.
       if pending is not None:
         consume(*pending)
@@ -312,7 +316,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         _check_finite_tree(done, host_state, last_good, ckpt_dir)
         ckpt.save(host_state, meta={'seed': int(config.seed), 'data_step': done})
         last_good = done
-    step = num_steps
     if pending is not None:
       consume(*pending)
   except BaseException as error:  # pylint: disable=broad-except
@@ -327,7 +330,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     except BaseException as error:  # pylint: disable=broad-except
       failure = failure or error
   if failure is not None:
-    explained = _explain_stop(failure, step, workdir, ckpt)
+    explained = _explain_stop(failure, reached, workdir, ckpt)
     if explained is failure:
       raise failure
     raise explained from failure
