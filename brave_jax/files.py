@@ -30,7 +30,7 @@ def is_remote(path: str) -> bool:
   return '://' in str(path)
 
 
-def _with_path(error: OSError, path: str) -> OSError:
+def with_path(error: OSError, path: str) -> OSError:
   """The same OSError, naming `path` (f.write errors carry no filename)."""
   if getattr(error, 'filename', None):
     return error
@@ -53,7 +53,7 @@ def write_atomic(path: str, data: bytes | str) -> str:
     os.replace(tmp, path)
   except OSError as error:
     _remove_quietly(tmp)
-    raise _with_path(error, path) from error
+    raise with_path(error, path) from error
   except BaseException:
     _remove_quietly(tmp)
     raise
@@ -93,7 +93,7 @@ def append_line(path: str, line: str) -> None:
         os.ftruncate(fd, size)  # Freeing bytes needs no space.
       except OSError:
         pass
-      raise _with_path(error, path) from error
+      raise with_path(error, path) from error
   finally:
     os.close(fd)
 

@@ -127,6 +127,18 @@ def test_write_atomic_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
   assert open(path).read() == '{"old": true}' and os.listdir(tmp_path) == ['config.json']
 
 
+def test_tensorboard_write_failure_names_the_event_file(tmp_path, monkeypatch):
+  events = metrics_lib.ScalarEventFile(str(tmp_path / 'tensorboard'))
+  events.write(1, {'loss': 1.0})
+  monkeypatch.setattr(events._writer, 'flush',  # pylint: disable=protected-access
+                      lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, 'No space left')))
+  with pytest.raises(OSError) as info:
+    events.write(2, {'loss': 0.5})
+  assert info.value.errno == errno.ENOSPC
+  assert os.path.basename(info.value.filename).startswith('events.out.tfevents.')
+  assert files.disk_full_path(info.value) == info.value.filename
+
+
 # --- a full disk during training ----------------------------------------------------------------
 
 def test_injected_full_disk_stops_with_one_clear_error_then_resumes(config, tmp_path, monkeypatch,

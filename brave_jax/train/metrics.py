@@ -98,12 +98,23 @@ class ScalarEventFile:
     from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
     from tensorboardX.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
-    self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                             summary=summary_pb2.Summary(value=values)))
-    self._writer.flush()
+    try:
+      self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                               summary=summary_pb2.Summary(value=values)))
+      self._writer.flush()
+    except OSError as error:
+      raise files.with_path(error, self.path) from error
+
+  @property
+  def path(self) -> str:
+    """The event file (tensorboardX names it when it opens it)."""
+    return getattr(self._writer, '_file_name', self.logdir)
 
   def close(self) -> None:
-    self._writer.close()
+    try:
+      self._writer.close()
+    except OSError as error:
+      raise files.with_path(error, self.path) from error
 
 
 class MetricsWriter:
