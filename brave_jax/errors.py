@@ -41,6 +41,10 @@ class DiskFullError(RunError, OSError):
 class CheckpointSaveError(RunError):
   """A (background) checkpoint save failed; the previous checkpoint is kept."""
 
+  def __init__(self, message: str, path: str = ''):
+    super().__init__(message)
+    self.path = path  # The checkpoint being written.
+
 
 class WorkdirMismatchError(RunError):
   """The workdir's checkpoints were made by another config/model than this run's."""

@@ -235,7 +235,7 @@ def test_failed_background_save_stops_the_run_at_once_quietly(config, tmp_path, 
   ckpt_dir = tmp_path / 'checkpoints'
   assert str(info.value).startswith(f'saving checkpoint step 4 to {ckpt_dir} failed: ')
   assert 'Input/output error' in str(info.value)
-  assert 'The last good checkpoint, step 0' not in str(info.value)
+  assert str(info.value).endswith('there is no earlier checkpoint, so a rerun starts from step 0.')
   # Raised within a step or two of the failure, not at the step-8 save an interval later.
   assert max(_assert_outputs_intact(tmp_path)) < 8
   err = capfd.readouterr().err
@@ -260,13 +260,29 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
   monkeypatch.setattr(ocp.JsonCheckpointHandler, '_save_fn', failing_save_fn)
   ckpt.save(state(4))
   with pytest.raises(errors.CheckpointSaveError, match=r'step 4 .* last good checkpoint, step 2, '
-                     r'is kept and a rerun resumes from it'):
+                     r'is kept and a rerun resumes from it') as info:
     ckpt.close()
+  assert info.value.path == str(tmp_path / '4')
   monkeypatch.undo()
   assert checkpointing.latest_step(str(tmp_path)) == 2
   template = jax.tree.map(np.zeros_like, state(0))
   restored, _ = checkpointing.Checkpointer(str(tmp_path), keep=1).restore(template)
   assert int(restored.step) == 2 and restored.params['w'][0] == 2
+
+
+def test_full_disk_under_a_checkpoint_save_names_that_checkpoint(tmp_path):
+  """Orbax may lose the file name of an ENOSPC; the step directory being saved is named instead."""
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'checkpoints'), keep=1)
+  try:
+    raise errors.CheckpointSaveError('saving checkpoint step 4 failed', path=str(
+        tmp_path / 'checkpoints' / '4')) from OSError(errno.ENOSPC, 'No space left on device')
+  except errors.CheckpointSaveError as error:
+    explained = loop._explain_stop(error, 5, str(tmp_path), ckpt)  # pylint: disable=protected-access
+  ckpt.close()
+  assert isinstance(explained, errors.DiskFullError)
+  assert str(explained).startswith(
+      f'No space left on device writing {tmp_path / "checkpoints" / "4"}. Training stopped after '
+      'step 5; no checkpoint was saved yet')
 
 
 # --- a rerun with another config ----------------------------------------------------------------

@@ -154,10 +154,13 @@ class Checkpointer:
     if error is None:
       return
     self._save_error = None
+    kept = ('there is no earlier checkpoint, so a rerun starts from step 0'
+            if self._committed_step is None else
+            f'the last good checkpoint, step {self._committed_step}, is kept and a rerun resumes '
+            'from it')
     raise errors.CheckpointSaveError(
-        f'saving checkpoint step {step} to {self.directory} failed: {errors.first_line(error)}. The '
-        f'last good checkpoint, step {self._committed_step}, is kept'
-        f'{"" if self._committed_step is None else " and a rerun resumes from it"}.') from error
+        f'saving checkpoint step {step} to {self.directory} failed: {errors.first_line(error)}; '
+        f'{kept}.', path=os.path.join(self.directory, str(step))) from error
 
   def save(self, train_state: step_lib.TrainState, meta: dict[str, Any] | None = None) -> None:
     """Saves an UNREPLICATED host TrainState at its own step; call on every process."""

@@ -208,6 +208,9 @@ def _explain_stop(error: BaseException, reached: int, workdir: str,
                  'command resumes from it' if last else
                  f'no checkpoint was saved yet in {where}, so a rerun starts from step 0')
   path = files.disk_full_path(error)
+  if path == '':  # ENOSPC without a file name: name the checkpoint being saved, if that was it.
+    path = next((e.path for e in files.error_chain(error)
+                 if isinstance(e, errors.CheckpointSaveError)), '')
   if path is not None:
     return errors.DiskFullError(
         f'{files.NO_SPACE} writing {path or workdir}. Training stopped after step {reached}; '
