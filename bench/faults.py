@@ -568,7 +568,9 @@ def tally_table(result: dict[str, Any]) -> str:
        sum(bool(r.get('lost')) for r in k + tried_d + c), len(k) + len(tried_d) + len(c)),
   ]
   width = max(len(r[0]) for r in rows)
-  lines = [f'{"case":<{width}}  result', '-' * (width + 12)]
+  lines = [f'bench/faults.py at commit {result.get("commit", "?")[:12]}'
+           f'{" (--quick)" if result.get("quick") else ""}', '',
+           f'{"case":<{width}}  result', '-' * (width + 12)]
   lines += [f'{name:<{width}}  {ok}/{tried}' for name, ok, tried in rows]
   lines.append('')
   lines += [f'corrupt: {r["kind"]:<32} {"handled" if r["handled"] else "NOT handled"}: '
@@ -596,7 +598,10 @@ def main() -> None:
   timeout_s = 600.0
   start = time.time()
   load = open('/proc/loadavg').read().split()[:3] if os.path.exists('/proc/loadavg') else []
-  result: dict[str, Any] = {'quick': args.quick, 'load_at_start': load, 'kills': [],
+  commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
+                          text=True, check=False).stdout.strip()
+  result: dict[str, Any] = {'commit': commit, 'quick': args.quick, 'load_at_start': load,
+                            'kills': [],
                             'disk_full': [], 'corrupt_inputs': [], 'invalid_configs': []}
 
   reference, train_s = None, 20.0
@@ -654,7 +659,11 @@ def main() -> None:
     sets = make_corrupt_sets(root)
     if args.quick:
       sets = {k: v for k, v in sets.items() if k in QUICK_CORRUPTIONS}
-    result['corrupt_inputs'] = corrupt_input_cases(sets, root, env, CORRUPT_TIMEOUT_S)
+    # On a loaded machine a healthy start can be slow: never call a run hung before it has had
+    # 1.5x the uninterrupted reference's whole wall time.
+    hang_s = max(CORRUPT_TIMEOUT_S, 1.5 * result.get('reference', {}).get('seconds', 0.0))
+    result['corrupt_hang_limit_s'] = hang_s
+    result['corrupt_inputs'] = corrupt_input_cases(sets, root, env, hang_s)
   if 'configs' in only:
     fields, uncovered = validate_fields_covered()
     result['validate_fields'] = {'named_by_validate': fields, 'not_in_table': uncovered}

@@ -16,15 +16,20 @@ only decides *whether and how* to call `jax.distributed.initialize`:
 It must run before anything touches a JAX backend (no `jax.devices()` first).
 
 When a process dies: the survivors' next collective fails at once when the
-dead process's connections close (a killed process on a live host), and the
-training loop turns that into one PeerLostError line; otherwise (a host gone,
-or a survivor waiting outside a collective, e.g. in a checkpoint barrier)
-JAX's coordination service declares the process dead after
+dead process's connections close (a killed process on a live host; measured:
+the survivor exits 1 s after a kill -9, mid-step or mid-checkpoint), and the
+training loop turns that into one PeerLostError line, exit status 1.
+Otherwise (a host gone silently, or a survivor waiting outside any
+collective) JAX's coordination service declares the process dead after
 `heartbeat_timeout_s` without a heartbeat (default 100 s, --heartbeat_timeout_s)
-and stops every other process. So no process outlives a dead peer by more than
-that bound. A process that stops on an error exits at once
-(`exit_now_if_multiprocess`) rather than waiting at JAX's shutdown barrier for
-peers that are still training; their next collective then fails too.
+and aborts every other process with its own message ("Terminating process
+because the JAX distributed service detected fatal errors. This most likely
+indicates that another task died"). So no process outlives a dead peer by more
+than that bound. (JAX's client takes no Python callback for this: the one it
+accepts cannot be called from Python, so its message is not ours.) A process
+that stops on an error exits at once (`exit_now_if_multiprocess`) rather than
+waiting at JAX's shutdown barrier for peers that are still training; their
+next collective then fails too.
 """
 from __future__ import annotations
 
