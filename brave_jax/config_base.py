@@ -79,7 +79,12 @@ def base_config() -> ml_collections.ConfigDict:
       grayscale_prob=0.2,
       rc_kernel_sizes=(1, 3, 5, 7, 9, 11),  # Odd kernel sizes for random convolution.
   ))
-  c.data.shuffle_buffer = 256  # Examples in the shuffle buffer (per host).
+  # Training order: each epoch is a seeded permutation of every record of this host's shards
+  # (data/pipeline.py), so the batch of a step is a pure function of (seed, hosts, step).
+  # Bad-data budget: stop with an error naming the shards once more than this fraction of the
+  # records read failed (CRC, parse, JPEG decode, missing audio/flow; counted over at least 100) ...
+  c.data.max_bad_record_fraction = 0.1
+  c.data.max_consecutive_bad_records = 50  # ... or more than this many failed in a row.
   c.data.num_parallel_calls = -1  # tf.data parallelism; -1 = AUTOTUNE.
   c.data.prefetch = 2  # Batches prefetched by tf.data.
   # Threads each TF op may use. Parallelism comes from decoding many clips at
@@ -230,6 +235,14 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   for k in config.data.augment.rc_kernel_sizes:
     _require(isinstance(k, int) and k > 0 and k % 2 == 1, 'data.augment.rc_kernel_sizes',
              f'kernel sizes must be odd positive integers, got {k!r}')
+  fraction = config.data.max_bad_record_fraction
+  _require(isinstance(fraction, (int, float)) and 0 <= fraction <= 1, 'data.max_bad_record_fraction',
+           f'must be a number in [0, 1] (0: stop at the first bad record, 1: never stop for the '
+           f'fraction), got {fraction!r}')
+  run = config.data.max_consecutive_bad_records
+  _require(isinstance(run, int) and not isinstance(run, bool) and run >= 0,
+           'data.max_consecutive_bad_records',
+           f'must be an integer >= 0 (bad records allowed in a row), got {run!r}')
   threads = config.data.tf_intra_op_threads
   _require(isinstance(threads, int) and threads >= 0, 'data.tf_intra_op_threads',
            f"must be 0 (TF's default) or a positive integer, got {threads!r}")
@@ -270,7 +283,6 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_
     c.model[backbone].depth = 18
   c.model.hidden_dim = 256
   c.model.projection_dim = 64
-  c.data.shuffle_buffer = 64
   c.eval.num_temporal_crops = 2
   c.eval.num_spatial_crops = 1
   c.eval.resize_short_side = 40

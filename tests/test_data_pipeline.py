@@ -26,7 +26,6 @@ def _clip(i, *, audio=True, t=T):
 
 def _config(cfg):
   cfg.data.audio_sample_rate = RATE
-  cfg.data.shuffle_buffer = 8
   cfg.data.num_parallel_calls = 2
   cfg.training.batch_size = 4
   cfg.eval.update(num_temporal_crops=2, num_spatial_crops=3, resize_short_side=32,

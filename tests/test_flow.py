@@ -145,7 +145,7 @@ def _pipeline_config(modalities, random_convolve_broad_video=False):
   cfg.data.broad_modalities = modalities
   cfg.data.random_convolve_broad_video = random_convolve_broad_video
   cfg.data.audio_sample_rate = 16000
-  cfg.data.update(shuffle_buffer=4, num_parallel_calls=2)
+  cfg.data.update(num_parallel_calls=2)
   cfg.data.broad.update(num_frames=4, frame_step=2)
   cfg.data.narrow.update(num_frames=2, frame_step=2)
   cfg.training.batch_size = 4

@@ -105,7 +105,7 @@ def test_two_processes_train_resume_and_agree(tmp_path):
             '--config=' + conftest.config_path('brave_rgb_audio', 'tiny'),
             f'--config.data.train_shards={shards}', '--config.training.batch_size=4',
             '--config.training.checkpoint_every=2', '--config.training.log_every=1',
-            '--config.training.plot_every=0', '--config.data.shuffle_buffer=4',
+            '--config.training.plot_every=0',
             '--config.optimizer.warmup_steps=1']
   _launch(2, 1, common + ['--config.training.num_steps=2'], logs, tmp_path / 'jax_cache')
   _launch(2, 1, common + ['--config.training.num_steps=4'], logs, tmp_path / 'jax_cache')

@@ -15,7 +15,12 @@ latest decoded frame with pts <= t is kept), resized so the short side is
 `--short_side` and JPEG-encoded; audio is resampled to mono float PCM at
 `--audio_rate`, aligned to the first video frame and cut to the video's length.
 Shards are written by `dmvr_format.write_shards` in the parent process, and a
-summary is printed and saved as `<output_dir>/<prefix>_summary.json`.
+summary is printed and saved as `<output_dir>/<prefix>_summary.json`. Both are
+written under temporary names and renamed when complete, so an interrupted or
+failed run never leaves a half-written file, and a run that converts nothing
+writes (and replaces) nothing and exits 1. Reconverting a prefix with another
+`--num_shards` deletes the old `<prefix>-*-of-<old total>` set once the new
+set is complete.
 
 `--flow` also stores optical flow (`flow/encoded`, one JPEG per frame) for the
 broad 'flow' view, computed by `brave_jax.data.flow` inside the worker
@@ -104,15 +109,34 @@ def _frame_time(frame: Any, fallback_index: int, fallback_fps: float) -> float |
   return None
 
 
+def _not_a_video_hint(path: str, error: Exception) -> str:
+  """Why av.open failed, in words that fit what the file is (empty, text, cut-short MP4, other)."""
+  try:
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+      head = f.read(512)
+  except OSError:
+    return ''
+  if size == 0:
+    return ' -- the file is empty (0 bytes): the download or copy failed; fetch it again'
+  text = head.replace(b'\r', b'').replace(b'\n', b'').replace(b'\t', b'')
+  if text and all(32 <= c < 127 for c in text[:256]):
+    first = head.decode('ascii', 'replace').strip().splitlines()[0][:60]
+    return (f' -- this is a text file, not a video (it starts with {first!r}: an HTML error page, '
+            'a Git LFS pointer or a saved link?); download the real video')
+  if head[4:8] == b'ftyp' and isinstance(error, av.InvalidDataError):
+    return (' -- an MP4/MOV whose index (moov atom) is missing, usually a download cut short; '
+            're-download it')
+  return f' -- not a video container FFmpeg recognises ({size} bytes, starts with {head[:8]!r})'
+
+
 def _open(path: str) -> Any:
-  """av.open, with failures turned into a ConvertError that names the file."""
+  """av.open, with failures turned into a ConvertError that names the file and says what it is."""
   try:
     return av.open(path)
   except (av.FFmpegError, OSError, ValueError) as e:
-    hint = ''
-    if path.lower().endswith(('.mp4', '.m4v', '.mov')) and isinstance(e, av.InvalidDataError):
-      hint = ' -- an MP4/MOV cut short before its index (moov atom) cannot be read; re-download it'
-    raise ConvertError(f'{path}: cannot open ({type(e).__name__}: {e}){hint}') from e
+    raise ConvertError(f'{path}: cannot open ({type(e).__name__}: {e}){_not_a_video_hint(path, e)}'
+                       ) from e
 
 
 def _declared_duration(container: Any, stream: Any) -> float:
@@ -570,6 +594,8 @@ class Summary:
   warnings: list[str] = dataclasses.field(default_factory=list)
   classes: list[str] = dataclasses.field(default_factory=list)
   shards: list[str] = dataclasses.field(default_factory=list)
+  # Shards of this prefix with another total, deleted once the new set was complete.
+  replaced_shards: list[str] = dataclasses.field(default_factory=list)
   fps: float = 25.0
   audio_rate: int = 48000
   short_side: int = 256
@@ -599,6 +625,9 @@ class Summary:
              f'  without audio: {self.no_audio}; audio shorter than video: '
              f'{len(self.short_audio_files)}; skipped: {len(self.skipped)}'
              + (f'; flow: {self.flow_method}' if self.flow_method else '')]
+    if self.replaced_shards:
+      lines.append(f'  removed {len(self.replaced_shards)} shard(s) of an earlier conversion with '
+                   f'another --num_shards, e.g. {self.replaced_shards[0]}')
     lines += [f'  skipped {s["video"]}: {s["reason"]}' for s in self.skipped[:50]]
     if self.missing_from_split:
       lines.append(f'  {len(self.missing_from_split)} video(s) named in the split file were not '
@@ -607,6 +636,26 @@ class Summary:
     if len(self.warnings) > 50:
       lines.append(f'  ... {len(self.warnings) - 50} more warnings in the summary JSON')
     return '\n'.join(lines)
+
+
+def summary_path(output_dir: str, prefix: str) -> str:
+  return os.path.join(output_dir, f'{prefix}_summary.json')
+
+
+def write_summary(summary: Summary, output_dir: str) -> str:
+  """Writes <prefix>_summary.json atomically (temporary file, then rename)."""
+  path = summary_path(output_dir, summary.prefix)
+  tmp = os.path.join(output_dir, f'.{summary.prefix}_summary.json.{os.getpid()}.tmp')
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(dataclasses.asdict(summary), f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
 
 
 def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25.0,
@@ -666,14 +715,17 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
       if result.serialized is not None:
         yield result.serialized
 
+  summary.replaced_shards = dmvr_format.stale_shards(output_dir, prefix, num_shards)
   try:
     summary.shards = dmvr_format.write_shards(examples(), output_dir, prefix, num_shards)
+  except dmvr_format.NothingToWriteError:
+    summary.shards, summary.replaced_shards = [], []  # Nothing written, replaced or removed.
   finally:
     if bar is not None:
       bar.close()
   summary.wall_seconds = time.time() - start
-  with open(os.path.join(output_dir, f'{prefix}_summary.json'), 'w') as f:
-    json.dump(dataclasses.asdict(summary), f, indent=1)
+  if summary.shards:
+    write_summary(summary, output_dir)
   return summary
 
 
@@ -771,7 +823,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """CLI: converts, prints the summary; exit code 1 when nothing converted."""
+  """CLI: converts, prints the summary; exit 1 when nothing converted (nothing written), 2 on errors."""
   args = _parse_args(argv)
   split_files = [s for arg in args.split_file for s in arg.split(',') if s]
   try:
@@ -782,12 +834,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                       jpeg_quality=args.jpeg_quality, max_seconds=args.max_seconds,
                       progress=not args.no_progress,
                       flow_method=args.flow_method if args.flow else None)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(summary.text())
-  print(f'summary: {os.path.join(args.output_dir, args.prefix + "_summary.json")}')
-  return 0 if summary.converted else 1
+  if not summary.converted:
+    print(f'nothing converted, so nothing written: existing shards and summary in '
+          f'{args.output_dir} are untouched', file=sys.stderr)
+    return 1
+  print(f'summary: {summary_path(args.output_dir, args.prefix)}')
+  return 0
 
 
 if __name__ == '__main__':

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -121,25 +123,66 @@ def encode_clip(clip: Clip, jpeg_quality: int = 95) -> bytes:
   return seq.SerializeToString()
 
 
+class NothingToWriteError(ValueError):
+  """write_shards got no examples; it wrote (and replaced, and removed) nothing."""
+
+
+def stale_shards(output_dir: str, prefix: str, num_shards: int) -> list[str]:
+  """Existing `prefix-NNNNN-of-MMMMM` files in output_dir with M != num_shards, sorted."""
+  if not os.path.isdir(output_dir):
+    return []
+  pattern = re.compile(re.escape(prefix) + r'-\d{5}-of-(\d{5})$')
+  return sorted(os.path.join(output_dir, name) for name in os.listdir(output_dir)
+                if (m := pattern.match(name)) and int(m.group(1)) != num_shards)
+
+
+def _fsync(path: str) -> None:
+  with open(path, 'rb') as f:
+    os.fsync(f.fileno())
+
+
 def write_shards(serialized_examples: Iterable[bytes], output_dir: str, prefix: str,
                  num_shards: int) -> list[str]:
-  """Writes examples round-robin into `num_shards` TFRecord files, atomically.
+  """Writes examples round-robin into `num_shards` TFRecord files, atomically; returns their paths.
 
-  Each shard is written under a temporary name and renamed when complete, so a
-  crash never leaves a truncated shard that looks finished.
+  Nothing already in output_dir is touched until the new set is complete: the
+  shards are written under hidden temporary names, synced, then renamed over
+  any old ones. Only then are shards of the same prefix with another total
+  (`prefix-*-of-M`, M != num_shards: an earlier conversion with another
+  --num_shards) deleted, since a `prefix-*` glob would read them too. On any
+  error, or when there is no example at all (NothingToWriteError), the
+  temporaries are removed and the existing files stay as they were.
   """
   if num_shards < 1:
     raise ValueError(f'num_shards must be >= 1, got {num_shards}')
   os.makedirs(output_dir, exist_ok=True)
-  paths = [os.path.join(output_dir, shard_name(prefix, i, num_shards)) for i in range(num_shards)]
-  tmp_paths = [p + '.tmp' for p in paths]
-  writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
+  names = [shard_name(prefix, i, num_shards) for i in range(num_shards)]
+  paths = [os.path.join(output_dir, n) for n in names]
+  tmp_paths = [os.path.join(output_dir, f'.{n}.{os.getpid()}.tmp') for n in names]
+  count = 0
   try:
-    for i, example in enumerate(serialized_examples):
-      writers[i % num_shards].write(example)
+    writers = [tf.io.TFRecordWriter(p) for p in tmp_paths]
+    try:
+      for count, example in enumerate(serialized_examples, 1):
+        writers[(count - 1) % num_shards].write(example)
+    finally:
+      for w in writers:
+        w.close()
+    if not count:
+      raise NothingToWriteError(f'no examples to write as {prefix!r} shards; nothing in '
+                                f'{output_dir!r} was written or replaced')
+    for tmp in tmp_paths:
+      _fsync(tmp)
+    for tmp, final in zip(tmp_paths, paths):
+      os.replace(tmp, final)
   finally:
-    for w in writers:
-      w.close()
-  for tmp, final in zip(tmp_paths, paths):
-    os.replace(tmp, final)
+    for tmp in tmp_paths:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  stale = stale_shards(output_dir, prefix, num_shards)
+  for path in stale:
+    os.remove(path)
+  if stale:
+    logging.warning('removed %d stale shard(s) of an earlier %r set with another total, e.g. %s',
+                    len(stale), prefix, stale[0])
   return paths

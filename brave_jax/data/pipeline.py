@@ -1,82 +1,229 @@
 """The per-host tf.data pipelines for training and evaluation, yielding numpy batches.
 
-Training: shards (this host's share) -> shuffled files -> parallel interleave
--> shuffled records -> repeat -> per example: parse only the needed features,
-sample narrow/broad windows, decode only the sampled frames into their crops,
-augment, spectrogram -> batch -> [local_devices, per_device, ...] -> prefetch.
+Training: this host's shards -> an index of their records (reader.index_shards)
+-> slot g = step * per_host_batch + j -> the record at position g mod N of
+epoch g // N's seeded permutation -> read by offset, CRCs checked -> per
+example: parse only the needed features, sample narrow/broad windows, decode
+only the sampled frames into their crops, augment, spectrogram -> batch ->
+[local_devices, per_device, ...] -> prefetch.
 
-Bad data. A record whose bytes do not parse, whose frames do not decode, or
-that lacks audio when the config needs it raises inside the per-example map;
-`ignore_errors` drops it. To *count* drops, every record carries its position
-in the (deterministic) record stream, and a sequential `scan` after the drop
-adds the gaps between consecutive surviving positions. The running count
-rides along in each batch and is read by `DataIterator.skipped_records()`,
-so it is exact for every batch delivered (no shared mutable state, no race
-with prefetch threads).
+Determinism and resume. Everything a batch holds is a pure function of
+(seed, process layout, shards, step): the permutation of each epoch is
+`index_shuffle` seeded by (seed + process_index, epoch), and an example's
+augmentation seed is keyed on its slot g, never on where the run started. So
+a run resumed at step s reads, crops and augments exactly what an
+uninterrupted run did at step s, and (the model step being deterministic on
+CPU) ends with equal parameters (tests/test_resume_data.py kills a real run).
+None of this holds if the shard files, the process count or data.* change
+between the runs; a data source other than these TFRecord shards (e.g. TFDS)
+is exact only if it, too, makes the batch a pure function of the step.
 
-Determinism. All randomness is stateless, keyed on (seed + process_index,
-start_step, position in the record stream); shuffles are seeded from the
-same triple and every parallel stage runs with deterministic ordering. So
-two runs with the same (seed, start_step, shards, process layout) yield the
-same batches. Resuming at start_step > 0 starts a fresh, equally random
-order instead of replaying the records an uninterrupted run would have read
-after that step: replaying would mean reading every skipped record again,
-which at 300k steps x 512 clips is hours of I/O.
+Bad data. A record that fails its CRC, does not parse, has a frame that does
+not decode, or lacks audio/flow the config needs raises inside its slot's
+one-element dataset; the error is caught there and the slot yields a flagged
+placeholder instead, so batches stay aligned to slots (and all-bad data still
+yields, rather than spinning), and the batch's bad rows are replaced by
+copies of its good rows (BraVe's loss is per example, so a copy only weighs
+that clip twice). `DataIterator` counts bad slots, warns (rate-limited) naming
+file and record, and stops the run with `reader.BadDataError` naming the
+shards once more than config.data.max_bad_record_fraction of the records, or
+more than config.data.max_consecutive_bad_records in a row, failed (or every
+record of a batch did). Damage found while indexing (a cut-short last
+record, a corrupted stretch) counts toward the same budget.
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
+import time
+import weakref
 from typing import Any, Callable
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from brave_jax.data import augment
 from brave_jax.data import decode
 from brave_jax.data import reader
 from brave_jax.data import sampling
 from brave_jax.data import spectrogram
+from brave_jax.data import tfrecord
 
-_READ_BUFFER_BYTES = 8 << 20  # Records are several MB (a few hundred JPEGs + waveform).
-_MAX_CYCLE_LENGTH = 8  # Shards read concurrently per host.
-_SKIPPED = '_skipped'
-_INDEX = '_index'
+_INDEX = '_index'  # The example's slot: position in the (train) or this (eval) record stream.
+_ENTRY = '_entry'  # Its record: position in the ShardIndex.
+_VALID = '_valid'  # False for a placeholder of a slot whose record failed.
+_PRIVATE = (_INDEX, _ENTRY, _VALID)
+_NEVER = 1 << 62  # End of the endless training slot range.
+_DEFAULT_PARALLELISM = max(4, 2 * (os.cpu_count() or 1))  # Examples in flight (AUTOTUNE: -1).
+_MIN_RECORDS_FOR_FRACTION = 100  # The fraction budget allows fraction * max(read, this) failures.
+_WARN_FIRST = 10  # Bad records warned about one by one; later ones in a summary line ...
+_WARN_EVERY_S = 60.0  # ... at most this often.
+
+
+class _BadRecordMonitor:
+  """Counts bad records, warns about them (rate-limited, naming file and record), applies the budget."""
+
+  def __init__(self, index: reader.ShardIndex, reasons: dict[int, str], *, what: str,
+               max_fraction: float, max_consecutive: int, needs: dict[str, str]):
+    self._index = index
+    self._reasons = reasons
+    self._what = what
+    self._max_fraction = max_fraction
+    self._max_consecutive = max_consecutive
+    self._needs = needs
+    self.read = 0
+    self.bad = 0
+    self.consecutive = 0
+    self._bad_files: dict[str, int] = {}
+    self._examples: list[str] = []
+    self._unreported = 0
+    self._last_report = time.monotonic()
+
+  def reason(self, entry: int) -> str:
+    """Why record `entry` failed: the read error, else a diagnosis of its bytes."""
+    if entry in self._reasons:
+      return self._reasons[entry]
+    rd = self._index.reader()
+    try:
+      serialized = self._index.read(rd, entry)
+    except tfrecord.RecordError as e:
+      return str(e)
+    finally:
+      rd.close()
+    try:
+      example = tf.train.SequenceExample.FromString(serialized)
+    except Exception:  # pylint: disable=broad-except
+      return 'bytes do not parse as a tf.train.SequenceExample'
+    lists = example.feature_lists.feature_list
+    for name, key in dict(video='image/encoded', **self._needs).items():
+      if not lists[key].feature:
+        return f'no {name} ({key}) in the record'
+    return 'a sampled frame did not decode (corrupt JPEG?)'
+
+  def observe(self, rows: list[tuple[bool, int]]) -> None:
+    """Counts records in stream order as (ok, entry) and applies the budget."""
+    for ok, entry in rows:
+      self.read += 1
+      if ok:
+        self.consecutive = 0
+        continue
+      self.bad += 1
+      self.consecutive += 1
+      path = self._index.files[int(self._index.file_id[entry])]
+      self._bad_files[path] = self._bad_files.get(path, 0) + 1
+      if self.bad <= _WARN_FIRST:
+        line = f'{self._index.describe(entry)}: {self.reason(entry)}'
+        self._examples.append(line)
+        logging.warning('skipped bad %s record (%d so far): %s', self._what, self.bad, line)
+      else:
+        self._unreported += 1
+    now = time.monotonic()
+    if self._unreported and now - self._last_report > _WARN_EVERY_S:
+      logging.warning('%d more bad %s records skipped (%d of %d read so far, in %d shard(s))',
+                      self._unreported, self._what, self.bad, self.read, len(self._bad_files))
+      self._unreported, self._last_report = 0, now
+    self.check()
+
+  def check(self) -> None:
+    """Raises BadDataError when the failures so far (and damage found indexing) are over budget."""
+    lost = self._index.lost_records
+    bad, read = self.bad + lost, self.read + lost
+    over_fraction = bad > self._max_fraction * max(read, _MIN_RECORDS_FOR_FRACTION)
+    over_run = self.consecutive > self._max_consecutive
+    if over_fraction or over_run:
+      self.fail(f'{bad} of {read} {self._what} records failed'
+                + (f', {self.consecutive} in a row' if over_run else '')
+                + f' (budget: more than data.max_bad_record_fraction='
+                f'{self._max_fraction:g} of them, or more than '
+                f'data.max_consecutive_bad_records={self._max_consecutive} in a row)')
+
+  def fail(self, headline: str) -> None:
+    worst = sorted(self._bad_files.items(), key=lambda kv: -kv[1])
+    files = ', '.join(f'{p} ({n})' for p, n in worst[:5])
+    more = f' and {len(worst) - 5} more' if len(worst) > 5 else ''
+    damage = '; '.join(d.describe() for d in self._index.damage[:3])
+    examples = ' | '.join(self._examples[:3])
+    raise reader.BadDataError(
+        f'{headline}. Shards with failures (count): {files or "none"}{more}. '
+        + (f'Damage found when indexing: {damage}. ' if damage else '')
+        + (f'First failures: {examples}. ' if examples else '')
+        + 'Fix or remove these shards (reconvert the videos), or raise the budget in config.data.')
 
 
 class DataIterator:
   """Iterator of numpy batches that also reports how many records were skipped as bad."""
 
-  def __init__(self, dataset: tf.data.Dataset,
-               total_records: Callable[[], int] | None = None):
+  def __init__(self, dataset: tf.data.Dataset, monitor: _BadRecordMonitor, *,
+               first_slot: int = 0, total_slots: int | None = None,
+               entry_of_slot: Callable[[int], int] | None = None):
     self.dataset = dataset
-    self._iterator = iter(tfds.as_numpy(dataset))
-    self._skipped = 0
-    self._seen = 0
-    self._total_records = total_records
+    self._iterator = iter(dataset)
+    _LIVE_ITERATORS.add(self)
+    self._monitor = monitor
+    self._lost_at_index = monitor._index.lost_records  # pylint: disable=protected-access
+    self._next_slot = first_slot  # Eval: slots missing before this one were dropped.
+    self._total_slots = total_slots
+    self._entry_of_slot = entry_of_slot
 
   def __iter__(self) -> 'DataIterator':
     return self
 
   def __next__(self) -> dict[str, Any]:
+    if self._iterator is None:
+      raise StopIteration
     try:
-      batch = next(self._iterator)
+      batch = tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
     except StopIteration:
-      if self._total_records is not None:  # Bad records after the last good one.
-        self._skipped += max(self._total_records() - self._seen, 0)
-        self._total_records = None
+      if self._total_slots is not None and self._next_slot < self._total_slots:
+        self._dropped_until(self._total_slots, 0)  # Bad records after the last good one.
       raise
-    skipped = batch.pop(_SKIPPED)
-    seen = batch.pop('_seen')
-    if skipped.size:
-      self._skipped = max(self._skipped, int(skipped.max()))
-      self._seen = max(self._seen, int(seen.max()))
+    slots = batch.pop(_INDEX).reshape(-1)
+    entries = batch.pop(_ENTRY).reshape(-1)
+    valid = batch.pop(_VALID, None)
+    if valid is not None:  # Training: every slot is present, bad ones flagged.
+      valid = valid.reshape(-1)
+      self._monitor.observe([(bool(v), int(e)) for v, e in zip(valid, entries)])
+      if not valid.any():
+        self._monitor.fail(f'all {valid.size} records of the batch at slots {int(slots[0])}..'
+                           f'{int(slots[-1])} failed, so it has nothing to fill them from')
+    else:  # Evaluation: dropped slots are the gaps between the ones that arrive.
+      for slot in np.unique(slots):
+        self._dropped_until(int(slot), 1)
     return batch
 
+  def _dropped_until(self, slot: int, ok: int) -> None:
+    if slot < self._next_slot:
+      return  # Another row (crop) of a record already counted.
+    rows = [(False, self._entry_of_slot(m)) for m in range(self._next_slot, slot)]
+    self._monitor.observe(rows + [(True, -1)] * ok)
+    self._next_slot = max(self._next_slot, slot + 1)
+
+  def close(self) -> None:
+    """Stops the pipeline's threads now (also done for every live iterator at exit)."""
+    self._iterator = None
+
   def skipped_records(self) -> int:
-    """Records dropped so far (unparseable, undecodable, or missing needed audio/flow)."""
-    return self._skipped
+    """Records dropped so far (unreadable, unparseable, undecodable, missing needed audio/flow)."""
+    return self._monitor.bad + self._lost_at_index
+
+
+_LIVE_ITERATORS: 'weakref.WeakSet[DataIterator]' = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_iterators() -> None:
+  """Closes pipelines before the interpreter finalizes.
+
+  Records are read by Python (tf.numpy_function) on tf.data's threads; an
+  iterator still alive at interpreter shutdown (e.g. held by the traceback of
+  the error that ended the run) would wait for a thread that can no longer
+  take the GIL, and the process would hang instead of exiting.
+  """
+  for iterator in list(_LIVE_ITERATORS):
+    iterator.close()
 
 
 def _seed_ints(*parts: int) -> tuple[int, int]:
@@ -88,21 +235,6 @@ def _seed_ints(*parts: int) -> tuple[int, int]:
 def _parallel(config: ml_collections.ConfigDict) -> int:
   n = config.data.num_parallel_calls
   return tf.data.AUTOTUNE if n is None or n < 0 else int(n)
-
-
-def _count_skipped(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """Drops erroring elements and stamps each survivor with the running count of dropped ones."""
-  ds = ds.ignore_errors(log_warning=True)
-
-  def step(state, element):
-    expected, skipped = state
-    element = dict(element)
-    index = element.pop(_INDEX)
-    skipped = skipped + index - expected
-    element[_SKIPPED] = skipped
-    element['_seen'] = index + 1
-    return (index + 1, skipped), element
-  return ds.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), step)
 
 
 def limit_tf_op_threads(threads: int) -> None:
@@ -124,7 +256,10 @@ def limit_tf_op_threads(threads: int) -> None:
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
-  options.experimental_optimization.map_parallelization = True
+  # Every heavy map sets its own parallelism; letting tf.data parallelise the rest would also
+  # give each slot's one-element dataset its own parallel map (V/V CPU per clip 194-224 ms with,
+  # 143-158 without, bench/input_pipeline.py, same session).
+  options.experimental_optimization.map_parallelization = False
   return ds.with_options(options)
 
 
@@ -239,14 +374,106 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
 # ---------------------------------------------------------------------------
 # Training.
 
+def _budget_monitor(config: ml_collections.ConfigDict, index: reader.ShardIndex, what: str,
+                    reasons: dict[int, str], needs: dict[str, str]) -> _BadRecordMonitor:
+  monitor = _BadRecordMonitor(index, reasons, what=what,
+                              max_fraction=float(config.data.max_bad_record_fraction),
+                              max_consecutive=int(config.data.max_consecutive_bad_records),
+                              needs=needs)
+  monitor.check()  # Damage found while indexing may already be over budget.
+  return monitor
+
+
+def _needed_features(modalities) -> dict[str, str]:
+  keys = {'audio': 'WAVEFORM/feature/floats', 'flow': 'flow/encoded'}
+  return {m: keys[m] for m in modalities if m in keys}
+
+
+def _record_reader(index: reader.ShardIndex) -> tuple[Callable[[tf.Tensor], tf.Tensor],
+                                                      dict[int, str]]:
+  """A graph function entry -> serialized record (read by offset, CRCs checked).
+
+  Read errors raise inside the op (so `ignore_errors` drops the slot) and leave
+  their message in the returned dict, keyed by entry, for the warnings.
+  """
+  rd = index.reader()
+  reasons: dict[int, str] = {}
+  lock = threading.Lock()
+
+  def read_py(entry: np.ndarray) -> bytes:
+    entry = int(entry)
+    try:
+      return index.read(rd, entry)
+    except tfrecord.RecordError as e:
+      with lock:
+        if len(reasons) < 10_000:
+          reasons[entry] = str(e)
+      raise
+
+  def read(entry: tf.Tensor) -> tf.Tensor:
+    serialized = tf.numpy_function(read_py, [entry], tf.string, stateful=False)
+    return tf.ensure_shape(serialized, [])
+  return read, reasons
+
+
+def _slot_to_entry(num_records: int, shuffle_seed: tf.Tensor) -> Callable[[tf.Tensor], tf.Tensor]:
+  """Slot g -> index entry: position g mod N in epoch g // N's permutation (a pure function)."""
+  n = tf.constant(num_records, tf.int64)
+
+  def entry(slot: tf.Tensor) -> tf.Tensor:
+    epoch_seed = tf.random.experimental.stateless_fold_in(shuffle_seed, slot // n)
+    return tf.random.experimental.index_shuffle(slot % n, epoch_seed, n - 1)
+  return entry
+
+
+def _example_or_placeholder(example: Callable[[tf.Tensor], dict[str, Any]],
+                            entry_of: Callable[[tf.Tensor], tf.Tensor]):
+  """slot -> a one-element dataset: the slot's example, or if it raised, a flagged placeholder.
+
+  Catching the error per slot (rather than dropping failures from the whole
+  stream) keeps each batch aligned to its slots, and a stream in which every
+  record fails still yields (placeholders) instead of spinning forever.
+  """
+  def one(slot):
+    good = tf.data.Dataset.from_tensors(slot).map(example).ignore_errors()
+    spec = good.element_spec
+
+    def placeholder(slot):
+      out = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
+      out.update({_INDEX: slot, _ENTRY: entry_of(slot)})
+      return dict(out, **{_VALID: tf.constant(False)})
+    good = good.map(lambda element: dict(element, **{_VALID: tf.constant(True)}))
+    return good.concatenate(tf.data.Dataset.from_tensors(slot).map(placeholder)).take(1)
+  return one
+
+
+def _fill_bad_rows(batch: dict[str, Any]) -> dict[str, Any]:
+  """Replaces the rows of failed slots by copies of the batch's good rows (cycling through them)."""
+  valid = batch[_VALID]
+  num_valid = tf.reduce_sum(tf.cast(valid, tf.int32))
+  size = tf.size(valid)
+
+  def fill():
+    good = tf.cast(tf.where(valid)[:, 0], tf.int32)
+    bad_rank = tf.cumsum(1 - tf.cast(valid, tf.int32)) - 1
+    source = tf.where(valid, tf.range(size), tf.gather(good, bad_rank % num_valid))
+    return {k: (v if k in _PRIVATE else tf.nest.map_structure(lambda x: tf.gather(x, source), v))
+            for k, v in batch.items()}
+  # All good: no copy. None good: left as is; DataIterator stops the run.
+  return tf.cond(tf.logical_and(num_valid > 0, num_valid < size), fill, lambda: batch)
+
+
 def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpec, *,
                        process_index: int = 0, process_count: int = 1,
                        num_local_devices: int | None = None, seed: int | None = None,
                        start_step: int = 0) -> DataIterator:
   """Endless iterator of this host's training batches, shaped [local_devices, per_device, ...].
 
-  Shards are resolved and split before any graph is built, so a wrong path or
-  too few shards for the hosts fails immediately, naming the path.
+  The batch for step s is a pure function of (seed, process layout, shards, s)
+  (module docstring), so `make_train_dataset(..., start_step=s)` continues an
+  interrupted run exactly. Shards are resolved, split and indexed before any
+  graph is built, so a wrong path, a non-TFRecord file or too few shards for
+  the hosts fails immediately, naming the path.
   """
   limit_tf_op_threads(config.data.tf_intra_op_threads)
   if num_local_devices is None:
@@ -262,37 +489,40 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
                      f'not divisible by {num_local_devices} local devices')
   per_device = per_host // num_local_devices
   files = reader.split_for_process(reader.list_shards(shards), process_index, process_count)
+  index = reader.index_shards(files)
   modalities = config.data.broad_modalities
-  reader.check_features(files, flow='flow' in modalities, audio='audio' in modalities)
+  reader.check_features(index, flow='flow' in modalities, audio='audio' in modalities)
   seed = config.seed if seed is None else seed
   host_seed = seed + process_index
-  file_seed, record_seed = _seed_ints(host_seed, start_step, 1)
-  example_seed = tf.constant(_seed_ints(host_seed, start_step, 2), tf.int64)
+  shuffle_seed = tf.constant(_seed_ints(host_seed, 1), tf.int64)
+  example_seed = tf.constant(_seed_ints(host_seed, 2), tf.int64)
+  read, reasons = _record_reader(index)
+  monitor = _budget_monitor(config, index, 'training', reasons, _needed_features(modalities))
+  entry_of = _slot_to_entry(len(index), shuffle_seed)
+  example_fn = _make_train_example_fn(config, example_seed)
 
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
-  cycle = min(len(files), _MAX_CYCLE_LENGTH)
-  ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=_READ_BUFFER_BYTES),
-                     cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
-                     deterministic=True)
-  ds = ds.shuffle(config.data.shuffle_buffer, seed=record_seed, reshuffle_each_iteration=True)
-  ds = ds.repeat()
-  ds = ds.enumerate()
-  ds = ds.map(_make_train_example_fn(config, example_seed),
-              num_parallel_calls=_parallel(config), deterministic=True)
-  ds = _count_skipped(ds)
+  def example(slot):
+    entry = entry_of(slot)
+    return dict(example_fn(slot, read(entry)), **{_ENTRY: entry})
+
+  first_slot = start_step * per_host
+  ds = tf.data.Dataset.range(first_slot, _NEVER)
+  parallel = _parallel(config)
+  ds = ds.interleave(_example_or_placeholder(example, entry_of), block_length=1,
+                     cycle_length=_DEFAULT_PARALLELISM if parallel == tf.data.AUTOTUNE else parallel,
+                     num_parallel_calls=parallel, deterministic=True)
   ds = ds.batch(per_host, drop_remainder=True)
+  ds = ds.map(_fill_bad_rows)
 
   def to_devices(batch):
     def reshape(x):
       return tf.reshape(x, tf.concat([[num_local_devices, per_device], tf.shape(x)[1:]], 0))
-    out = tf.nest.map_structure(reshape, {k: v for k, v in batch.items()
-                                          if k not in (_SKIPPED, '_seen')})
-    out[_SKIPPED], out['_seen'] = batch[_SKIPPED], batch['_seen']
+    out = tf.nest.map_structure(reshape, {k: v for k, v in batch.items() if k not in _PRIVATE})
+    out.update({k: batch[k] for k in _PRIVATE})
     return out
   ds = ds.map(to_devices)
   ds = ds.prefetch(config.data.prefetch)
-  return DataIterator(_options(ds))
+  return DataIterator(_options(ds), monitor, first_slot=first_slot)
 
 
 # ---------------------------------------------------------------------------
@@ -372,33 +602,36 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpe
     raise ValueError(f"make_eval_dataset: mode must be 'train' or 'test', got {mode!r}")
   limit_tf_op_threads(config.data.tf_intra_op_threads)
   batch_size = batch_size or config.eval.batch_size
-  files = reader.list_shards(shards)
-  records = tf.data.TFRecordDataset(files, buffer_size=_READ_BUFFER_BYTES)
+  index = reader.index_shards(reader.list_shards(shards))
+  num_records = len(index)
+  read, reasons = _record_reader(index)
+  monitor = _budget_monitor(config, index, f'eval {mode}', reasons,
+                            _needed_features(['audio'] if include_audio else []))
   passes = config.eval.train_passes if mode == 'train' else 1
-
-  def total_records() -> int:
-    count = tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda c, _: c + 1)
-    return int(count) * passes
 
   if mode == 'train':
     seed = config.seed if seed is None else seed
     base_seed = tf.constant(_seed_ints(seed, 3), tf.int64)
-    ds = records.enumerate().repeat(passes).enumerate()
-    ds = ds.map(_make_eval_train_fn(config, base_seed, include_audio),
-                num_parallel_calls=_parallel(config), deterministic=True)
-    ds = _count_skipped(ds)
+    train_fn = _make_eval_train_fn(config, base_seed, include_audio)
+
+    def example(stream_index, entry):
+      return dict(train_fn(stream_index, (entry, read(entry))), **{_ENTRY: entry})
+    ds = tf.data.Dataset.range(num_records).repeat(passes).enumerate()
+    ds = ds.map(example, num_parallel_calls=_parallel(config), deterministic=True)
+    ds = ds.ignore_errors(log_warning=False)  # DataIterator warns, naming file and record.
   else:
-    ds = records.enumerate()
-    ds = ds.map(_make_eval_test_fn(config, include_audio),
-                num_parallel_calls=_parallel(config), deterministic=True)
-    ds = _count_skipped(ds)
+    test_fn = _make_eval_test_fn(config, include_audio)
     rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
 
-    def spread(element):
-      element = dict(element)
-      for k in (_SKIPPED, '_seen'):
-        element[k] = tf.fill([rows], element[k])
-      return element
-    ds = ds.map(spread).unbatch()
+    def example(entry):
+      out = dict(test_fn(entry, read(entry)))
+      out[_INDEX] = tf.fill([rows], entry)
+      out[_ENTRY] = tf.fill([rows], entry)
+      return out
+    ds = tf.data.Dataset.range(num_records)
+    ds = ds.map(example, num_parallel_calls=_parallel(config), deterministic=True)
+    ds = ds.ignore_errors(log_warning=False)
+    ds = ds.unbatch()
   ds = ds.batch(batch_size).prefetch(2)
-  return DataIterator(_options(ds), total_records=total_records)
+  return DataIterator(_options(ds), monitor, total_slots=num_records * passes,
+                      entry_of_slot=lambda slot: slot % num_records)

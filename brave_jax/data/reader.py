@@ -6,16 +6,27 @@ pod on an empty dataset.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
+import logging
 import os
+import re
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from brave_jax import errors
 from brave_jax.data import dmvr_format
+from brave_jax.data import tfrecord
 
 ShardSpec = str | Sequence[str]
+
+# `prefix-00003-of-00016` (dmvr_format.shard_name): the only names taken from a directory that
+# holds any; other files there (dataset.json, *_summary.json, notes) are never read as shards.
+_SHARD_NAME = re.compile(r'^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})$')
+# Never shards, even when a glob matches them: temporaries, summaries, hidden files.
+_NOT_SHARD_SUFFIXES = ('.tmp', '.json', '.txt', '.csv', '.md', '.log', '.png', '.py')
 
 
 class ShardError(errors.RunError, ValueError):
@@ -24,30 +35,81 @@ class ShardError(errors.RunError, ValueError):
   A RunError: its message names the shards, so the CLIs print it as one line."""
 
 
+class BadDataError(ValueError):
+  """More records failed than config.data's bad-data budget allows; names the shards."""
+
+
+def _is_shard_candidate(path: str) -> bool:
+  name = os.path.basename(path)
+  return not name.startswith('.') and not name.lower().endswith(_NOT_SHARD_SUFFIXES)
+
+
 def _expand_one(spec: str) -> list[str]:
-  spec = os.path.expanduser(spec.strip())
+  spec = spec.strip()
+  spec = spec if tfrecord.is_remote(spec) else os.path.expanduser(spec)
   if not spec:
     return []
-  if os.path.isdir(spec):
-    files = [os.path.join(spec, f) for f in os.listdir(spec)]
-    files = [f for f in files if os.path.isfile(f) and not f.endswith('.tmp')]
+  if tf.io.gfile.isdir(spec):
+    files = [os.path.join(spec, f.rstrip('/')) for f in tf.io.gfile.listdir(spec)]
+    files = [f for f in files if _is_shard_candidate(f) and not tf.io.gfile.isdir(f)]
+    named = [f for f in files if _SHARD_NAME.match(os.path.basename(f))]
+    prefixes = sorted({_SHARD_NAME.match(os.path.basename(f))['prefix'] for f in named})
+    if len(prefixes) > 1:
+      raise ShardError(f'shard directory {spec!r} holds shards of several prefixes {prefixes}; '
+                       f'name one set with a glob, e.g. {os.path.join(spec, prefixes[0])}-*')
+    files = named or files
     if not files:
-      raise ShardError(f'shard directory {spec!r} holds no files; write shards there '
+      raise ShardError(f'shard directory {spec!r} holds no shard files; write shards there '
                        '(brave_jax.data.dmvr_format.write_shards) or point at another directory')
     return files
   if glob.has_magic(spec):
-    files = [f for f in glob.glob(spec) if os.path.isfile(f)]
+    matches = [f for f in tf.io.gfile.glob(spec) if not tf.io.gfile.isdir(f)]
+    files = [f for f in matches if _is_shard_candidate(f)]
     if not files:
-      raise ShardError(f'shard pattern {spec!r} matches no files; check the path and pattern')
+      ignored = f' (ignored as non-shards: {sorted(matches)[:3]})' if matches else ''
+      raise ShardError(f'shard pattern {spec!r} matches no shard files{ignored}; check the path '
+                       'and pattern')
     return files
-  if not os.path.isfile(spec):
+  if not tf.io.gfile.exists(spec):
     raise ShardError(f'shard file {spec!r} does not exist; check the path '
                      '(a glob, a directory or a comma-separated list is also accepted)')
   return [spec]
 
 
+def _check_one_set_per_prefix(files: Sequence[str]) -> None:
+  """Refuses `p-*-of-00001` beside `p-*-of-00004`: a stale set would be read twice over.
+
+  (The converter removes the old set itself once a new one is complete; this
+  catches sets copied together by hand or a conversion killed in between.)
+  """
+  totals: dict[tuple[str, str], dict[str, list[str]]] = {}
+  for f in files:
+    m = _SHARD_NAME.match(os.path.basename(f))
+    if m:
+      key = (os.path.dirname(f), m['prefix'])
+      totals.setdefault(key, {}).setdefault(m['total'], []).append(f)
+  for (folder, prefix), sets in totals.items():
+    if len(sets) > 1:
+      def newest(paths: list[str]) -> float:
+        return max(tf.io.gfile.stat(p).mtime_nsec for p in paths)
+      by_age = sorted(sets, key=lambda total: newest(sets[total]))
+      desc = ', '.join(f'{len(sets[t])} file(s) -of-{t}' for t in by_age)
+      raise ShardError(
+          f'{folder!r} holds {len(sets)} shard sets of prefix {prefix!r}: {desc} (oldest first). '
+          'Reading both would see each video twice; a reconversion with another --num_shards '
+          f'probably left the old set. Delete it: rm {os.path.join(folder, prefix)}-*-of-{by_age[0]}')
+    (total, members), = sets.items()
+    if len(members) < int(total):
+      logging.warning('%s: %d of %d shards of %r are listed', folder, len(members), int(total),
+                      prefix)
+
+
 def list_shards(shards: ShardSpec) -> list[str]:
-  """Resolves a list, glob, comma list or directory to a sorted, de-duplicated list of files."""
+  """Resolves a list, glob, comma list or directory to a sorted, de-duplicated list of files.
+
+  Directories yield only `prefix-NNNNN-of-NNNNN` files when they hold any;
+  globs and directories never yield hidden, temporary (.tmp) or JSON/text files.
+  """
   specs = [s for s in shards.split(',')] if isinstance(shards, str) else list(shards)
   files: set[str] = set()
   for spec in specs:
@@ -55,11 +117,80 @@ def list_shards(shards: ShardSpec) -> list[str]:
   if not files:
     raise ShardError(f'no shards given ({shards!r}); set config.data.train_shards / test_shards '
                      'to a glob, a directory or a comma-separated list of TFRecord files')
-  empty = sorted(f for f in files if os.path.getsize(f) == 0)
+  empty = sorted(f for f in files if tfrecord.file_size(f) == 0)
   if empty:
     raise ShardError(f'shard file {empty[0]!r} is empty ({len(empty)} empty shard(s)); '
                      'rewrite it or remove it from the shard list')
+  _check_one_set_per_prefix(sorted(files))
   return sorted(files)
+
+
+@dataclasses.dataclass
+class ShardIndex:
+  """Every readable record of a list of shards, in shard order: where it is and how long."""
+  files: list[str]
+  file_id: np.ndarray  # int32 [N]: position in `files`.
+  record: np.ndarray  # int64 [N]: position of the record within its file.
+  offset: np.ndarray  # int64 [N]: byte offset of the record's header.
+  length: np.ndarray  # int64 [N]: data bytes.
+  damage: list[tfrecord.Damage]  # Unreadable stretches found while indexing.
+
+  def __len__(self) -> int:
+    return int(self.file_id.size)
+
+  @property
+  def lost_records(self) -> int:
+    """Records lost to damage found while indexing (estimated within a damaged span)."""
+    return sum(d.lost for d in self.damage)
+
+  def describe(self, i: int) -> str:
+    """'record 7 of /path/train-00001-of-00004' for index entry i."""
+    return f'record {int(self.record[i])} of {self.files[int(self.file_id[i])]}'
+
+  def reader(self) -> tfrecord.RandomAccessReader:
+    return tfrecord.RandomAccessReader(self.files)
+
+  def read(self, reader: tfrecord.RandomAccessReader, i: int) -> bytes:
+    return reader.read(int(self.file_id[i]), int(self.offset[i]), int(self.length[i]),
+                       int(self.record[i]))
+
+
+def index_shards(files: Sequence[str]) -> ShardIndex:
+  """Indexes the records of `files` (headers only); logs damage, refuses non-TFRecord files."""
+  try:
+    per_file = tfrecord.index_files(files)
+  except tfrecord.RecordError as e:
+    raise ShardError(str(e)) from e
+  damage = [d for f in per_file for d in f.damage]
+  for d in damage[:20]:
+    logging.warning('unreadable shard data (skipped): %s', d.describe())
+  if len(damage) > 20:
+    logging.warning('... and %d more damaged stretches', len(damage) - 20)
+  counts = [f.offsets.size for f in per_file]
+  index = ShardIndex(
+      files=list(files),
+      file_id=np.repeat(np.arange(len(files), dtype=np.int32), counts),
+      record=np.concatenate([np.arange(c, dtype=np.int64) for c in counts] or [np.zeros(0, np.int64)]),
+      offset=np.concatenate([f.offsets for f in per_file] or [np.zeros(0, np.int64)]),
+      length=np.concatenate([f.lengths for f in per_file] or [np.zeros(0, np.int64)]),
+      damage=damage)
+  # Record positions count the records lost before them, so messages match the file.
+  for fid, f in enumerate(per_file):
+    if f.damage:
+      positions = _positions_with_damage(f)
+      index.record[index.file_id == fid] = positions
+  if not len(index):
+    raise ShardError(f'no readable record in {len(files)} shard(s) (first: {files[0]!r}); '
+                     + '; '.join(d.describe() for d in damage[:3]))
+  return index
+
+
+def _positions_with_damage(f: tfrecord.FileIndex) -> np.ndarray:
+  """Each readable record's position in its file, counting the records lost before it."""
+  shift = np.zeros(f.offsets.size, np.int64)
+  for d in f.damage:
+    shift[f.offsets >= d.end] += d.lost
+  return np.arange(f.offsets.size, dtype=np.int64) + shift
 
 
 def split_for_process(files: Sequence[str], process_index: int, process_count: int) -> list[str]:
@@ -103,7 +234,7 @@ def parse_example(serialized: tf.Tensor, *, video: bool = True, flow: bool = Fal
   return out
 
 
-def check_features(files: Sequence[str], *, flow: bool = False, audio: bool = False,
+def check_features(index: ShardIndex, *, flow: bool = False, audio: bool = False,
                    sample: int = 4) -> None:
   """Fails before training when sampled shards lack a feature the config needs.
 
@@ -116,15 +247,19 @@ def check_features(files: Sequence[str], *, flow: bool = False, audio: bool = Fa
   if not needed:
     return
   checked = []
-  for path in list(files)[:sample]:
-    for record in tf.data.TFRecordDataset(path).take(1):
+  reader = index.reader()
+  try:
+    for fid in np.unique(index.file_id)[:sample]:
+      first = int(np.argmax(index.file_id == fid))
       try:
-        example = tf.train.SequenceExample.FromString(record.numpy())
+        example = tf.train.SequenceExample.FromString(index.read(reader, first))
       except Exception:  # pylint: disable=broad-except
         continue  # A corrupt record proves nothing; the pipeline skips and counts it.
       if all(example.feature_lists.feature_list[key].feature for key in needed.values()):
         return
-      checked.append(path)
+      checked.append(index.files[int(fid)])
+  finally:
+    reader.close()
   if checked:
     missing = ', '.join(f'{name} ({key})' for name, key in needed.items())
     raise ShardError(

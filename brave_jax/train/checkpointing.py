@@ -1,9 +1,11 @@
 """Training checkpoints on disk (Orbax): atomic, last K kept, restored automatically.
 
 A checkpoint holds the unreplicated `TrainState` (step, params, state,
-opt_state, rng) and a small JSON `meta` with the data position. The data
-iterator is a pure function of (seed, step), so the step is all a resumed run
-needs to continue the exact batch sequence.
+opt_state, rng) and a small JSON `meta` with the data position. The training
+data iterator is a pure function of (seed, process layout, shards, step)
+(data/pipeline.py), so the step is all a resumed run needs to continue the
+exact batch sequence; it is exact as long as the shards and the process
+layout are the same as when the checkpoint was written.
 
 Every process calls `save` and `restore` (multi-host: with the same host copy,
 since the replicas are identical); Orbax synchronises the processes through

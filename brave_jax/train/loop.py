@@ -1,10 +1,18 @@
 """The training loop: init or resume, pmapped steps fed 2 batches ahead, checkpoints, metrics.
 
 Determinism contract: the data iterator is rebuilt from the step it starts at
-(`make_batch_iterator(start_step)`), and a step's randomness is
-`fold_in(rng, step)`, so stopping at a checkpoint and resuming reproduces the
-uninterrupted run bit for bit. Resuming needs no flag: an existing checkpoint
-in `workdir/checkpoints` is picked up.
+(`make_batch_iterator(start_step)`) and must yield the batch of each step as a
+pure function of the step; a step's randomness is `fold_in(rng, step)`. The
+project's pipeline over TFRecord shards (data/pipeline.py) keeps that promise
+for the same shards, process layout and config, so on CPU a run stopped or
+killed at any moment and resumed from its last checkpoint ends with
+parameters equal to an uninterrupted run's (tests/test_resume_data.py, with a
+real kill -9). What this does not cover: accelerators whose XLA kernels are
+not deterministic (GPU reductions and scatters, unless XLA is told to use
+deterministic ops) reproduce the data exactly but the parameters only to
+rounding, and an iterator from another source (e.g. TFDS) is exact only if
+it, too, is a pure function of the step. Resuming needs no flag: an existing
+checkpoint in `workdir/checkpoints` is picked up.
 
 Multi-host: every process runs `train` with its own iterator over its own
 shards; the pmapped step spans all processes' devices (train/step.py), so
@@ -234,7 +242,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """Trains to training.num_steps (or stop_at_step), resuming from workdir; returns the state.
 
   make_batch_iterator(start_step) must yield batches [local_devices, per_device, ...]
-  for steps start_step, start_step + 1, ... as a pure function of (seed, step).
+  for steps start_step, start_step + 1, ... as a pure function of (seed, step), as
+  data.pipeline.make_train_dataset does; resumed runs then match uninterrupted ones.
   stop_at_step ends early with a checkpoint, as a preemption would (schedule unchanged).
   Raises errors.WorkdirMismatchError, before writing anything, when workdir holds
   checkpoints of another config; errors.DiskFullError / CheckpointSaveError /

@@ -1,0 +1,69 @@
+"""One training process for tests/test_resume_data.py (started, and killed, by the test).
+
+Runs brave_jax's own training path (main.make_batch_iterator_fn: the real
+shard index, order, decoding and augmentation; train.loop.train with its
+checkpoints) and records, per step, a digest of the batch it was fed, and at
+the end digests of the final parameters. --model=double swaps the BraVe model
+for the test double (same loop, seconds to compile) so the kill test fits the
+suite's time; --model=brave runs the real :tiny model.
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from brave_jax import main as brave_main
+from brave_jax.train import loop
+from brave_jax.train import step as step_lib
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_test_double  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_MODEL = flags.DEFINE_enum('model', 'double', ['double', 'brave'], 'Model to train.')
+_STEP_DELAY = flags.DEFINE_float('step_delay', 0.0, 'Seconds to wait before feeding each batch '
+                                 '(widens the window for a kill; does not change the data).')
+
+
+def tree_digest(tree) -> str:
+  """sha256 over every leaf's path, dtype, shape and bytes: equal digests = identical trees."""
+  h = hashlib.sha256()
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    x = np.ascontiguousarray(np.asarray(x))
+    h.update(f'{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}'.encode())
+    h.update(x.tobytes())
+  return h.hexdigest()
+
+
+def main(argv):
+  del argv
+  config = brave_main._CONFIG.value  # pylint: disable=protected-access
+  workdir = brave_main._WORKDIR.value  # pylint: disable=protected-access
+  make = brave_main.make_batch_iterator_fn(config)
+  log_path = os.path.join(workdir, 'batches.jsonl')
+  os.makedirs(workdir, exist_ok=True)
+
+  def recording(start_step):
+    for step, batch in enumerate(make(start_step), start_step):
+      time.sleep(_STEP_DELAY.value)
+      with open(log_path, 'a') as f:
+        f.write(json.dumps({'step': step, 'batch': tree_digest(batch)}) + '\n')
+      yield batch
+
+  model = None
+  if _MODEL.value == 'double':
+    model = train_test_double.build_test_double_model('i')
+  host = step_lib.unreplicate(loop.train(config, workdir, recording, model=model))
+  with open(os.path.join(workdir, 'final.json'), 'w') as f:
+    json.dump({'step': int(host.step), 'params': tree_digest(host.params),
+               'state': tree_digest(host.state), 'opt_state': tree_digest(host.opt_state)}, f)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
