@@ -398,8 +398,7 @@ def corrupt_input_cases(sets: dict[str, tuple[str, str]], root: str, env: dict[s
     shutil.rmtree(workdir, ignore_errors=True)
     args = [f'--config={TINY}', f'--workdir={workdir}', f'--config.data.train_shards={folder}',
             '--config.training.num_steps=8', '--config.training.batch_size=4',
-            '--config.training.checkpoint_every=4', '--config.training.log_every=1',
-            '--config.data.shuffle_buffer=4']
+            '--config.training.checkpoint_every=4', '--config.training.log_every=1']
     run = run_main(args, os.path.join(root, f'corrupt_{i}.log'), env, timeout_s)
     lost = intact_problems(workdir)
     skipped = 0
@@ -473,6 +472,8 @@ INVALID_CONFIGS = (
     (('--config.optimizer.name=sgd',), 'config.optimizer.name'),
     (('--config.data.augment.rc_kernel_sizes=(2,)',), 'config.data.augment.rc_kernel_sizes'),
     (('--config.data.tf_intra_op_threads=-1',), 'config.data.tf_intra_op_threads'),
+    (('--config.data.max_bad_record_fraction=1.5',), 'config.data.max_bad_record_fraction'),
+    (('--config.data.max_consecutive_bad_records=-1',), 'config.data.max_consecutive_bad_records'),
     (('--config.training.batch_size=0',), 'config.training.batch_size'),
     (('--config.training.num_steps=0',), 'config.training.num_steps'),
     (('--config.training.log_every=0',), 'config.training.log_every'),

@@ -145,7 +145,7 @@ def test_killed_process_stops_the_other_within_the_heartbeat_bound(tmp_path):
            '--config=' + conftest.config_path('brave_rgb_audio', 'tiny'), f'--workdir={workdir}',
            f'--config.data.train_shards={shards}', '--config.training.batch_size=4',
            '--config.training.log_every=1', '--config.training.num_steps=400',
-           '--config.data.shuffle_buffer=4', f'--coordinator_address=127.0.0.1:{port}',
+           f'--coordinator_address=127.0.0.1:{port}',
            '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo',
            f'--heartbeat_timeout_s={heartbeat_s}']
     procs.append(subprocess.Popen(cmd, stdout=open(logs[i], 'w'), stderr=subprocess.STDOUT,

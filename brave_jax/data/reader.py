@@ -35,8 +35,10 @@ class ShardError(errors.RunError, ValueError):
   A RunError: its message names the shards, so the CLIs print it as one line."""
 
 
-class BadDataError(ValueError):
-  """More records failed than config.data's bad-data budget allows; names the shards."""
+class BadDataError(errors.RunError, ValueError):
+  """More records failed than config.data's bad-data budget allows; names the shards.
+
+  A RunError: the CLIs print it as one line."""
 
 
 def _is_shard_candidate(path: str) -> bool:

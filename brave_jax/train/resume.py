@@ -8,7 +8,8 @@ on the way: it is refused up front, naming every field that differs.
 What may change on resume (RESUMABLE_FIELDS): how long to train and how often
 to log, plot and checkpoint; linear-evaluation settings (they act after
 training); where the shards live (a moved copy of the same data); input-pipeline
-parallelism; and rematerialisation (memory only, same parameters). Changing
+parallelism and the bad-data budget; and rematerialisation (memory only, same
+parameters). Changing
 training.num_steps re-draws the cosine schedule over the new length from the
 resumed step on. Everything else must match the workdir's config.json.
 
@@ -40,6 +41,8 @@ RESUMABLE_FIELDS = (
     'data.num_parallel_calls',
     'data.prefetch',
     'data.tf_intra_op_threads',
+    'data.max_bad_record_fraction',
+    'data.max_consecutive_bad_records',
     'model.remat',
 )
 
