@@ -12,6 +12,8 @@ from typing import Sequence
 
 import ml_collections
 
+from brave_jax import errors
+
 BROAD_MODALITIES = ('video', 'rc', 'flow', 'audio')
 """Broad-view modalities; each gets its own backbone.
 
@@ -30,8 +32,8 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 FINETUNE_OPTIMIZERS = ('sgd', 'adamw')
 
 
-class ConfigError(ValueError):
-  """A config field holds a value the run cannot use."""
+class ConfigError(errors.UsageError):
+  """A config field holds a value the run cannot use (a ValueError; the CLIs print it as one line)."""
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -26,6 +26,9 @@ audio split). Any config field can be set as in training:
 --config.finetune.num_steps=600, --config.eval.num_temporal_crops=4.
 Defaults follow the published protocol (config.eval, config.finetune,
 config.audio_eval, config.knn_monitor).
+
+Bad flags or config (missing file, a workdir that is a file or has no
+config.json, a bad field) print one line, `error: ...`, and exit with status 2.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from brave_jax import config_base
+from brave_jax import errors
 from brave_jax.eval.backbone import config_from_json  # pylint: disable=unused-import  # Public API.
 
 PROTOCOLS = ('linear', 'finetune', 'audio', 'knn')
@@ -55,8 +59,7 @@ _EVAL_FLAGS = {
 }
 
 
-class UsageError(ValueError):
-  """The flags do not describe one evaluation."""
+UsageError = errors.UsageError  # The flags do not describe one evaluation.
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -165,7 +168,10 @@ def _apply_flags(config: ml_collections.ConfigDict,
 def load_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   """--config, else <workdir>/config.json, else the published defaults (base config)."""
   if args.config:
-    config = config_base.load(args.config)
+    try:
+      config = config_base.load(args.config)
+    except (FileNotFoundError, errors.RunError) as error:
+      raise UsageError(f'--config={args.config}: {error}') from error
   elif args.workdir:
     config = config_from_json(os.path.join(args.workdir, 'config.json'))
   else:
@@ -297,7 +303,21 @@ def run_knn(config, args, output_dir) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The CLI: a RunError (bad flag, config, workdir) is printed as one line, exit status 2 or 1."""
   args = parse_args(argv)
+
+  def run() -> int:
+    try:
+      return _main(args)
+    except FileNotFoundError as error:  # A path flag that points nowhere: its message names it.
+      raise UsageError(str(error)) from error
+  return errors.run_cli(run)
+
+
+def _main(args: argparse.Namespace) -> int:
+  from brave_jax.train import resume  # pylint: disable=g-import-not-at-top
+  if args.workdir:
+    resume.check_is_directory(args.workdir)
   _check_model_flags(args)
   output_dir = _output_dir(args)
   config = load_config(args)

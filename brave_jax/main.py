@@ -7,8 +7,14 @@ workdir resumes from its latest checkpoint.
 Multi-host: every process runs this same command plus --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I (on a multi-host TPU slice these are found automatically);
 add --cpu_collectives=gloo for CPU processes. See train/distributed.py.
+
+A config problem (missing file, unknown field, bad value) is printed as one line,
+`error: ...`, with exit status 2, before anything starts; a run stopped by a
+fault (full disk, failed checkpoint save, lost process, another config's
+workdir) prints one line saying how to go on, with exit status 1.
 """
 import os
+import traceback
 from typing import Iterator
 
 from absl import app
@@ -17,6 +23,10 @@ from absl import logging
 import jax
 import ml_collections
 from ml_collections import config_flags
+
+from brave_jax import cli
+from brave_jax import config_base
+from brave_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]',
                                           lock_config=True)
@@ -29,6 +39,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num
 _CPU_COLLECTIVES = flags.DEFINE_enum('cpu_collectives', None, ['gloo', 'mpi'],
                                      'Cross-process collectives for CPU devices (or env '
                                      'BRAVE_CPU_COLLECTIVES).')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', None, 'Multi-host: seconds without a heartbeat after which a process '
+    'counts as dead and the others stop (default train/distributed.py DEFAULT_HEARTBEAT_TIMEOUT_S).')
 
 
 def default_workdir(config_spec: str) -> str:
@@ -65,6 +78,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from workdir), then evaluates if the config asks; returns the TrainState."""
   from brave_jax.eval import knn  # pylint: disable=g-import-not-at-top
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config_base.validate(config, jax.process_count(), jax.local_device_count())
+  loop.check_workdir(config, workdir)  # Before the (maybe minutes-long) synthetic data generation.
   train_state = loop.train(config, workdir, make_batch_iterator_fn(config),
                            hooks=knn.monitor_hooks(config, workdir))
   if config.eval.run_after_training:
@@ -77,12 +92,22 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Progress and results are printed; INFO is noise.
   from brave_jax.train import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         _CPU_COLLECTIVES.value)  # Before anything touches a device.
-  config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
-  run(_CONFIG.value, _WORKDIR.value or default_workdir(config_spec))
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           _CPU_COLLECTIVES.value,
+                           heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)  # Before any device use.
+    config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
+    run(_CONFIG.value, _WORKDIR.value or default_workdir(config_spec))
+  except errors.RunError as error:
+    errors.print_error(error)
+    distributed.exit_now_if_multiprocess(error.exit_code)
+    raise SystemExit(error.exit_code) from None
+  except Exception:  # A bug: keep its traceback, but don't wait at the shutdown barrier either.
+    if distributed.is_multiprocess():
+      traceback.print_exc()
+      distributed.exit_now_if_multiprocess(errors.EXIT_RUN_ERROR)
+    raise
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=cli.config_flags_parser(_CONFIG))

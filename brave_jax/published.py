@@ -12,6 +12,7 @@ with `jax.eval_shape`, and every path and shape must match.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import re
@@ -24,6 +25,8 @@ import ml_collections
 import numpy as np
 
 from brave_jax import config_base
+from brave_jax import errors
+from brave_jax import files
 from brave_jax.models import brave
 from brave_jax.models import tsm_resnet
 
@@ -31,8 +34,8 @@ IGNORED_ROOTS = ('shared_project_1',)  # In published checkpoints, never used by
 REQUIRED_KEYS = ('params', 'state', 'config')
 
 
-class PublishedCheckpointError(ValueError):
-  """A checkpoint file does not hold a model brave_jax can rebuild."""
+class PublishedCheckpointError(errors.RunError, ValueError):
+  """A checkpoint file does not hold a model brave_jax can rebuild (printed as one line by CLIs)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +299,6 @@ def save(path: str, params: hk.Params, state: hk.State, config: Mapping[str, Any
   payload = {'params': to_numpy(params), 'state': to_numpy(state), 'config': dict(config)}
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  with open(path, 'wb') as f:  # np.save(path) would append '.npy' to other names.
-    np.save(f, np.array(payload, dtype=object), allow_pickle=True)
-  return path
+  buffer = io.BytesIO()  # np.save(path) would append '.npy' to other names.
+  np.save(buffer, np.array(payload, dtype=object), allow_pickle=True)
+  return files.write_atomic(path, buffer.getvalue())

@@ -91,13 +91,51 @@ def test_cli_refits_saved_embeddings(tmp_path):
   assert os.path.isfile(out / 'confusion.png')
 
 
-def test_cli_refuses_two_model_sources_and_bad_c(tmp_path):
-  with pytest.raises(evaluate.UsageError, match='exactly one'):
-    evaluate.main(['--workdir=w', '--checkpoint=c.npy', f'--output_dir={tmp_path}'])
-  with pytest.raises(evaluate.UsageError, match='--svm_c'):
-    evaluate.main(['--checkpoint=c.npy', '--svm_c=big', f'--output_dir={tmp_path}'])
-  with pytest.raises(config_base.ConfigError, match='eval.svm_c'):
-    evaluate.main(['--checkpoint=c.npy', '--svm_c=-1', f'--output_dir={tmp_path}'])
+def test_test_labels_missing_from_train_are_named(config, tmp_path, capsys):
+  """A test class the SVM never saw is scored as misses, and said so (stderr + eval.json)."""
+  rng = np.random.default_rng(0)
+  def split(labels, crops):
+    labels = np.repeat(np.asarray(labels), crops)
+    return {'feats': (labels[:, None] * 3 + rng.normal(size=(len(labels), 4))).astype(np.float32),
+            'labels': labels, 'video_index': np.repeat(np.arange(len(labels) // crops), crops)}
+  splits = {'train': split([0, 1] * 10, 1), 'test': split([0, 1, 2, 2, 0, 1], 2)}
+  record = linear.fit_and_report(config, splits, str(tmp_path), class_names=['a', 'b', 'c'])
+  err = capsys.readouterr().err
+  assert "warning: test label(s) 2 ('c') never occur in the train split; their 2 test video(s) " \
+         'are scored as misses' in err
+  assert record['data']['test_labels_missing_from_train'] == {'2': 2}
+  assert json.load(open(tmp_path / 'eval.json'))['data']['test_labels_missing_from_train'] == {'2': 2}
+  assert record['test']['top1'] == pytest.approx(4 / 6)  # The two 'c' videos count as misses.
+
+
+def _cli_error(capsys, argv) -> str:
+  """evaluate.main(argv) must exit 2 with one `error: ...` line and no traceback; returns it."""
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(argv)
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert 'Traceback' not in err and len(err.strip().splitlines()) == 1, err
+  assert err.startswith('error: ')
+  return err
+
+
+def test_cli_refuses_two_model_sources_and_bad_c(tmp_path, capsys):
+  assert 'exactly one' in _cli_error(
+      capsys, ['--workdir=w', '--checkpoint=c.npy', f'--output_dir={tmp_path}'])
+  assert '--svm_c' in _cli_error(
+      capsys, ['--checkpoint=c.npy', '--svm_c=big', f'--output_dir={tmp_path}'])
+  assert 'eval.svm_c' in _cli_error(
+      capsys, ['--checkpoint=c.npy', '--svm_c=-1', f'--output_dir={tmp_path}'])
+
+
+def test_cli_config_and_workdir_errors_are_one_line(tmp_path, capsys):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  assert 'is a file, not a directory' in _cli_error(capsys, [f'--workdir={a_file}'])
+  assert 'config.json not found' in _cli_error(capsys, [f'--workdir={tmp_path}'])
+  assert "--config=nope.py: config file 'nope.py' not found" in _cli_error(
+      capsys, ['--config=nope.py', '--checkpoint=c.npy', f'--output_dir={tmp_path}'])
+  assert 'c.npy' in _cli_error(capsys, ['--checkpoint=c.npy', f'--output_dir={tmp_path}'])
 
 
 def test_config_json_round_trip(config, tmp_path):

@@ -6,9 +6,11 @@ parent) and talks to the others through a coordinator on 127.0.0.1.
 import glob
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -127,6 +129,49 @@ def test_two_processes_train_resume_and_agree(tmp_path):
   resumed = [t for t in logs_text if 'Resumed from' in t]
   assert len(resumed) == 2 and all('at step 2' in t for t in resumed)
   assert sum('step 4/4' in t for t in logs_text) == 1  # Only process 0 prints progress.
+
+
+def test_killed_process_stops_the_other_within_the_heartbeat_bound(tmp_path):
+  """kill -9 of process 1 mid-training: process 0 exits non-zero with one clear line, at once
+  (its next collective fails) and in any case within --heartbeat_timeout_s."""
+  heartbeat_s = 10
+  shards, workdir = tmp_path / 'shards', tmp_path / 'work'
+  _write_tiny_shards(shards)
+  port = _free_port()
+  procs, logs = [], []
+  for i in range(2):
+    logs.append(tmp_path / f'p{i}.log')
+    cmd = [sys.executable, '-m', 'brave_jax.main',
+           '--config=' + conftest.config_path('brave_rgb_audio', 'tiny'), f'--workdir={workdir}',
+           f'--config.data.train_shards={shards}', '--config.training.batch_size=4',
+           '--config.training.log_every=1', '--config.training.num_steps=400',
+           f'--coordinator_address=127.0.0.1:{port}',
+           '--num_processes=2', f'--process_id={i}', '--cpu_collectives=gloo',
+           f'--heartbeat_timeout_s={heartbeat_s}']
+    procs.append(subprocess.Popen(cmd, stdout=open(logs[i], 'w'), stderr=subprocess.STDOUT,
+                                  env=_child_env(1, tmp_path / 'jax_cache'),
+                                  cwd=conftest.REPO_ROOT))
+  try:
+    deadline = time.time() + TIMEOUT_S
+    while 'step 3/400' not in logs[0].read_text():
+      assert time.time() < deadline and procs[0].poll() is None, logs[0].read_text()[-3000:]
+      time.sleep(0.2)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    killed_at = time.time()
+    code = procs[0].wait(timeout=heartbeat_s + 60)
+    took_s = time.time() - killed_at
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  text = logs[0].read_text()
+  errors_printed = [l for l in text.splitlines() if l.startswith('error: ')]
+  assert code == 1 and took_s < heartbeat_s, (code, took_s, text[-3000:])
+  assert len(errors_printed) == 1 and errors_printed[0].startswith(
+      'error: process 0 of 2 lost contact with another process of this run after step '), text[-3000:]
+  assert 'Rerun the same command on every process to ' in errors_printed[0]
+  assert 'Traceback' not in text
 
 
 def test_same_step_on_any_process_and_device_layout(tmp_path):

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from brave_jax import errors
 from brave_jax.data import dmvr_format
 from brave_jax.data import tfrecord
 
@@ -28,12 +29,16 @@ _SHARD_NAME = re.compile(r'^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})$
 _NOT_SHARD_SUFFIXES = ('.tmp', '.json', '.txt', '.csv', '.md', '.log', '.png', '.py')
 
 
-class ShardError(ValueError):
-  """The shard specification names nothing readable, or cannot be split over hosts."""
+class ShardError(errors.RunError, ValueError):
+  """The shard specification names nothing readable, or cannot be split over hosts.
+
+  A RunError: its message names the shards, so the CLIs print it as one line."""
 
 
-class BadDataError(ValueError):
-  """More records failed than config.data's bad-data budget allows; names the shards."""
+class BadDataError(errors.RunError, ValueError):
+  """More records failed than config.data's bad-data budget allows; names the shards.
+
+  A RunError: the CLIs print it as one line."""
 
 
 def _is_shard_candidate(path: str) -> bool:

@@ -88,11 +88,16 @@ def _merge_json(base: ml_collections.ConfigDict, values: Mapping[str, Any]) -> N
 
 def config_from_json(path: str) -> ml_collections.ConfigDict:
   """The resolved config a training run wrote (config.json), on top of today's schema defaults."""
+  from brave_jax import errors  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: --workdir must be a training workdir (main.py '
+    raise errors.UsageError(f'{path} not found: --workdir must be a training workdir (main.py '
                             'writes config.json there), or pass --config=configs/<file>.py[:variant]')
-  with open(path) as f:
-    values = json.load(f)
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except ValueError as error:
+    raise errors.UsageError(f'{path} is not valid JSON ({error}); pass '
+                            '--config=configs/<file>.py[:variant] instead') from error
   config = config_base.base_config()
   _merge_json(config, values)
   return config

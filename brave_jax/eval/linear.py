@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
@@ -57,11 +58,21 @@ def fit_and_report(config: ml_collections.ConfigDict,
   """Fits the SVM on train clips, scores test videos; writes eval{suffix}.json, confusion{suffix}.png."""
   train, test = splits['train'], splits['test']
   svm_c = config.eval.svm_c if svm_c is None else svm_c
+  missing = svm.labels_missing_from_train(train['labels'], test['labels'], test['video_index'])
+  if missing:
+    named = ', '.join(f'{k} ({class_names[k]!r})' if class_names and k < len(class_names) else str(k)
+                      for k in missing)
+    print(f'warning: test label(s) {named} never occur in the train split; their '
+          f'{sum(missing.values())} test video(s) are scored as misses. Convert both splits with '
+          'the same class list (--classes_file) if that is not intended.', file=sys.stderr,
+          flush=True)
   result = svm.evaluate_linear(
       train['feats'], train['labels'], test['feats'], test['labels'], test['video_index'], svm_c,
       train_video_index=train['video_index'],
       num_classes=len(class_names) if class_names else None)
   data = dict(data or {})
+  if missing:
+    data['test_labels_missing_from_train'] = {str(k): n for k, n in missing.items()}
   data.setdefault('num_train_videos', int(len(np.unique(train['video_index']))))
   data.setdefault('num_test_videos', int(len(np.unique(test['video_index']))))
   record = report.eval_record(result, config=config, checkpoint_step=checkpoint_step, data=data,

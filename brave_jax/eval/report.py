@@ -5,12 +5,14 @@ from eval.json alone, and so the protocol code never imports matplotlib.
 """
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from brave_jax import files
 
 
 def _plain(value: Any) -> Any:
@@ -69,12 +71,7 @@ def eval_record(linear_result: Mapping[str, Any], *, config: Any = None,
 def write_json(path: str, record: Mapping[str, Any]) -> str:
   """Writes JSON atomically (tmp + rename), so a reader never sees half a file."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_plain(record), f, indent=2)
-    f.write('\n')
-  os.replace(tmp, path)
-  return path
+  return files.write_json(path, _plain(record))
 
 
 def plot_confusion(path: str, confusion_KxK: Sequence[Sequence[int]],
@@ -110,9 +107,10 @@ def plot_confusion(path: str, confusion_KxK: Sequence[Sequence[int]],
   ax.set_title(title or 'test confusion (rows normalised)')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=100)
   plt.close(fig)
-  return path
+  return files.write_atomic(path, png.getvalue())
 
 
 def format_table(records: Mapping[str, Mapping[str, Any]]) -> str:

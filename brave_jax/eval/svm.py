@@ -23,14 +23,16 @@ from sklearn import pipeline as sk_pipeline
 from sklearn import preprocessing
 from sklearn import svm
 
+from brave_jax import errors
+
 C_GRID = tuple(float(c) for c in np.logspace(-5, 1, 7))  # 1e-5 ... 1e1, for svm_c='auto'.
 CV_FOLDS = 5  # Folds for choosing C (fewer when the rarest class has fewer examples).
 MAX_ITER = 20_000  # liblinear iterations; small C converges fast, large C may need many.
 RANDOM_STATE = 0  # liblinear shuffles in the dual solver; fixed for reproducible numbers.
 
 
-class LinearEvalError(ValueError):
-  """Embeddings or labels the linear protocol cannot use."""
+class LinearEvalError(errors.RunError, ValueError):
+  """Embeddings or labels the linear protocol cannot use (printed as one line by CLIs)."""
 
 
 def group_crops(feats_NxD: np.ndarray, labels_N: np.ndarray,
@@ -185,6 +187,25 @@ def class_scores(model: sk_pipeline.Pipeline, x_NxD: np.ndarray, num_classes: in
   scores_NxK = np.full((len(raw), num_classes), -np.inf)
   scores_NxK[:, classes.astype(int)] = raw
   return scores_NxK
+
+
+def labels_missing_from_train(train_labels: np.ndarray, test_labels: np.ndarray,
+                              test_video_index: np.ndarray) -> dict[int, int]:
+  """{label: test videos with it} for test labels the train split never has.
+
+  A linear classifier cannot predict a class it never saw, so those videos are
+  always misses. That is kept (the test score stays over every test video) but
+  must be said: it usually means the splits were converted with different class
+  lists.
+  """
+  seen = set(np.unique(np.asarray(train_labels)).tolist())
+  test_labels = np.asarray(test_labels).reshape(-1)
+  videos = np.asarray(test_video_index).reshape(-1)
+  missing: dict[int, set] = {}
+  for label, video in zip(test_labels.tolist(), videos.tolist()):
+    if label >= 0 and label not in seen:  # -1 (unlabelled) is refused by evaluate_linear.
+      missing.setdefault(int(label), set()).add(video)
+  return {label: len(v) for label, v in sorted(missing.items())}
 
 
 def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,

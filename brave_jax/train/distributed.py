@@ -14,14 +14,33 @@ only decides *whether and how* to call `jax.distributed.initialize`:
 - otherwise nothing: a single process, as before.
 
 It must run before anything touches a JAX backend (no `jax.devices()` first).
+
+When a process dies: the survivors' next collective fails at once when the
+dead process's connections close (a killed process on a live host; measured:
+the survivor exits 1 s after a kill -9, mid-step or mid-checkpoint), and the
+training loop turns that into one PeerLostError line, exit status 1.
+Otherwise (a host gone silently, or a survivor waiting outside any
+collective) JAX's coordination service declares the process dead after
+`heartbeat_timeout_s` without a heartbeat (default 100 s, --heartbeat_timeout_s)
+and aborts every other process with its own message ("Terminating process
+because the JAX distributed service detected fatal errors. This most likely
+indicates that another task died"). So no process outlives a dead peer by more
+than that bound. (JAX's client takes no Python callback for this: the one it
+accepts cannot be called from Python, so its message is not ours.) A process
+that stops on an error exits at once (`exit_now_if_multiprocess`) rather than
+waiting at JAX's shutdown barrier for peers that are still training; their
+next collective then fails too.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Mapping
 
 import jax
+
+from brave_jax import errors
 
 CPU_COLLECTIVES_ENV = 'BRAVE_CPU_COLLECTIVES'  # e.g. 'gloo': collectives between CPU processes.
 CPU_COLLECTIVES = ('gloo', 'mpi')
@@ -29,9 +48,10 @@ DISTRIBUTED_ENV = 'BRAVE_JAX_DISTRIBUTED'  # 'auto': always initialize(); 'off':
 # Environment variables a Cloud TPU VM/GKE worker gets; comma lists name every worker of the slice.
 _TPU_WORKER_LISTS = ('TPU_WORKER_HOSTNAMES', 'TPU_PROCESS_ADDRESSES')
 _TPU_PROCESS_COUNT = ('CLOUD_TPU_TASK_COUNT', 'MEGASCALE_NUM_SLICES')
+DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # jax.distributed's own default.
 
 
-class DistributedError(ValueError):
+class DistributedError(errors.UsageError):
   """The multi-host flags or environment cannot start a distributed run."""
 
 
@@ -116,9 +136,17 @@ def set_cpu_collectives(implementation: str | None) -> None:
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, cpu_collectives: str | None = None,
-               env: Mapping[str, str] | None = None) -> Cluster:
-  """Calls jax.distributed.initialize as the flags/environment ask; returns what it did."""
+               env: Mapping[str, str] | None = None,
+               heartbeat_timeout_s: int | None = None) -> Cluster:
+  """Calls jax.distributed.initialize as the flags/environment ask; returns what it did.
+
+  heartbeat_timeout_s bounds how long the processes outlive a dead peer
+  (default DEFAULT_HEARTBEAT_TIMEOUT_S).
+  """
   cluster = resolve(coordinator_address, num_processes, process_id, env)
+  timeout = DEFAULT_HEARTBEAT_TIMEOUT_S if heartbeat_timeout_s is None else int(heartbeat_timeout_s)
+  if timeout < 1:
+    raise DistributedError(f'--heartbeat_timeout_s={heartbeat_timeout_s}: must be at least 1 second')
   if cluster.mode == 'single':
     set_cpu_collectives(cpu_collectives)  # Harmless alone; kept so the flag is always checked.
     return cluster
@@ -127,9 +155,28 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   set_cpu_collectives(cpu_collectives)
   if cluster.mode == 'explicit':
     jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes,
-                               cluster.process_id)
-  else:
-    jax.distributed.initialize()  # JAX reads coordinator and ranks from the TPU environment.
+                               cluster.process_id, heartbeat_timeout_seconds=timeout)
+  else:  # JAX reads coordinator and ranks from the TPU environment.
+    jax.distributed.initialize(heartbeat_timeout_seconds=timeout)
   print(f'jax.distributed: process {jax.process_index()}/{jax.process_count()}, '
         f'{jax.local_device_count()} local of {jax.device_count()} devices.', flush=True)
   return cluster
+
+
+def is_multiprocess() -> bool:
+  """True in a jax.distributed run of more than one process."""
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def exit_now_if_multiprocess(code: int) -> None:
+  """In a multi-process run, exits at once (output flushed) instead of at JAX's shutdown barrier.
+
+  That barrier waits for every peer; a peer still training would only notice
+  this process is gone at the heartbeat timeout and then abort with a C++
+  fatal log burying the one-line error printed just before.
+  """
+  if not is_multiprocess():
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access

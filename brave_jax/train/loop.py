@@ -19,6 +19,13 @@ shards; the pmapped step spans all processes' devices (train/step.py), so
 every process holds the same state. Only process 0 writes config.json and
 metrics; all processes take part in each checkpoint save and restore.
 workdir may be a local path or a remote one (gs://...), written via etils.epath.
+
+Faults: a workdir whose checkpoints another config made is refused before
+anything is written (train/resume.py); config.json, metrics lines and plots are
+written atomically (brave_jax/files.py); a background checkpoint save that
+fails stops the run at the next step. A run that stops on a full disk, a failed
+save or a lost peer process raises one RunError (brave_jax/errors.py) saying
+what happened, the last good checkpoint, and that a rerun resumes from it.
 """
 from __future__ import annotations
 
@@ -37,18 +44,25 @@ import numpy as np
 import optax
 
 from brave_jax import config_base
+from brave_jax import errors
+from brave_jax import files
 from brave_jax.train import checkpointing
 from brave_jax.train import metrics as metrics_lib
 from brave_jax.train import optimizer as optimizer_lib
+from brave_jax.train import resume
 from brave_jax.train import step as step_lib
 
 PyTree = Any
 BatchIteratorFn = Callable[[int], Iterator[PyTree]]
 CHECKPOINT_SUBDIR = 'checkpoints'
-CONFIG_FILE = 'config.json'
+CONFIG_FILE = resume.CONFIG_FILE
+# Collective/coordination failures that mean another process of the run is gone.
+_PEER_LOST_SIGNS = ('Gloo', 'Connection reset by peer', 'Connection closed', 'heartbeat',
+                    'coordination service', 'CoordinationService', 'Socket closed',
+                    'failed to connect to all addresses', 'Barrier failed')
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(errors.RunError, FloatingPointError):
   """A loss, gradient or parameter became NaN/inf; the run stops before saving it."""
 
 
@@ -125,10 +139,10 @@ def resolve_workdir(workdir: str) -> str:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the resolved config (after overrides) so a run can be reproduced from its workdir."""
+  """Writes the resolved config (after overrides) atomically, so the workdir says what it holds."""
   path = os.path.join(workdir, CONFIG_FILE)
   if jax.process_index() == 0:
-    epath.Path(path).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    files.write_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
   return path
 
 
@@ -208,6 +222,60 @@ def _merge_initial(fresh: PyTree, given: PyTree, what: str) -> PyTree:
   return merged
 
 
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+  """Refuses a workdir that is a file, or that holds checkpoints of another config (naming the
+  fields); returns its latest checkpoint step. Reads only: run it before writing anything."""
+  workdir = resolve_workdir(workdir)
+  resume.check_is_directory(workdir)
+  latest = checkpointing.latest_step(os.path.join(workdir, CHECKPOINT_SUBDIR))
+  if latest:
+    resume.check_config_matches(config, workdir, latest)
+  return latest
+
+
+def _peer_lost(error: BaseException) -> bool:
+  """True when `error` says a collective or the coordination service lost another process."""
+  if jax.process_count() < 2:
+    return False
+  text = ' '.join(str(e) for e in files.error_chain(error))
+  return any(sign in text for sign in _PEER_LOST_SIGNS)
+
+
+def _explain_stop(error: BaseException, reached: int, workdir: str,
+                  ckpt: checkpointing.Checkpointer | None) -> BaseException:
+  """The error to raise for a run that stopped after `reached` updates: a clear RunError where we
+  know the cause.
+
+  Called after the checkpointer closed, so ckpt.committed_step is what a rerun resumes from.
+  """
+  if isinstance(error, (KeyboardInterrupt, SystemExit)):
+    return error
+  last = ckpt.committed_step if ckpt is not None else None
+  where = ckpt.directory if ckpt is not None else os.path.join(workdir, CHECKPOINT_SUBDIR)
+  resume_from = (f'the last good checkpoint is step {last} in {where}, and a rerun of the same '
+                 'command resumes from it' if last else
+                 f'no checkpoint was saved yet in {where}, so a rerun starts from step 0')
+  path = files.disk_full_path(error)
+  if path == '':  # ENOSPC without a file name: name the checkpoint being saved, if that was it.
+    path = next((e.path for e in files.error_chain(error)
+                 if isinstance(e, errors.CheckpointSaveError)), '')
+  if path is not None:
+    return errors.DiskFullError(
+        f'{files.NO_SPACE} writing {path or workdir}. Training stopped after step {reached}; '
+        f'{resume_from} once space is freed on that disk.', path=path)
+  if isinstance(error, errors.RunError):
+    return error
+  if _peer_lost(error):
+    first = errors.first_line(error, limit=300)
+    rerun = (f'resume from the last good checkpoint, step {last} in {where}' if last else
+             f'start over (no checkpoint was saved yet in {where})')
+    return errors.PeerLostError(
+        f'process {jax.process_index()} of {jax.process_count()} lost contact with another '
+        f'process of this run after step {reached} ({first}); it probably died or was killed (see '
+        f'its log). Rerun the same command on every process to {rerun}.')
+  return error
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           make_batch_iterator: BatchIteratorFn, model: Any = None,
           stop_at_step: int | None = None, *,
@@ -229,77 +297,93 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   initialised ones on a fresh start (e.g. a pretrained backbone; a resume
   restores everything from the checkpoint instead). `hooks` run periodically
   (see Hook); `progress_fields` are extra metric names shown on the progress line.
+
+  Raises errors.WorkdirMismatchError, before writing anything, when workdir holds
+  checkpoints of another config; errors.DiskFullError / CheckpointSaveError /
+  PeerLostError when a run stops on those faults (the last good checkpoint stays).
   """
   devices = jax.local_devices()  # This process's; the step itself spans every process's.
   config_base.validate(config, jax.process_count(), len(devices))
   workdir = resolve_workdir(workdir)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  write_config(config, workdir)
+  check_workdir(config, workdir)  # Before writing anything.
   t = config.training
   num_steps = int(t.num_steps) if stop_at_step is None else min(int(stop_at_step), int(t.num_steps))
-
-  if model is None:
-    from brave_jax.models import brave  # pylint: disable=g-import-not-at-top
-    model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
-  if optimizer is None:
-    schedule = optimizer_lib.make_schedule(config) if schedule is None else schedule
-    optimizer = optimizer_lib.make_optimizer(config)
-
   ckpt_dir = os.path.join(workdir, CHECKPOINT_SUBDIR)
-  ckpt = checkpointing.Checkpointer(ckpt_dir, keep=int(t.keep_checkpoints))
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  ckpt = checkpointing.Checkpointer(ckpt_dir, keep=int(t.keep_checkpoints),
+                                    remove_failed_saves=True)
   start_step = ckpt.latest_step() or 0
-  host_iterator = make_batch_iterator(start_step)
-  batches = DevicePrefetcher(host_iterator, devices, size=2)
-
-  first_batch = next(batches)
-  init = step_lib.make_init(model, optimizer)  # All processes: same rng -> same replicas.
-  init_rng = jax.random.PRNGKey(config.seed)
-  if start_step:
-    restored, meta = ckpt.restore(init.host_template(init_rng, first_batch), start_step)
-    train_state = step_lib.replicate(restored, devices)
-    print(f'Resumed from {ckpt_dir} at step {meta["step"]}.', flush=True)
-  else:
-    train_state = init(init_rng, first_batch)
-    if initial_variables is not None:
-      host = step_lib.unreplicate(train_state)
-      params = _merge_initial(host.params, initial_variables[0], 'parameter')
-      state = _merge_initial(host.state, initial_variables[1], 'state')
-      host = host._replace(params=params, state=state, opt_state=optimizer.init(params))
-      train_state = step_lib.replicate(host, devices)
-  update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule)
-  fields = tuple(progress_fields) + tuple(f for h in hooks for f in getattr(h, 'progress_fields', ()))
-  writer = metrics_lib.MetricsWriter(
-      workdir, int(t.num_steps), int(t.batch_size), start_step=start_step,
-      plot_every=int(t.plot_every), progress_fields=fields)
-  hook_scalars: dict[int, dict[str, float]] = {}  # Step -> hook results, written with its record.
-
-  last_good = start_step or None
-  pending = None  # (steps done, metrics on device) read one step late.
-  wait_at_last_log = 0.0
-
-  def consume(done: int, metrics_D: PyTree) -> None:
-    nonlocal wait_at_last_log
-    scalars = _scalars(metrics_D)
-    _check_finite_scalars(done, scalars, last_good, ckpt_dir)
-    from_hooks = hook_scalars.pop(done, None)
-    if done % t.log_every == 0 or done == num_steps or from_hooks:
-      skipped = _skipped_records(host_iterator)
-      extra = dict(from_hooks or {})
-      if skipped is not None:
-        extra['skipped_records'] = skipped
-      writer.write(done, scalars, input_wait_s=batches.wait_s - wait_at_last_log,
-                   extra=extra or None)
-      wait_at_last_log = batches.wait_s
-    if done == start_step + 1:
-      writer.reset_timer(done)  # Leave compilation out of later throughput numbers.
-      wait_at_last_log = batches.wait_s
-
+  reached = start_step  # Updates applied so far.
+  batches = writer = None
+  failure: BaseException | None = None
   try:
+    if not start_step:
+      write_config(config, workdir)
+    if model is None:
+      from brave_jax.models import brave  # pylint: disable=g-import-not-at-top
+      model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
+    if optimizer is None:
+      schedule = optimizer_lib.make_schedule(config) if schedule is None else schedule
+      optimizer = optimizer_lib.make_optimizer(config)
+    host_iterator = make_batch_iterator(start_step)
+    batches = DevicePrefetcher(host_iterator, devices, size=2)
+
+    first_batch = next(batches)
+    init = step_lib.make_init(model, optimizer)  # All processes: same rng -> same replicas.
+    init_rng = jax.random.PRNGKey(config.seed)
+    if start_step:
+      restored, meta = ckpt.restore(init.host_template(init_rng, first_batch), start_step)
+      train_state = step_lib.replicate(restored, devices)
+      changes = resume.check_config_matches(config, workdir, start_step)
+      if changes or resume.read_saved_config(workdir) is None:
+        write_config(config, workdir)  # Only now: the checkpoint fits this config.
+      print(f'Resumed from {ckpt_dir} at step {meta["step"]}.'
+            + (f' Changed on resume: {"; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)}.'
+               if changes else ''), flush=True)
+    else:
+      train_state = init(init_rng, first_batch)
+      if initial_variables is not None:
+        host = step_lib.unreplicate(train_state)
+        params = _merge_initial(host.params, initial_variables[0], 'parameter')
+        state = _merge_initial(host.state, initial_variables[1], 'state')
+        host = host._replace(params=params, state=state, opt_state=optimizer.init(params))
+        train_state = step_lib.replicate(host, devices)
+    update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule)
+    fields = tuple(progress_fields) + tuple(
+        f for h in hooks for f in getattr(h, 'progress_fields', ()))
+    writer = metrics_lib.MetricsWriter(
+        workdir, int(t.num_steps), int(t.batch_size), start_step=start_step,
+        plot_every=int(t.plot_every), progress_fields=fields)
+    hook_scalars: dict[int, dict[str, float]] = {}  # Step -> hook results, written with its record.
+
+    last_good = start_step or None
+    pending = None  # (steps done, metrics on device) read one step late.
+    wait_at_last_log = 0.0
+
+    def consume(done: int, metrics_D: PyTree) -> None:
+      nonlocal wait_at_last_log
+      scalars = _scalars(metrics_D)
+      _check_finite_scalars(done, scalars, last_good, ckpt_dir)
+      from_hooks = hook_scalars.pop(done, None)
+      if done % t.log_every == 0 or done == num_steps or from_hooks:
+        skipped = _skipped_records(host_iterator)
+        extra = dict(from_hooks or {})
+        if skipped is not None:
+          extra['skipped_records'] = skipped
+        writer.write(done, scalars, input_wait_s=batches.wait_s - wait_at_last_log,
+                     extra=extra or None)
+        wait_at_last_log = batches.wait_s
+      if done == start_step + 1:
+        writer.reset_timer(done)  # Leave compilation out of later throughput numbers.
+        wait_at_last_log = batches.wait_s
+
     batch = first_batch
     for step in range(start_step, num_steps):
       if step > start_step:
         batch = next(batches)
       train_state, metrics_D = update(train_state, batch)
+      reached = step + 1
+      ckpt.check_save()  # A failed background save stops the run now, not an interval later.
       if pending is not None:
         consume(*pending)
       pending = (step + 1, metrics_D)
@@ -318,13 +402,23 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         last_good = done
     if pending is not None:
       consume(*pending)
-  finally:
-    batches.close()
-    ckpt.close()  # Lets an in-flight save of the last good state commit, even on error.
-    writer.close()
-    for hook in hooks:
-      if hasattr(hook, 'close'):
-        hook.close()
+  except BaseException as error:  # pylint: disable=broad-except
+    failure = error
+  # Stop the input thread, let an in-flight save of the last good state commit, flush outputs.
+  # After a failure, errors while closing (the same full disk, say) must not hide the first one.
+  closers = [batches, ckpt, writer] + [h for h in hooks if hasattr(h, 'close')]
+  for closer in closers:
+    if closer is None:
+      continue
+    try:
+      closer.close()
+    except BaseException as error:  # pylint: disable=broad-except
+      failure = failure or error
+  if failure is not None:
+    explained = _explain_stop(failure, reached, workdir, ckpt)
+    if explained is failure:
+      raise failure
+    raise explained from failure
   return train_state
 
 

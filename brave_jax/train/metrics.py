@@ -1,7 +1,10 @@
 """Where training numbers go: a progress line, metrics.jsonl, TensorBoard and loss.png.
 
 Only process 0 writes. The loop hands over host floats it read one step late,
-so nothing here ever waits on the device. Files go through etils.epath, so the
+so nothing here ever waits on the device. Files go through brave_jax.files:
+each metrics line is appended whole or not at all, loss.png is replaced
+atomically, and a torn last line (a crash mid-write in an older version) is cut
+off when a run resumes; reading skips unparseable lines with a warning. The
 workdir may be remote (gs://...); there, where files cannot be appended to,
 metrics.jsonl is rewritten whole at each log step (it stays small).
 """
@@ -17,6 +20,8 @@ from typing import Any, Mapping, Sequence
 
 from etils import epath
 import jax
+
+from brave_jax import files
 
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss.png'
@@ -34,23 +39,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   if not path.exists():
     return []
   by_step: dict[int, dict[str, Any]] = {}
-  for line in path.read_text().splitlines():
-    line = line.strip()
-    if line:
-      record = json.loads(line)
-      by_step[int(record['step'])] = record
+  for record in files.read_jsonl(str(path)):
+    if isinstance(record.get('step'), int):
+      by_step[record['step']] = record
   return [by_step[s] for s in sorted(by_step)]
-
-
-def _append_line(path: str, line: str) -> None:
-  """Appends locally; rewrites remote files (object stores have no append)."""
-  if '://' not in path:
-    with open(path, 'a') as f:
-      f.write(line + '\n')
-    return
-  p = epath.Path(path)
-  old = p.read_text() if p.exists() else ''
-  p.write_text(old + line + '\n')
 
 
 def plot_losses(workdir: str, out_path: str | None = None) -> str | None:
@@ -81,8 +73,48 @@ def plot_losses(workdir: str, out_path: str | None = None) -> str | None:
   png = io.BytesIO()
   fig.savefig(png, format='png', dpi=100)
   plt.close(fig)
-  epath.Path(out_path).write_bytes(png.getvalue())
+  files.write_atomic(out_path, png.getvalue())
   return out_path
+
+
+class ScalarEventFile:
+  """TensorBoard scalars, written and flushed in the caller's thread, one event per log step.
+
+  tensorboardX's SummaryWriter writes from a thread of its own: on a full disk
+  that thread dies, the next ten add_scalar calls fill its queue and the
+  eleventh blocks the training loop for good. Here a failed write raises where
+  the loop can report it. Each run opens a new event file, so a torn last
+  record stays at the end of the old one, where TensorBoard stops reading anyway.
+  """
+
+  def __init__(self, logdir: str):
+    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+    record_writer.directory_check(logdir)
+    self.logdir = logdir
+    self._writer = event_file_writer.EventsWriter(os.path.join(logdir, 'events'))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import summary_pb2  # pylint: disable=g-import-not-at-top
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    try:
+      self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                               summary=summary_pb2.Summary(value=values)))
+      self._writer.flush()
+    except OSError as error:
+      raise files.with_path(error, self.path) from error
+
+  @property
+  def path(self) -> str:
+    """The event file (tensorboardX names it when it opens it)."""
+    return getattr(self._writer, '_file_name', self.logdir)
+
+  def close(self) -> None:
+    try:
+      self._writer.close()
+    except OSError as error:
+      raise files.with_path(error, self.path) from error
 
 
 class MetricsWriter:
@@ -103,9 +135,9 @@ class MetricsWriter:
     self._tb = None
     if self.is_writer:
       epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      files.repair_jsonl_tail(os.path.join(workdir, METRICS_FILE))
       if use_tensorboard:
-        import tensorboardX  # pylint: disable=g-import-not-at-top
-        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        self._tb = ScalarEventFile(os.path.join(workdir, 'tensorboard'))
 
   def reset_timer(self, step: int) -> None:
     """Restarts throughput timing (e.g. after compilation) from `step`."""
@@ -126,11 +158,10 @@ class MetricsWriter:
     self._last_step, self._last_time = step, now
     if not self.is_writer:
       return record
-    _append_line(os.path.join(self.workdir, METRICS_FILE), json.dumps(record))
+    files.append_line(os.path.join(self.workdir, METRICS_FILE), json.dumps(record))
     if self._tb is not None:
-      for k, v in record.items():
-        if k != 'step' and isinstance(v, (int, float)):
-          self._tb.add_scalar(k, v, step)
+      self._tb.write(step, {k: v for k, v in record.items()
+                            if k != 'step' and isinstance(v, (int, float))})
     secs_per_step = elapsed / steps_done if steps_done else float('nan')
     eta = (self.num_steps - step) * secs_per_step
     print(f'step {step}/{self.num_steps} | loss {record.get("loss", float("nan")):.4f} | '
@@ -147,7 +178,9 @@ class MetricsWriter:
     """Flushes TensorBoard and draws the final loss.png."""
     if not self.is_writer:
       return
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
-    plot_losses(self.workdir)
+    try:
+      if self._tb is not None:
+        tb, self._tb = self._tb, None
+        tb.close()
+    finally:
+      plot_losses(self.workdir)
