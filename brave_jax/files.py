@@ -15,6 +15,7 @@ objects atomically, and have no append, so an "append" rewrites the object.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
@@ -58,6 +59,14 @@ def write_atomic(path: str, data: bytes | str) -> str:
     _remove_quietly(tmp)
     raise
   return path
+
+
+def save_figure(figure: Any, path: str, dpi: int = 100) -> str:
+  """A matplotlib figure as a PNG at `path`, written atomically (a plot is replaced whole or not
+  at all, so a crash or a full disk never leaves a truncated PNG); returns path."""
+  png = io.BytesIO()
+  figure.savefig(png, format='png', dpi=dpi)
+  return write_atomic(path, png.getvalue())
 
 
 def write_json(path: str, record: Any, indent: int | None = 2) -> str:

@@ -261,11 +261,10 @@ def test_cli_knn_protocol_on_tiny_shards(tiny_setup):
   assert 0.0 <= written['top1'] <= 1.0 and written['top5'] == 1.0
 
 
-def test_cli_refuses_unknown_config_fields_and_protocol_mixups(tmp_path):
-  with pytest.raises(evaluate.UsageError, match='no field'):
-    evaluate.main(['--checkpoint=c.npy', '--config.finetune.stepz=3', f'--output_dir={tmp_path}'])
-  with pytest.raises(evaluate.UsageError, match='--random_init'):
-    evaluate.main(['--checkpoint=c.npy', '--random_init', f'--output_dir={tmp_path}'])
-  with pytest.raises(evaluate.UsageError, match='both --audio_shards and --folds_csv'):
-    evaluate.main(['--protocol=audio', '--random_init', '--audio_shards=x',
-                   f'--output_dir={tmp_path}'])
+def test_cli_refuses_unknown_config_fields_and_protocol_mixups(tmp_path, capsys):
+  assert 'no field' in _cli_error(
+      capsys, ['--checkpoint=c.npy', '--config.finetune.stepz=3', f'--output_dir={tmp_path}'])
+  assert '--random_init' in _cli_error(
+      capsys, ['--checkpoint=c.npy', '--random_init', f'--output_dir={tmp_path}'])
+  assert 'both --audio_shards and --folds_csv' in _cli_error(
+      capsys, ['--protocol=audio', '--random_init', '--audio_shards=x', f'--output_dir={tmp_path}'])

@@ -64,6 +64,7 @@ def test_loop_runs_hooks_and_writes_their_scalars(tiny_va_config, tmp_path, caps
   c = tiny_va_config
   c.training.update(batch_size=4, num_steps=5, checkpoint_every=10, log_every=4)
   c.optimizer.warmup_steps = 1
+  c.optimizer.base_learning_rate = 2.0  # The test double diverges at the tiny config's peak LR.
   hook = _CountingHook()
   loop.train(c, str(tmp_path), train_test_double.make_batch_iterator_fn(4, jax.local_device_count()),
              train_test_double.build_test_double_model('i'), hooks=[hook])

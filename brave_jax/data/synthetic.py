@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import tqdm
 
+from brave_jax import files
 from brave_jax.data import dmvr_format
 from brave_jax.data import flow as flow_lib
 
@@ -345,8 +346,7 @@ def write_dataset(synthetic_config: Any, output_dir: str, with_flow: bool = Fals
       result[split] = [os.path.basename(p) for p in paths]
   manifest = dict(result, class_names=names, config=values, with_flow=with_flow,
                   version=GENERATOR_VERSION, fps=FPS, audio_rate=AUDIO_RATE)
-  with open(os.path.join(output_dir, MANIFEST), 'w') as f:
-    json.dump(manifest, f, indent=1)
+  files.write_json(os.path.join(output_dir, MANIFEST), manifest, indent=1)
   return _resolve(output_dir, manifest)
 
 
@@ -462,14 +462,13 @@ def write_audio_dataset(synthetic_config: Any, output_dir: str, *, num_folds: in
           rows.append(f'{name},{fold},{label},{names[label]}')
           progress.update(1)
   paths = dmvr_format.write_shards(examples, output_dir, 'audio', _num_shards(len(examples)))
-  with open(os.path.join(output_dir, AUDIO_META), 'w') as f:
-    f.write('filename,fold,target,category\n' + '\n'.join(rows) + '\n')
+  files.write_atomic(os.path.join(output_dir, AUDIO_META),
+                     'filename,fold,target,category\n' + '\n'.join(rows) + '\n')
   manifest = dict(audio=[os.path.basename(p) for p in paths], class_names=names,
                   config=values, num_folds=num_folds, clips_per_fold=clips_per_fold,
                   seconds=seconds, snr_db=list(snr_db), version=GENERATOR_VERSION,
                   audio_rate=AUDIO_RATE)
-  with open(os.path.join(output_dir, MANIFEST), 'w') as f:
-    json.dump(manifest, f, indent=1)
+  files.write_json(os.path.join(output_dir, MANIFEST), manifest, indent=1)
   return _load_audio(output_dir)
 
 

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from brave_jax import files
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
 from brave_jax.eval import report
@@ -203,7 +204,7 @@ def plot_folds(path: str, per_fold: Mapping[str, float], title: str = '') -> str
   ax.legend()
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path)
   plt.close(fig)
   return path
 
@@ -329,7 +330,7 @@ def plot_ap(path: str, per_class_ap: Mapping[str, float], class_names: Sequence[
   ax.set_title(title or 'AP per class')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path)
   plt.close(fig)
   return path
 

@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from brave_jax import files
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
 
@@ -145,7 +146,7 @@ def plot_curve(workdir: str, steps: list[int], top1: list[float], chance: float 
   ax.legend()
   fig.tight_layout()
   path = path or os.path.join(workdir, PLOT_FILE)
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path)
   plt.close(fig)
   return path
 

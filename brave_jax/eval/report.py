@@ -5,7 +5,6 @@ from eval.json alone, and so the protocol code never imports matplotlib.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -107,10 +106,9 @@ def plot_confusion(path: str, confusion_KxK: Sequence[Sequence[int]],
   ax.set_title(title or 'test confusion (rows normalised)')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  png = io.BytesIO()
-  fig.savefig(png, format='png', dpi=100)
+  files.save_figure(fig, path)
   plt.close(fig)
-  return files.write_atomic(path, png.getvalue())
+  return path
 
 
 def format_table(records: Mapping[str, Mapping[str, Any]]) -> str:

@@ -11,7 +11,6 @@ metrics.jsonl is rewritten whole at each log step (it stays small).
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import math
 import os
@@ -70,10 +69,8 @@ def plot_losses(workdir: str, out_path: str | None = None) -> str | None:
   ax_lr.grid(alpha=0.3)
   fig.tight_layout()
   out_path = out_path or os.path.join(workdir, PLOT_FILE)
-  png = io.BytesIO()
-  fig.savefig(png, format='png', dpi=100)
+  files.save_figure(fig, out_path)
   plt.close(fig)
-  files.write_atomic(out_path, png.getvalue())
   return out_path
 
 
