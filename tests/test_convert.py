@@ -370,3 +370,13 @@ def test_clip_frame_ranges_and_flag_errors(tmp_path):
   with pytest.raises(ValueError, match='at least one frame'):
     convert.convert(videos, out, progress=False, clip_seconds=0.001)
   assert not (tmp_path / 'o').exists()
+
+
+def test_clips_carry_their_own_flow_frames(tmp_path):
+  path = convert.write_test_video(str(tmp_path / 'f.mp4'), _frames(50))
+  result = convert.convert_one(path, short_side=0, flow_method='farneback', clip_seconds=1.0)
+  assert result.error is None and result.serialized is None and len(result.clips) == 2
+  for serialized in result.clips:
+    seq = tf.train.SequenceExample.FromString(serialized)
+    lists = seq.feature_lists.feature_list
+    assert len(lists[dmvr_format.IMAGE_KEY].feature) == len(lists[dmvr_format.FLOW_KEY].feature) == 25
