@@ -197,10 +197,11 @@ def split_by_time(clips: Sequence[ClipRecord], test_range: tuple[float, float],
     t0, t1 = lo * length, hi * length
     ranges[source] = {'length_seconds': length, 'test_seconds': [t0, t1],
                       'train_ends_before': t0 - gap_seconds, 'train_starts_after': t1 + gap_seconds}
+    eps = 1e-6  # Clip times are float32 in the records.
     for c in own:
-      if c.start_s >= t0 and c.end_s <= t1:
+      if c.start_s >= t0 - eps and c.end_s <= t1 + eps:
         test.append(c)
-      elif c.end_s <= t0 - gap_seconds or c.start_s >= t1 + gap_seconds:
+      elif c.end_s <= t0 - gap_seconds + eps or c.start_s >= t1 + gap_seconds - eps:
         train.append(c)
     ranges[source].update(train_clips=sum(c.source == source for c in train),
                           test_clips=sum(c.source == source for c in test))

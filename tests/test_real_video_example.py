@@ -115,3 +115,46 @@ def test_cut_generated_videos_and_write_the_split(tmp_path):
   paths = example.write_split(test, str(tmp_path / 'test'), 'test')
   assert [os.path.basename(p) for p in paths] == ['test-00000-of-00001']
   assert len(example.read_clips(str(tmp_path / 'test'), prefix='test')) == 3
+
+
+def test_main_runs_every_stage_on_local_media(tmp_path, monkeypatch):
+  """The whole script on generated media, with pretraining and evaluation replaced by stand-ins
+  that record their command lines (the real ones are tested in their own files)."""
+  from brave_jax.eval import retrieval  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  (tmp_path / 'media').mkdir()
+  frames = rng.integers(0, 255, size=(25 * 10, 32, 40, 3), dtype=np.uint8)
+  wave = (0.3 * np.sin(np.arange(48000 * 10) / 20)).astype(np.float32)
+  convert.write_test_video(str(tmp_path / 'media' / 'a.mp4'), frames, audio=wave)
+  commands = []
+
+  def fake_run(cmd, what):
+    commands.append((what, list(cmd)))
+    if what == 'retrieval':
+      out = next(a.split('=', 1)[1] for a in cmd if a.startswith('--output_dir='))
+      os.makedirs(out)
+      metrics = {d: retrieval.rank_metrics(np.array([1, 2])) for d in retrieval.DIRECTIONS}
+      record = {'headline_score': 'both', 'chance': retrieval.chance_metrics(2),
+                'models': {'pretrained': {'scores': {'both': metrics}},
+                           'random_init': {'scores': {'both': metrics}}}}
+      with open(os.path.join(out, 'retrieval.json'), 'w') as f:
+        f.write(__import__('json').dumps(record))
+  monkeypatch.setattr(example, '_run', fake_run)
+  work = tmp_path / 'work'
+  assert example.main([f'--workdir={work}', f'--media_dir={tmp_path / "media"}', '--seed=3',
+                       '--clip_seconds=1.6', '--short_side=32', '--steps=5', '--test_range=0.5,0.9',
+                       '--config.training.batch_size=8']) == 0
+  assert [w for w, _ in commands] == ['pretrain', 'retrieval']
+  pretrain_cmd = commands[0][1]
+  assert f'--config.data.train_shards={work / "train"}' in pretrain_cmd
+  assert '--config.seed=3' in pretrain_cmd and '--config.training.num_steps=5' in pretrain_cmd
+  assert '--config.training.batch_size=8' in pretrain_cmd
+  assert f'--test_shards={work / "test"}' in commands[1][1]
+  result = __import__('json').loads((work / 'seed3' / 'real_video.json').read_text())
+  # 10 s in 1.6 s clips: 6 (the last ends at 9.6 s); test 4.8-8.64 s holds those at 4.8 and
+  # 6.4 s; train clips end by 3.2 s (a 1.6 s gap) or would start after 10.24 s.
+  assert result['num_test_clips'] == 2 and result['num_train_clips'] == 2
+  assert result['nearest_train_test_seconds'] >= 1.6
+  assert set(result['retrieval']) == {'pretrained', 'random_init', 'chance'}
+  assert set(result['timings_seconds']) == {'fetch', 'cut', 'split', 'pretrain', 'retrieval',
+                                            'total'}
