@@ -51,8 +51,8 @@ video's id, which clip/id extends as `<id>#t=<start>`) and `clip/start_seconds`
 video shorter than one clip gives one record of its whole length. The summary
 counts clips per source (`clips_per_source`). Memory: one video's JPEG frames
 and waveform, then its serialized clips (each frame freed once no later clip
-holds it), about 1.5 GB per 10 minutes at 256 px (bench: 2.5 GB peak RSS for
-the 596 s Big Buck Bunny before frames were freed).
+holds it): 1.9 GB peak RSS for the 596 s Big Buck Bunny at 256 px (as one
+whole-video record: 4.2 GB).
 """
 from __future__ import annotations
 
