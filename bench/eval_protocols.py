@@ -62,13 +62,24 @@ def _config_flags(workdir: str) -> list[str]:
   return [f'--config={DEMO_CONFIG}', f'--config.seed={int(config["seed"])}']
 
 
+REUSE = False  # --reuse: an evaluation whose result file exists is read, not rerun.
+
+
 def _evaluate(workdir: str, protocol: str, out: str, extra: list[str], logs: str) -> dict[str, Any]:
   name = os.path.basename(out)
   args = [sys.executable, '-m', 'brave_jax.evaluate', f'--protocol={protocol}',
           f'--workdir={workdir}', f'--output_dir={out}'] + _config_flags(workdir) + extra
-  wall = _run(args, os.path.join(logs, f'{name}.log'))
   result_file = {'audio': 'audio_eval.json', 'knn': 'knn.json'}.get(protocol, 'eval.json')
-  record = _read(os.path.join(out, result_file))
+  result_path = os.path.join(out, result_file)
+  wall_path = os.path.join(out, 'bench_wall_seconds.txt')
+  if REUSE and os.path.isfile(result_path):
+    print(f'reusing {result_path}', flush=True)
+    wall = float(open(wall_path).read()) if os.path.isfile(wall_path) else None
+  else:
+    wall = _run(args, os.path.join(logs, f'{name}.log'))
+    with open(wall_path, 'w') as f:
+      f.write(f'{wall:.1f}\n')
+  record = _read(result_path)
   record['wall_seconds'] = wall
   return record
 
@@ -218,7 +229,14 @@ def main() -> None:
   p.add_argument('--knn_workdir', default='/tmp/eval_protocols_knn_demo',
                  help="A V/A :demo run with the kNN monitor (made if it has no results.json); '' skips.")
   p.add_argument('--skip_tfds', action='store_true')
+  p.add_argument('--skip_context', action='store_true',
+                 help="Skip seed 0's context runs (random-init fine-tuning at 4x LR, easy audio).")
+  p.add_argument('--reuse', action='store_true',
+                 help='Read evaluations whose result file is already in --work_dir instead of '
+                 'rerunning them (after an interrupted bench, same code).')
   args = p.parse_args()
+  global REUSE  # pylint: disable=global-statement
+  REUSE = args.reuse
   results = os.path.abspath(args.output_dir)
   out = os.path.abspath(args.work_dir)
   logs = os.path.join(out, 'logs')
@@ -231,7 +249,8 @@ def main() -> None:
     while not os.path.isfile(os.path.join(w, 'results.json')):  # Its demo is still running.
       print(f'waiting for {w}/results.json', flush=True)
       time.sleep(60)
-    seeds.append(per_seed(os.path.abspath(w), out, logs, context=i == 0))
+    seeds.append(per_seed(os.path.abspath(w), out, logs,
+                          context=i == 0 and not args.skip_context))
   summary = summarise(seeds)
   knn = knn_run(os.path.abspath(args.knn_workdir), logs) if args.knn_workdir else None
   tfds_result = None if args.skip_tfds else tfds_run(os.path.abspath(workdirs[0]), out, logs)

@@ -130,12 +130,15 @@ def test_finetune_resumes_through_the_cli(config, tmp_path, monkeypatch, capsys)
   monkeypatch.setattr(classifier_lib, 'build_classifier', eval_test_utils.tiny_classifier)
   train, test = _tiny_data(tmp_path)
   out = str(tmp_path / 'ft')
-  fresh = dataclasses.replace(eval_test_utils.random_source(config), kind='random_init')
-  assert finetune.run(config, fresh, out, train_source=train, test_source=test,
-                      class_names=['a', 'b', 'c'], stop_at_step=2) == {}
   source = eval_test_utils.random_source(config)
   npy = published.save(str(tmp_path / 'model.npy'), source.params, source.state,
                        published.published_config(config))
+  # The first run trains the checkpoint's architecture (described as the published file
+  # describes it), so the workdir's config is the resumed run's and the CLI may resume it.
+  fresh = dataclasses.replace(eval_test_utils.random_source(config), kind='random_init',
+                              model_config=backbone.from_published(npy).model_config)
+  assert finetune.run(config, fresh, out, train_source=train, test_source=test,
+                      class_names=['a', 'b', 'c'], stop_at_step=2) == {}
   spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
   assert evaluate.main(['--protocol=finetune', f'--checkpoint={npy}', f'--config={spec}',
                         f'--train_shards={train}', f'--test_shards={test}', f'--output_dir={out}',

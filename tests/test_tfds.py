@@ -20,9 +20,13 @@ RATE = 48000
 
 
 def _video(label, i, split):
+  # Smooth frames (a moving ramp around the class's brightness, little noise): two JPEG encoders
+  # agree on those to a few levels, whereas on pixel noise they differ by ~8 levels on average.
   rng = np.random.default_rng([label, i, split == 'test'])
   level = (label + 1) / 4 * 255
-  return np.clip(level + 20 * rng.normal(size=(10, 36, 44, 3)), 0, 255).astype(np.uint8)
+  t, y, x = np.meshgrid(np.arange(10), np.arange(36), np.arange(44), indexing='ij')
+  ramp = 20 * np.sin((x + 2 * y) / 9 + t / 3 + rng.uniform(0, 6))[..., None]
+  return np.clip(level + ramp + 2 * rng.normal(size=(10, 36, 44, 3)), 0, 255).astype(np.uint8)
 
 
 def _audio(label, i):

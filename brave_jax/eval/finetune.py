@@ -22,6 +22,7 @@ curve), confusion.png and loss.png.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from typing import Any, Sequence
 
@@ -83,13 +84,15 @@ def make_optimizer(config: ml_collections.ConfigDict,
   from brave_jax.train import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   f = config.finetune
   schedule = make_schedule(config)
+  # Decay conv/linear weights, never biases or norm parameters (optimizer_lib's 'corrected' mask):
+  # fine-tuning is our recipe, so it does not inherit the published pretraining optimizer's mask.
+  weights_only = functools.partial(optimizer_lib.decay_mask, variant='corrected')
   if f.optimizer == 'sgd':
     base = optax.chain(
-        optax.add_decayed_weights(float(f.weight_decay), mask=optimizer_lib.decay_mask),
+        optax.add_decayed_weights(float(f.weight_decay), mask=weights_only),
         optax.sgd(schedule, momentum=float(f.momentum), nesterov=bool(f.nesterov)))
   elif f.optimizer == 'adamw':
-    base = optax.adamw(schedule, weight_decay=float(f.weight_decay),
-                       mask=optimizer_lib.decay_mask)
+    base = optax.adamw(schedule, weight_decay=float(f.weight_decay), mask=weights_only)
   else:
     raise config_base.ConfigError(f'config.finetune.optimizer: must be one of '
                                   f'{config_base.FINETUNE_OPTIMIZERS}, got {f.optimizer!r}')
