@@ -222,6 +222,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.knn_monitor.max_videos = 1000  # At most this many videos (the first in shard order).
   c.knn_monitor.k = 20
   c.knn_monitor.temperature = 0.07
+
+  # Audio<->video retrieval (--protocol=retrieval, eval/retrieval.py): each test clip's narrow
+  # video clip (data.narrow's frames, step and size, after config.eval's short-side resize) and
+  # the broad audio window from the same start, scored in the space where the views predict
+  # each other: cos(h_narrow, z_audio) + cos(h_audio, z_narrow).
+  c.retrieval = ml_collections.ConfigDict()
+  c.retrieval.num_temporal_crops = 1  # Windows per clip (evenly spaced; vectors averaged).
+  c.retrieval.num_spatial_crops = 3  # Crops on the diagonal per window (published test crops).
+  c.retrieval.batch_size = 16  # Crops per forward pass.
+  c.retrieval.compare_random_init = True  # Also rank with a random-init model (BN re-estimated).
+  c.retrieval.max_clips = 0  # Rank at most this many clips (the first in shard order); 0 = all.
+  c.retrieval.plot_queries = 4  # Queries drawn per direction in retrieval.png ...
+  c.retrieval.plot_top = 5  # ... each with its top matches.
   return c
 
 
@@ -347,6 +360,12 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
     _positive_int(config, 'knn_monitor.k')
     _positive_int(config, 'knn_monitor.max_videos')
     _require(k.temperature > 0, 'knn_monitor.temperature', f'must be > 0, got {k.temperature}')
+  if 'retrieval' in config:
+    for f in ('num_temporal_crops', 'num_spatial_crops', 'batch_size', 'plot_top'):
+      _positive_int(config, f'retrieval.{f}')
+    for f in ('max_clips', 'plot_queries'):
+      _require(isinstance(config.retrieval[f], int) and config.retrieval[f] >= 0, f'retrieval.{f}',
+               f'must be an integer >= 0, got {config.retrieval[f]!r}')
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:

@@ -16,6 +16,9 @@
       --train_shards=/data/audioset/balanced --test_shards=/data/audioset/eval
   # kNN (k = 20, cosine-weighted) of test videos against the train split's clips:
   python -m brave_jax.evaluate --protocol=knn --workdir=/tmp/brave_va
+  # Audio<->video retrieval over test clips (models with an audio backbone), with random init and
+  # chance beside it -> retrieval.json, retrieval.png (--train_shards: clips for random init's BN):
+  python -m brave_jax.evaluate --protocol=retrieval --workdir=/tmp/brave_va --test_shards=/data/clips/test
 
 The model: --workdir (a training run: its config.json and latest checkpoint),
 --checkpoint (a published .npy), or --random_init (an untrained model of
@@ -43,8 +46,9 @@ from brave_jax import config_base
 from brave_jax import errors
 from brave_jax.eval.backbone import config_from_json  # pylint: disable=unused-import  # Public API.
 
-PROTOCOLS = ('linear', 'finetune', 'audio', 'knn')
-DEFAULT_SUBDIR = {'linear': 'eval', 'finetune': 'finetune', 'audio': 'audio_eval', 'knn': 'knn'}
+PROTOCOLS = ('linear', 'finetune', 'audio', 'knn', 'retrieval')
+DEFAULT_SUBDIR = {'linear': 'eval', 'finetune': 'finetune', 'audio': 'audio_eval', 'knn': 'knn',
+                  'retrieval': 'retrieval'}
 
 # --flag -> config.eval field it overrides.
 _EVAL_FLAGS = {
@@ -70,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog='python -m brave_jax.evaluate', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--protocol', default='linear', choices=PROTOCOLS,
-                 help='linear (default), finetune, audio or knn.')
+                 help='linear (default), finetune, audio, knn or retrieval.')
   p.add_argument('--workdir', help='Training workdir: config.json + latest checkpoint.')
   p.add_argument('--checkpoint', help='A published-format BraVe checkpoint (.npy).')
   p.add_argument('--random_init', action='store_true',
@@ -302,6 +306,30 @@ def run_knn(config, args, output_dir) -> dict[str, Any]:
   return record
 
 
+def run_retrieval(config, args, output_dir) -> dict[str, Any]:
+  from brave_jax.eval import retrieval  # pylint: disable=g-import-not-at-top
+  if args.tfds:
+    raise UsageError('retrieval reads DMVR shards with audio (--test_shards), not --tfds')
+  modalities = None if args.checkpoint else tuple(config.data.broad_modalities)
+  if modalities is None:  # A published file says what it holds once loaded.
+    source = _model_source(config, args)
+    modalities = source.broad_modalities
+  if 'audio' not in modalities:
+    raise UsageError(f'retrieval needs a model with an audio backbone (V/A, V/FA); this one has '
+                     f'broad views {modalities}')
+  if not args.checkpoint:
+    source = _model_source(config, args)
+  test = args.test_shards or config.data.test_shards
+  calibration = args.train_shards or None
+  if not test:  # The embedded dataset's test split (it has audio).
+    _, test, _ = _data(config, args)
+  record = retrieval.run(config, source, test, output_dir, calibration_data=calibration)
+  print(retrieval.format_table(record))
+  print(f'{record["num_clips"]} clips; wrote {os.path.join(output_dir, retrieval.JSON_FILE)} '
+        f'and {retrieval.PLOT_FILE}')
+  return record
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """The CLI: a RunError (bad flag, config, workdir) is printed as one line, exit status 2 or 1."""
   args = parse_args(argv)
@@ -322,7 +350,7 @@ def _main(args: argparse.Namespace) -> int:
   output_dir = _output_dir(args)
   config = load_config(args)
   runner = {'linear': run_linear, 'finetune': run_finetune, 'audio': run_audio,
-            'knn': run_knn}[args.protocol]
+            'knn': run_knn, 'retrieval': run_retrieval}[args.protocol]
   runner(config, args, output_dir)
   return 0
 

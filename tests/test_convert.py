@@ -268,3 +268,115 @@ def test_max_seconds_bounds_the_clip(tmp_path):
   result = convert.convert_one(path, short_side=0, max_seconds=1.0)
   assert result.num_frames == 25 and result.audio_s == pytest.approx(1.0)
   assert not result.warnings
+
+
+# ----------------------------------------------------------------------------- clips of long videos
+
+
+def _read_clips(pattern: str) -> list[dict]:
+  """Every record of the shards with its clip context, frames' mean level and waveform."""
+  out = []
+  for path in sorted(glob.glob(pattern)):
+    for record in tf.data.TFRecordDataset(path):
+      ctx, seq = tf.io.parse_single_sequence_example(
+          record,
+          context_features={
+              dmvr_format.VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string),
+              dmvr_format.CLIP_SOURCE_KEY: tf.io.FixedLenFeature([], tf.string),
+              dmvr_format.CLIP_START_KEY: tf.io.FixedLenFeature([], tf.float32),
+          },
+          sequence_features={
+              dmvr_format.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string),
+              dmvr_format.WAVEFORM_KEY: tf.io.VarLenFeature(tf.float32),
+          })
+      levels = [tf.io.decode_jpeg(j).numpy().mean() for j in seq[dmvr_format.IMAGE_KEY].numpy()]
+      out.append({
+          'id': ctx[dmvr_format.VIDEO_ID_KEY].numpy().decode(),
+          'source': ctx[dmvr_format.CLIP_SOURCE_KEY].numpy().decode(),
+          'start': float(ctx[dmvr_format.CLIP_START_KEY].numpy()),
+          'levels': np.asarray(levels),
+          'waveform': tf.sparse.to_dense(seq[dmvr_format.WAVEFORM_KEY]).numpy().reshape(-1),
+      })
+  return sorted(out, key=lambda r: (r['source'], r['start']))
+
+
+def _onsets(x: np.ndarray, threshold: float = 0.3, min_gap: int = 480) -> np.ndarray:
+  """Sample indices where |x| first rises above threshold (rises closer than min_gap merged)."""
+  loud = np.abs(x) > threshold
+  rises = np.nonzero(loud & ~np.concatenate([[False], loud[:-1]]))[0]
+  return np.asarray([r for i, r in enumerate(rises) if i == 0 or r - rises[i - 1] > min_gap])
+
+
+@pytest.mark.parametrize('source_fps', [25, 24])
+def test_clip_cutter_click_track_lands_on_the_flash_frames(tmp_path, source_fps):
+  """A 6 s H.264/AAC video flashes white at 6 known frames while a 2 ms click sounds; cut into
+  2 s clips every 1.5 s, every record holds exactly the clicks of its time range, each on the
+  first output frame showing its flash: within 0.01 frame at 25 fps (no resampling), and at
+  most one output frame (40 ms) after the click from a 24 fps source (resampled to 25 fps by
+  timestamp, so the flash appears at the first output frame at or after its time)."""
+  num = 6 * source_fps
+  flashes = [13, 45, 59, 78, 111, 130]
+  frames = np.full([num, H, W, 3], 16, np.uint8)
+  frames[flashes] = 240
+  audio = np.zeros(int(num / source_fps * RATE), np.float32)
+  click = 0.8 * np.sin(2 * np.pi * 3000 * np.arange(96) / RATE).astype(np.float32)
+  for k in flashes:
+    audio[round(k / source_fps * RATE):][:96] = click
+  src = tmp_path / 'videos' / 'long.mp4'
+  src.parent.mkdir()
+  convert.write_test_video(str(src), frames, fps=source_fps, audio=audio, audio_codec='aac')
+  out = tmp_path / 'clips'
+  rc = convert.main([f'--videos={src.parent}', f'--output_dir={out}', '--short_side=0',
+                     '--clip_seconds=2', '--clip_stride=1.5', '--no_progress'])
+  assert rc == 0
+  records = _read_clips(str(out / 'train-*'))
+  # 150 frames at 25 fps: clips of 50 frames start every round(37.5) = 38 frames: 0, 38, 76.
+  assert [r['start'] for r in records] == pytest.approx([0.0, 1.52, 3.04])
+  assert [r['id'] for r in records] == ['long.mp4#t=0.000', 'long.mp4#t=1.520', 'long.mp4#t=3.040']
+  assert {r['source'] for r in records} == {'long.mp4'}
+  summary = json.loads((out / 'train_summary.json').read_text())
+  assert summary['clips_per_source'] == {'long.mp4': 3} and summary['records'] == 3
+  assert summary['converted'] == 1 and summary['clip_seconds'] == 2.0
+  for r in records:
+    assert len(r['levels']) == 50 and r['waveform'].size == 2 * RATE
+    flash_frames = np.nonzero(r['levels'] > 128)[0]
+    first_flash = flash_frames[np.concatenate([[True], np.diff(flash_frames) > 1])]
+    clicks = _onsets(r['waveform']) / RATE * 25  # In output frames of this record.
+    in_range = [k / source_fps * 25 - r['start'] * 25 for k in flashes]
+    want = [t for t in in_range if 0 <= t <= 49]
+    assert len(clicks) == len(first_flash) == len(want), (r['id'], clicks, first_flash, want)
+    np.testing.assert_allclose(clicks, want, atol=0.01)  # Audio at the click's own time.
+    lag = first_flash - clicks
+    if source_fps == 25:
+      np.testing.assert_allclose(lag, 0, atol=0.01)
+    else:
+      assert np.all((lag > -0.01) & (lag < 1.0)), (r['id'], lag)
+
+
+def test_clip_frame_ranges_and_flag_errors(tmp_path):
+  assert convert.clip_frame_ranges(100, 25, 2.0) == [(0, 50), (50, 100)]
+  assert convert.clip_frame_ranges(99, 25, 2.0) == [(0, 50)]  # The short tail is dropped.
+  assert convert.clip_frame_ranges(30, 25, 2.0) == [(0, 30)]  # Shorter than a clip: whole.
+  assert convert.clip_frame_ranges(100, 25, 2.0, 1.0) == [(0, 50), (25, 75), (50, 100)]
+  with pytest.raises(ValueError, match='clip_seconds'):
+    convert.clip_frame_ranges(100, 25, 0.01)
+  (tmp_path / 'v').mkdir()
+  convert.write_test_video(str(tmp_path / 'v' / 'a.mp4'), _frames(10))
+  videos, out = str(tmp_path / 'v'), str(tmp_path / 'o')
+  with pytest.raises(ValueError, match='needs --clip_seconds'):
+    convert.convert(videos, out, progress=False, clip_stride=1.0)
+  with pytest.raises(ValueError, match='audio_only'):
+    convert.convert(videos, out, progress=False, clip_seconds=1.0, audio_only=True)
+  with pytest.raises(ValueError, match='at least one frame'):
+    convert.convert(videos, out, progress=False, clip_seconds=0.001)
+  assert not (tmp_path / 'o').exists()
+
+
+def test_clips_carry_their_own_flow_frames(tmp_path):
+  path = convert.write_test_video(str(tmp_path / 'f.mp4'), _frames(50))
+  result = convert.convert_one(path, short_side=0, flow_method='farneback', clip_seconds=1.0)
+  assert result.error is None and result.serialized is None and len(result.clips) == 2
+  for serialized in result.clips:
+    seq = tf.train.SequenceExample.FromString(serialized)
+    lists = seq.feature_lists.feature_list
+    assert len(lists[dmvr_format.IMAGE_KEY].feature) == len(lists[dmvr_format.FLOW_KEY].feature) == 25

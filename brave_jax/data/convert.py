@@ -39,6 +39,20 @@ processes between consecutive stored frames at the stored resolution, with
 `--flow_method=tvl1|dis|farneback` (recorded per clip as `flow/method` and in
 the summary). TV-L1 runs at about 1 frame/s per core at 256 px, DIS at ~150
 (bench/flow_extraction.py): use many --workers, or --flow_method=dis.
+
+`--clip_seconds=S [--clip_stride=S2]` cuts each (long) video into records of
+round(S * fps) frames starting every round(S2 * fps) frames (stride default:
+S, back to back), from one decode of the file: its video stream and its audio
+stream are each decoded once, whatever the number of clips. Each record holds
+its frames and the audio of exactly those frames (sample k * rate / fps for
+frame k, the whole video's alignment kept), its source (`clip/source`: the
+video's id, which clip/id extends as `<id>#t=<start>`) and `clip/start_seconds`
+(frame 0's time in the source). The tail shorter than a clip is dropped; a
+video shorter than one clip gives one record of its whole length. The summary
+counts clips per source (`clips_per_source`). Memory: one video's JPEG frames
+and waveform, then its serialized clips (each frame freed once no later clip
+holds it): 1.9 GB peak RSS for the 596 s Big Buck Bunny at 256 px (as one
+whole-video record: 4.2 GB).
 """
 from __future__ import annotations
 
@@ -362,6 +376,68 @@ def align_audio(audio: DecodedAudio, video_start_s: float, video_duration_s: flo
   return waveform, short, notes
 
 
+# ----------------------------------------------------------------------------- clips
+
+
+def clip_frame_ranges(num_frames: int, fps: float, clip_seconds: float,
+                      clip_stride: float | None = None) -> list[tuple[int, int]]:
+  """[start, end) frame ranges of the clips of a num_frames-long video (module docstring).
+
+  Clips are round(clip_seconds * fps) frames long and start every
+  round(clip_stride * fps) frames (default: back to back); a shorter tail is
+  dropped, and a video shorter than one clip is one clip of its whole length.
+  """
+  clip_frames = round(clip_seconds * fps)
+  stride_frames = round((clip_stride if clip_stride else clip_seconds) * fps)
+  if clip_frames < 1 or stride_frames < 1:
+    raise ValueError(f'--clip_seconds={clip_seconds} / --clip_stride={clip_stride} give clips of '
+                     f'{clip_frames} frames every {stride_frames} at {fps:g} fps; both need at '
+                     'least one frame')
+  if num_frames <= clip_frames:
+    return [(0, num_frames)]
+  return [(start, start + clip_frames)
+          for start in range(0, num_frames - clip_frames + 1, stride_frames)]
+
+
+def clip_id(source_id: str, start_seconds: float) -> str:
+  """clip/id of a cut record: the source's id and its start (a media-fragment style `#t=`)."""
+  return f'{source_id}#t={start_seconds:.3f}'
+
+
+def cut_clips(clip: dmvr_format.Clip, ranges: Sequence[tuple[int, int]],
+              audio_rate: int) -> Iterator[dmvr_format.Clip]:
+  """One Clip per [start, end) frame range of a whole video's Clip (JPEG frames, flow, audio), in order.
+
+  Frame k of the video is at time k / fps, and its audio starts at sample
+  round(k * rate / fps) (the whole video's waveform starts at frame 0), so a
+  record's waveform covers exactly its frames.
+  """
+  for start, end in ranges:
+    start_s = start / clip.fps
+    waveform = None
+    if clip.waveform is not None:
+      first, last = (round(k * audio_rate / clip.fps) for k in (start, end))
+      waveform = clip.waveform[first:last]
+    yield dataclasses.replace(
+        clip, encoded_frames=list(clip.encoded_frames[start:end]), waveform=waveform,
+        encoded_flow=None if clip.encoded_flow is None else list(clip.encoded_flow[start:end]),
+        video_id=clip_id(clip.video_id, start_s), source=clip.video_id, start_seconds=start_s)
+
+
+def estimate_clips(path: str, clip_seconds: float, clip_stride: float | None,
+                   max_seconds: float | None = None) -> int:
+  """Clips a video will give, from its header's duration (1 when unknown): sizes the shard count."""
+  try:
+    with av.open(path) as container:
+      seconds = container.duration / 1e6 if container.duration else 0.0
+  except (av.FFmpegError, OSError, ValueError):
+    return 1
+  if max_seconds and max_seconds > 0:
+    seconds = min(seconds, max_seconds)
+  stride = clip_stride or clip_seconds
+  return max(1, int((seconds - clip_seconds) // stride) + 1) if seconds > clip_seconds else 1
+
+
 # ----------------------------------------------------------------------------- one video
 
 
@@ -389,6 +465,18 @@ class Result:
   audio_s: float = 0.0
   short_audio: bool = False
   warnings: list[str] = dataclasses.field(default_factory=list)
+  clips: list[bytes] | None = None  # With clip_seconds: the serialized clips (serialized is None).
+
+  @property
+  def ok(self) -> bool:
+    """Converted (one record, or clips)."""
+    return self.serialized is not None or self.clips is not None
+
+  def records(self) -> list[bytes]:
+    """The serialized records this file gave: its clips, its one record, or none."""
+    if self.clips is not None:
+      return self.clips
+    return [] if self.serialized is None else [self.serialized]
 
 
 def convert_audio_one(path: str, label_index: int | list[int] | None = None,
@@ -422,13 +510,17 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
                 video_id: str | None = None, fps: float = 25.0, audio_rate: int = 48000,
                 short_side: int = 256, jpeg_quality: int = 95,
                 max_seconds: float | None = None, flow_method: str | None = None,
-                audio_only: bool = False) -> Result:
+                audio_only: bool = False, clip_seconds: float | None = None,
+                clip_stride: float | None = None) -> Result:
   """Converts one file to a serialized SequenceExample; failures come back as Result.error.
 
   With `flow_method` the clip also gets one flow JPEG per frame (module docstring);
-  with `audio_only` it holds only the waveform (`convert_audio_one`).
+  with `audio_only` it holds only the waveform (`convert_audio_one`); with
+  `clip_seconds` the file is cut into clips (`cut_clips`), returned in Result.clips.
   """
   if audio_only:
+    if clip_seconds:
+      raise ValueError('--clip_seconds cuts videos; it does not combine with --audio_only')
     return convert_audio_one(path, label_index, label_text, video_id, audio_rate, max_seconds)
   video_id = video_id or os.path.basename(path)
   try:
@@ -453,7 +545,20 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
                             label_index=label_index, label_text=label_text, video_id=video_id,
                             fps=fps, audio_rate=audio_rate if waveform is not None else None,
                             encoded_flow=encoded_flow, flow_method=flow_method or None)
-    serialized = dmvr_format.encode_clip(clip, jpeg_quality)
+    serialized, clips = None, None
+    if clip_seconds:
+      ranges = clip_frame_ranges(len(video.frames), fps, clip_seconds, clip_stride)
+      clips = []
+      for i, cut in enumerate(cut_clips(clip, ranges, audio_rate)):
+        clips.append(dmvr_format.encode_clip(cut, jpeg_quality))
+        # Frames before the next clip are in no later record: free them (memory ~ one copy).
+        del cut
+        for k in range(ranges[i][0], ranges[i + 1][0] if i + 1 < len(ranges) else len(video.frames)):
+          video.frames[k] = None
+          if encoded_flow is not None:
+            encoded_flow[k] = None
+    else:
+      serialized = dmvr_format.encode_clip(clip, jpeg_quality)
   except ConvertError as e:
     return Result(video_id, None, error=str(e))
   except Exception as e:  # pylint: disable=broad-except  # One bad file must not stop the run.
@@ -461,7 +566,7 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
   return Result(video_id, serialized, num_frames=len(video.frames),
                 duration_s=len(video.frames) / fps, has_audio=waveform is not None,
                 audio_s=0.0 if waveform is None else waveform.size / audio_rate,
-                short_audio=short_audio, warnings=warnings)
+                short_audio=short_audio, warnings=warnings, clips=clips)
 
 
 # ----------------------------------------------------------------------------- listing
@@ -696,15 +801,22 @@ class Summary:
   short_side: int = 256
   flow_method: str | None = None  # Optical flow algorithm of flow/encoded; None = no flow.
   audio_only: bool = False  # Waveform-only records (no frames).
+  clip_seconds: float | None = None  # --clip_seconds: videos cut into clips of this length ...
+  clip_stride: float | None = None  # ... starting this far apart (None: back to back).
+  clips_per_source: dict[str, int] = dataclasses.field(default_factory=dict)
+  records: int = 0  # Records written: one per video, or its clips.
   wall_seconds: float = 0.0
 
   def add(self, result: Result) -> None:
     """Counts one worker result."""
     self.warnings += result.warnings
-    if result.serialized is None:
+    if not result.ok:
       self.skipped.append({'video': result.video_id, 'reason': result.error or 'unknown'})
       return
     self.converted += 1
+    self.records += len(result.records())
+    if result.clips is not None:
+      self.clips_per_source[result.video_id] = len(result.clips)
     self.total_seconds += result.duration_s
     self.total_frames += result.num_frames
     if not result.has_audio:
@@ -724,6 +836,11 @@ class Summary:
              f'  without audio: {self.no_audio}; audio shorter than video: '
              f'{len(self.short_audio_files)}; skipped: {len(self.skipped)}'
              + (f'; flow: {self.flow_method}' if self.flow_method else '')]
+    if self.clip_seconds:
+      lines.append(f'  cut into {self.records} clips of {self.clip_seconds:g}s every '
+                   f'{self.clip_stride or self.clip_seconds:g}s: '
+                   + ', '.join(f'{k} {v}' for k, v in list(self.clips_per_source.items())[:20])
+                   + (' ...' if len(self.clips_per_source) > 20 else ''))
     if self.replaced_shards:
       lines.append(f'  removed {len(self.replaced_shards)} shard(s) of an earlier conversion with '
                    f'another --num_shards, e.g. {self.replaced_shards[0]}')
@@ -764,11 +881,13 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
             max_seconds: float | None = None, progress: bool = True,
             flow_method: str | None = None, audio_only: bool = False,
             path_column: str | None = None, label_column: str | None = None,
-            media_root: str | None = None, label_separator: str = ';') -> Summary:
+            media_root: str | None = None, label_separator: str = ';',
+            clip_seconds: float | None = None, clip_stride: float | None = None) -> Summary:
   """Lists, converts and shards a dataset; returns (and saves) the summary.
 
   `flow_method` (one of flow.METHODS) also stores optical flow; None stores none.
   `audio_only` writes waveform-only records of audio files and of videos' audio.
+  `clip_seconds` (and `clip_stride`) cut each video into clips (module docstring).
   """
   start = time.time()
   if flow_method and flow_method not in flow_lib.METHODS:
@@ -777,6 +896,12 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
     flow_lib.make_flow_fn(flow_method)  # Fails here, once, if OpenCV lacks the method.
   if audio_only and flow_method:
     raise ValueError('--audio_only records hold no frames, so no --flow')
+  if audio_only and clip_seconds:
+    raise ValueError('--clip_seconds cuts videos; it does not combine with --audio_only')
+  if clip_stride and not clip_seconds:
+    raise ValueError('--clip_stride needs --clip_seconds (the clip length)')
+  if clip_seconds is not None:
+    clip_frame_ranges(0, fps, clip_seconds, clip_stride)  # Fails here, once, on a bad length.
   if os.path.isdir(videos):
     listed = list_folder(videos, AUDIO_EXTENSIONS + VIDEO_EXTENSIONS if audio_only
                          else VIDEO_EXTENSIONS)
@@ -799,15 +924,19 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
   if not tasks:
     raise ValueError(f'no videos found in {videos!r}'
                      + (' after applying the split file(s)' if split_files else ''))
-  num_shards = num_shards or max(1, math.ceil(len(tasks) / 32))
+  num_records = (sum(estimate_clips(t.path, clip_seconds, clip_stride, max_seconds) for t in tasks)
+                 if clip_seconds else len(tasks))
+  num_shards = num_shards or max(1, math.ceil(num_records / 32))
 
   summary = Summary(prefix=prefix, videos_listed=len(tasks), classes=classes,
                     missing_from_split=missing, fps=fps, audio_rate=audio_rate,
                     short_side=short_side, flow_method=flow_method or None,
-                    audio_only=audio_only)
+                    audio_only=audio_only, clip_seconds=clip_seconds or None,
+                    clip_stride=clip_stride or None)
   options = dict(fps=fps, audio_rate=audio_rate, short_side=short_side,
                  jpeg_quality=jpeg_quality, max_seconds=max_seconds, flow_method=flow_method,
-                 audio_only=audio_only)
+                 audio_only=audio_only, clip_seconds=clip_seconds or None,
+                 clip_stride=clip_stride or None)
   results: Iterable[Result] = _run_tasks(tasks, options, workers)
   bar = None
   if progress:
@@ -820,8 +949,7 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
       if bar is not None:
         bar.update(1)
         bar.set_postfix(ok=summary.converted, skipped=len(summary.skipped), refresh=False)
-      if result.serialized is not None:
-        yield result.serialized
+      yield from result.records()
 
   summary.replaced_shards = dmvr_format.stale_shards(output_dir, prefix, num_shards)
   try:
@@ -962,6 +1090,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  help='also store optical flow (flow/encoded) for the broad flow view')
   p.add_argument('--flow_method', choices=flow_lib.METHODS, default='tvl1',
                  help='flow algorithm with --flow: tvl1 (accurate, slow), dis or farneback (fast)')
+  p.add_argument('--clip_seconds', type=float, default=None,
+                 help='cut each video into records of this many seconds (one decode per video); '
+                      'each record names its clip/source and clip/start_seconds')
+  p.add_argument('--clip_stride', type=float, default=None,
+                 help='with --clip_seconds: seconds between clip starts (default: the clip length)')
   p.add_argument('--no_progress', action='store_true')
   return p.parse_args(argv)
 
@@ -980,7 +1113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       flow_method=args.flow_method if args.flow else None,
                       audio_only=args.audio_only, path_column=args.path_column,
                       label_column=args.label_column, media_root=args.media_root,
-                      label_separator=args.label_separator)
+                      label_separator=args.label_separator, clip_seconds=args.clip_seconds,
+                      clip_stride=args.clip_stride)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

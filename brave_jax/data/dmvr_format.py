@@ -26,6 +26,9 @@ VIDEO_ID_KEY = 'clip/id'  # Context bytes: where the clip came from (file name).
 FPS_KEY = 'clip/fps'  # Context float: frame rate the frames were resampled to (ours; optional).
 AUDIO_RATE_KEY = 'clip/audio_rate'  # Context float: waveform sample rate (ours; optional).
 FLOW_METHOD_KEY = 'flow/method'  # Context bytes: the flow algorithm (ours; optional).
+# A record cut from a longer video (convert --clip_seconds; ours, optional):
+CLIP_SOURCE_KEY = 'clip/source'  # Context bytes: the source video's id (clip/id of the whole video).
+CLIP_START_KEY = 'clip/start_seconds'  # Context float: where the record's frame 0 is in the source.
 
 FLOW_CLIP_PX = 20.0  # Flow is clipped to +-20 px before quantisation (DMVR/BraVe convention).
 
@@ -79,6 +82,8 @@ class Clip:
   flow_TxHxWx2: np.ndarray | None = None  # Optical flow in pixels (x, y).
   encoded_flow: Sequence[bytes] | None = None
   flow_method: str | None = None
+  source: str | None = None  # The longer video this clip was cut from (clip/source).
+  start_seconds: float | None = None  # Time of frame 0 in that video (clip/start_seconds).
 
 
 def _add_jpeg_sequence(seq: tf.train.SequenceExample, key: str, encoded: Sequence[bytes] | None,
@@ -110,6 +115,10 @@ def encode_clip(clip: Clip, jpeg_quality: int = 95) -> bytes:
     ctx[AUDIO_RATE_KEY].float_list.value.append(float(clip.audio_rate))
   if clip.flow_method is not None:
     ctx[FLOW_METHOD_KEY].bytes_list.value.append(clip.flow_method.encode())
+  if clip.source is not None:
+    ctx[CLIP_SOURCE_KEY].bytes_list.value.append(clip.source.encode())
+  if clip.start_seconds is not None:
+    ctx[CLIP_START_KEY].float_list.value.append(float(clip.start_seconds))
 
   _add_jpeg_sequence(seq, IMAGE_KEY, clip.encoded_frames, clip.frames_TxHxWx3,
                      lambda f: encode_jpeg(f, jpeg_quality))

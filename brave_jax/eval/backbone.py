@@ -183,7 +183,8 @@ def random_init(config: ml_collections.ConfigDict) -> Source:
 
 
 def calibrate_batch_norm(config: ml_collections.ConfigDict, source: Source,
-                         batches: Iterable[Mapping[str, np.ndarray]], input_key: str = 'video',
+                         batches: Iterable[Mapping[str, np.ndarray]],
+                         input_key: str | tuple[str, ...] = 'video',
                          num_batches: int = BN_CALIBRATION_BATCHES) -> Source:
   """The source with BN moving statistics re-estimated on eval inputs (params unchanged).
 
@@ -199,21 +200,23 @@ def calibrate_batch_norm(config: ml_collections.ConfigDict, source: Source,
   loss_fn = jax.jit(source.model.loss)
   rng = jax.random.PRNGKey(0)
   state, rows = source.state, None
+  keys = (input_key,) if isinstance(input_key, str) else tuple(input_key)
   for i, batch in enumerate(batches):
     if i >= num_batches:
       break
-    x = np.asarray(batch[input_key])
-    rows = rows or len(x)
-    if len(x) != rows:  # A partial last batch would recompile; skip it.
+    inputs = {k: np.asarray(batch[k]) for k in keys}
+    rows = rows or len(inputs[keys[0]])
+    if len(inputs[keys[0]]) != rows:  # A partial last batch would recompile; skip it.
       continue
     full = {'narrow': {'video': np.zeros((rows,) + shapes['narrow']['video'], np.float32)},
             'broad': {m: np.zeros((rows,) + tuple(s), np.float32)
                       for m, s in shapes['broad'].items()},
             'label': np.zeros((rows,), np.int32)}
-    if input_key == 'video':
-      full['narrow']['video'] = x
-    else:
-      full['broad'][input_key] = x
+    for key, x in inputs.items():
+      if key == 'video':
+        full['narrow']['video'] = x
+      else:
+        full['broad'][key] = x
     _, (state, _) = loss_fn(source.params, state, rng, full)
   if rows is None:
     raise ValueError('calibrate_batch_norm: no batches; check the evaluation shards')

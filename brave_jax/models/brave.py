@@ -25,6 +25,7 @@ from brave_jax.models import tsm_resnet
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
 EmbedFn = Callable[[hk.Params, hk.State, jax.Array], jax.Array]
+ProjectFn = Callable[[hk.Params, hk.State, jax.Array], tuple[jax.Array, jax.Array]]
 
 INPUT_CHANNELS = {'video': 3, 'rc': 3, 'flow': 2}  # Video-like modalities -> TSM input channels.
 
@@ -36,6 +37,9 @@ class Model(NamedTuple):
                  tuple[jax.Array, tuple[hk.State, Metrics]]]
   embed_narrow: EmbedFn
   embed_broad: Mapping[str, EmbedFn]
+  # Inference-mode head of each view ('narrow' and every broad modality): backbone features ->
+  # (projection z, prediction h), the vectors the loss pairs (h of one view regresses z of the other).
+  project: Mapping[str, ProjectFn]
 
 
 def embedding_name(view: str, modality: str) -> str:
@@ -142,21 +146,23 @@ def build_model(model_config: ml_collections.ConfigDict, broad_modalities: Seque
   _check_config(model_config, modalities)
   head_args = (model_config.hidden_dim, model_config.projection_dim)
 
+  def make_heads(views: Sequence[str], axis: str | None) -> dict[str, heads.ProjectAndPredict]:
+    """The head module of each view ('narrow' or a broad modality): one shared, or one per view."""
+    head_bn = tsm_resnet.make_bn_config(model_config.bn_decay, model_config.bn_eps, axis)
+    if model_config.shared_head:
+      shared = heads.ProjectAndPredict(*head_args, head_bn, name='shared_project')
+      return {v: shared for v in views}
+    return {v: heads.ProjectAndPredict(
+        *head_args, head_bn, name=('narrow_video_project' if v == 'narrow' else f'broad_{v}_project'))
+            for v in views}
+
   def loss_forward(batch: Batch, axis: str | None) -> tuple[jax.Array, Metrics]:
     with precision(model_config.compute_dtype):
       feats = {'narrow': Embedding(model_config, 'narrow', 'video', axis)(
           _view_input(batch, 'narrow', 'video'), True)}
       for m in modalities:
         feats[m] = Embedding(model_config, 'broad', m, axis)(_view_input(batch, 'broad', m), True)
-    head_bn = tsm_resnet.make_bn_config(model_config.bn_decay, model_config.bn_eps, axis)
-    if model_config.shared_head:
-      shared = heads.ProjectAndPredict(*head_args, head_bn, name='shared_project')
-      view_heads = {v: shared for v in feats}
-    else:
-      view_heads = {v: heads.ProjectAndPredict(
-          *head_args, head_bn,
-          name=('narrow_video_project' if v == 'narrow' else f'broad_{v}_project'))
-                    for v in feats}
+    view_heads = make_heads(tuple(feats), axis)
     z, h = {}, {}
     for v, f_BxD in feats.items():
       z[v], h[v] = view_heads[v](f_BxD.astype(jnp.float32), True)
@@ -191,5 +197,18 @@ def build_model(model_config: ml_collections.ConfigDict, broad_modalities: Seque
     embed.__doc__ = f'{embedding_name(view, modality)} features, inference-mode batch norm.'
     return embed
 
+  def make_project(view: str) -> ProjectFn:
+    transformed = hk.transform_with_state(
+        lambda f_BxD: make_heads((view,), None)[view](f_BxD.astype(jnp.float32), False))
+
+    def project(params: hk.Params, state: hk.State, feats_BxD: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+      (z_BxK, h_BxK), _ = transformed.apply(params, state, None, feats_BxD)
+      return z_BxK, h_BxK
+
+    project.__doc__ = f'(z, h) of the {view} view from its backbone features, inference-mode BN.'
+    return project
+
   return Model(init=local.init, loss=loss, embed_narrow=make_embed('narrow', 'video'),
-               embed_broad={m: make_embed('broad', m) for m in modalities})
+               embed_broad={m: make_embed('broad', m) for m in modalities},
+               project={v: make_project(v) for v in ('narrow',) + modalities})
