@@ -122,16 +122,23 @@ def test_failed_write_keeps_existing_shards(tmp_path):
 
 # --- Shard lists -----------------------------------------------------------------------------
 
-def test_shard_folder_with_other_files_reads_only_shards(tmp_path, tiny_va_config):
-  """Before: dataset.json / train_summary.json in the folder were read as (corrupt) shards."""
+def test_shard_folder_with_other_files_reads_only_shards(tmp_path, tiny_va_config, caplog):
+  """Before: dataset.json / train_summary.json in the folder were read as (corrupt) shards.
+  Now they are left out, and named once so the user sees what was left out."""
   _shards(tmp_path)
   (tmp_path / 'dataset.json').write_text('{"splits": {}}')
   (tmp_path / 'train_summary.json').write_text('{"converted": 6}')
   (tmp_path / 'notes.txt').write_text('converted on a Tuesday')
   (tmp_path / '.train-00000-of-00002.123.tmp').write_bytes(b'half written')
   expected = [str(tmp_path / 'train-00000-of-00002'), str(tmp_path / 'train-00001-of-00002')]
-  assert reader.list_shards(str(tmp_path)) == expected
-  assert reader.list_shards(str(tmp_path / 'train*')) == expected
+  with caplog.at_level(logging.WARNING):
+    assert reader.list_shards(str(tmp_path)) == expected
+    assert reader.list_shards(str(tmp_path / 'train*')) == expected
+    assert reader.list_shards(str(tmp_path)) == expected  # Said once per spec.
+  said = [r.getMessage() for r in caplog.records if 'not shards' in r.getMessage()]
+  assert len(said) == 2, said
+  assert 'ignoring 3 file(s) that are not shards: dataset.json, notes.txt, train_summary.json' in said[0]
+  assert 'ignoring 1 file(s) that are not shards: train_summary.json' in said[1]
   cfg = _config(tiny_va_config)
   it = pipeline.make_eval_dataset(cfg, str(tmp_path), mode='test', batch_size=6)
   assert sum(len(b['label']) for b in it) == 6 and it.skipped_records() == 0

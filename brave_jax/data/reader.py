@@ -46,6 +46,20 @@ def _is_shard_candidate(path: str) -> bool:
   return not name.startswith('.') and not name.lower().endswith(_NOT_SHARD_SUFFIXES)
 
 
+_IGNORED_REPORTED: set[str] = set()  # Specs whose ignored files were already named.
+
+
+def _say_ignored(spec: str, ignored: Sequence[str]) -> None:
+  """Names, once per spec and process, the files a shard spec matched but that are not shards
+  (a summary JSON, a README), so a user sees what was left out and why."""
+  if not ignored or spec in _IGNORED_REPORTED:
+    return
+  _IGNORED_REPORTED.add(spec)
+  names = [os.path.basename(f) for f in ignored]
+  logging.warning('%s: ignoring %d file(s) that are not shards: %s%s', spec, len(names),
+                  ', '.join(names[:5]), ' ...' if len(names) > 5 else '')
+
+
 def _expand_one(spec: str) -> list[str]:
   spec = spec.strip()
   spec = spec if tfrecord.is_remote(spec) else os.path.expanduser(spec)
@@ -59,10 +73,13 @@ def _expand_one(spec: str) -> list[str]:
     if len(prefixes) > 1:
       raise ShardError(f'shard directory {spec!r} holds shards of several prefixes {prefixes}; '
                        f'name one set with a glob, e.g. {os.path.join(spec, prefixes[0])}-*')
+    listed = [f for f in (os.path.join(spec, g.rstrip('/')) for g in tf.io.gfile.listdir(spec))
+              if not os.path.basename(f).startswith('.') and not tf.io.gfile.isdir(f)]
     files = named or files
     if not files:
       raise ShardError(f'shard directory {spec!r} holds no shard files; write shards there '
                        '(brave_jax.data.dmvr_format.write_shards) or point at another directory')
+    _say_ignored(spec, sorted(set(listed) - set(files)))
     return files
   if glob.has_magic(spec):
     matches = [f for f in tf.io.gfile.glob(spec) if not tf.io.gfile.isdir(f)]
@@ -71,6 +88,7 @@ def _expand_one(spec: str) -> list[str]:
       ignored = f' (ignored as non-shards: {sorted(matches)[:3]})' if matches else ''
       raise ShardError(f'shard pattern {spec!r} matches no shard files{ignored}; check the path '
                        'and pattern')
+    _say_ignored(spec, sorted(set(matches) - set(files)))
     return files
   if not tf.io.gfile.exists(spec):
     raise ShardError(f'shard file {spec!r} does not exist; check the path '
