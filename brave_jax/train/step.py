@@ -2,7 +2,10 @@
 
 Everything a step needs lives in `TrainState`, and the step's randomness is
 `fold_in(fold_in(rng, step), device)`, so a step is a pure function of
-(state, batch) and a resumed run repeats an uninterrupted one bit for bit.
+(state, batch). With the input pipeline replaying the same batches on resume
+(data/pipeline.py: the order is a function of seed and step), a resumed run
+repeats an uninterrupted one bit for bit on CPU (tests/test_resume_data.py,
+test_loop.py); on accelerators XLA's reductions need not be deterministic.
 
 Multi-process (jax.distributed): with `devices=None` the pmap spans every
 device of every process; each process passes only its local slice
