@@ -495,6 +495,23 @@ INVALID_CONFIGS = (
     (('@config=configs/nope.py',), "config file 'configs/nope.py' not found"),
     (('@config=configs/brave_rgb_audio.py:huge',), "unknown config variant 'huge'"),
     (('@workdir=/etc/hostname',), 'is a file, not a directory'),
+    # Evaluation sections (checked when training starts too, so a bad value never waits for
+    # the end of pretraining to surface).
+    (('--config.finetune.optimizer=lamb',), 'config.finetune.optimizer'),
+    (('--config.finetune.warmup_steps=-1',), 'config.finetune.warmup_steps'),
+    (('--config.finetune.dropout_rate=1.0',), 'config.finetune.dropout_rate'),
+    (('--config.finetune.base_learning_rate=0.0',), 'config.finetune.base_learning_rate'),
+    (('--config.audio_eval.batch_size=0',), 'config.audio_eval.batch_size'),
+    (('--config.audio_eval.num_windows=0',), 'config.audio_eval.num_windows'),
+    (('--config.audio_eval.head=transformer',), 'config.audio_eval.head'),
+    (('--config.audio_eval.synthetic.num_folds=1',), 'config.audio_eval.synthetic.num_folds'),
+    (('--config.audio_eval.synthetic.clips_per_fold=0',),
+     'config.audio_eval.synthetic.clips_per_fold'),
+    (('--config.audio_eval.synthetic.snr_db=(10.0,0.0)',), 'config.audio_eval.synthetic.snr_db'),
+    (('--config.knn_monitor.every_steps=-5',), 'config.knn_monitor.every_steps'),
+    (('--config.knn_monitor.k=0',), 'config.knn_monitor.k'),
+    (('--config.knn_monitor.max_videos=0',), 'config.knn_monitor.max_videos'),
+    (('--config.knn_monitor.temperature=0.0',), 'config.knn_monitor.temperature'),
 )
 
 
