@@ -63,9 +63,18 @@ def write_atomic(path: str, data: bytes | str) -> str:
 
 def save_figure(figure: Any, path: str, dpi: int = 100) -> str:
   """A matplotlib figure as a PNG at `path`, written atomically (a plot is replaced whole or not
-  at all, so a crash or a full disk never leaves a truncated PNG); returns path."""
-  png = io.BytesIO()
-  figure.savefig(png, format='png', dpi=dpi)
+  at all, so a crash or a full disk never leaves a truncated PNG), then closed; returns path.
+
+  Creates a local parent directory if missing. Every plot of the project goes through here.
+  """
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  try:
+    png = io.BytesIO()
+    figure.savefig(png, format='png', dpi=dpi)
+  finally:
+    plt.close(figure)
+  if not is_remote(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   return write_atomic(path, png.getvalue())
 
 

@@ -6,7 +6,6 @@
   global batch, to compare device/process layouts.
 Each process writes <dump_dir>/<mode>_p<process>_s<start step>.json (+ .npz for step).
 """
-import hashlib
 import json
 import os
 import sys
@@ -25,18 +24,10 @@ from brave_jax.train import step as step_lib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_test_double  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+digest = train_test_double.tree_digest
+
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'step'], 'What this process runs.')
 _DUMP_DIR = flags.DEFINE_string('dump_dir', None, 'Where each process writes what it saw.')
-
-
-def tree_digest(tree) -> str:
-  """sha256 over every leaf's path, dtype, shape and bytes: equal digests = identical trees."""
-  h = hashlib.sha256()
-  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    x = np.ascontiguousarray(np.asarray(x))
-    h.update(f'{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}'.encode())
-    h.update(x.tobytes())
-  return h.hexdigest()
 
 
 def _dump(name: str, record: dict) -> None:
@@ -55,7 +46,7 @@ def run_train(config, workdir: str) -> None:
     for i, batch in enumerate(make(start_step)):
       if i == 0:
         seen.update(start_step=start_step, first_labels=np.asarray(batch['label']).ravel().tolist(),
-                    first_batch_digest=tree_digest(batch))
+                    first_batch_digest=digest(batch))
       yield batch
 
   brave_main.make_batch_iterator_fn = lambda _: recording
@@ -63,8 +54,8 @@ def run_train(config, workdir: str) -> None:
   host = step_lib.unreplicate(ts)
   _dump(f"train_s{seen['start_step']}", dict(
       seen, process_index=jax.process_index(), process_count=jax.process_count(),
-      final_step=int(host.step), params_digest=tree_digest(host.params),
-      state_digest=tree_digest(host.state), opt_state_digest=tree_digest(host.opt_state)))
+      final_step=int(host.step), params_digest=digest(host.params),
+      state_digest=digest(host.state), opt_state_digest=digest(host.opt_state)))
 
 
 def run_step(config) -> None:

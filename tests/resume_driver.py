@@ -7,7 +7,6 @@ the end digests of the final parameters. --model=double swaps the BraVe model
 for the test double (same loop, seconds to compile) so the kill test fits the
 suite's time; --model=brave runs the real :tiny model.
 """
-import hashlib
 import json
 import os
 import sys
@@ -16,7 +15,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import numpy as np
 
 from brave_jax import main as brave_main
 from brave_jax.train import loop
@@ -25,19 +23,11 @@ from brave_jax.train import step as step_lib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_test_double  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+digest = train_test_double.tree_digest
+
 _MODEL = flags.DEFINE_enum('model', 'double', ['double', 'brave'], 'Model to train.')
 _STEP_DELAY = flags.DEFINE_float('step_delay', 0.0, 'Seconds to wait before feeding each batch '
                                  '(widens the window for a kill; does not change the data).')
-
-
-def tree_digest(tree) -> str:
-  """sha256 over every leaf's path, dtype, shape and bytes: equal digests = identical trees."""
-  h = hashlib.sha256()
-  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    x = np.ascontiguousarray(np.asarray(x))
-    h.update(f'{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}'.encode())
-    h.update(x.tobytes())
-  return h.hexdigest()
 
 
 def main(argv):
@@ -52,7 +42,7 @@ def main(argv):
     for step, batch in enumerate(make(start_step), start_step):
       time.sleep(_STEP_DELAY.value)
       with open(log_path, 'a') as f:
-        f.write(json.dumps({'step': step, 'batch': tree_digest(batch)}) + '\n')
+        f.write(json.dumps({'step': step, 'batch': digest(batch)}) + '\n')
       yield batch
 
   model = None
@@ -60,8 +50,8 @@ def main(argv):
     model = train_test_double.build_test_double_model('i')
   host = step_lib.unreplicate(loop.train(config, workdir, recording, model=model))
   with open(os.path.join(workdir, 'final.json'), 'w') as f:
-    json.dump({'step': int(host.step), 'params': tree_digest(host.params),
-               'state': tree_digest(host.state), 'opt_state': tree_digest(host.opt_state)}, f)
+    json.dump({'step': int(host.step), 'params': digest(host.params),
+               'state': digest(host.state), 'opt_state': digest(host.opt_state)}, f)
 
 
 if __name__ == '__main__':

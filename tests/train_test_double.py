@@ -8,6 +8,7 @@ multiplier), and `loss(params, state, rng, batch) -> (loss, (state, metrics))`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, Iterator
 
 import haiku as hk
@@ -87,3 +88,13 @@ def make_batch_iterator_fn(batch_size: int, num_devices: int, seed: int = 0,
       s += 1
 
   return make
+
+
+def tree_digest(tree) -> str:
+  """sha256 over every leaf's path, dtype, shape and bytes: equal digests = identical trees."""
+  h = hashlib.sha256()
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    x = np.ascontiguousarray(np.asarray(x))
+    h.update(f'{jax.tree_util.keystr(path)}|{x.dtype}|{x.shape}'.encode())
+    h.update(x.tobytes())
+  return h.hexdigest()

@@ -1015,17 +1015,22 @@ def write_test_video(path: str, frames_TxHxWx3: np.ndarray, fps: float = 25.0,
       container.mux(stream.encode(frame))
     container.mux(stream.encode())
     if a_stream is not None:
-      samples = np.asarray(audio, np.float32).reshape(-1)
-      chunk = 4800
-      for start in range(0, samples.size, chunk):
-        frame = av.AudioFrame.from_ndarray(samples[None, start:start + chunk], format='flt',
-                                           layout='mono')
-        frame.sample_rate = audio_rate
-        frame.pts = start
-        frame.time_base = fractions.Fraction(1, audio_rate)
-        container.mux(a_stream.encode(frame))
-      container.mux(a_stream.encode())
+      _mux_mono_audio(container, a_stream, audio, audio_rate, chunk=4800)
   return path
+
+
+def _mux_mono_audio(container: Any, stream: Any, samples: np.ndarray, rate: int,
+                    chunk: int) -> None:
+  """Encodes mono float samples into `stream` in frames of `chunk` samples, then flushes it."""
+  samples = np.asarray(samples, np.float32).reshape(-1)
+  for start in range(0, samples.size, chunk):
+    frame = av.AudioFrame.from_ndarray(samples[None, start:start + chunk], format='flt',
+                                       layout='mono')
+    frame.sample_rate = rate
+    frame.pts = start
+    frame.time_base = fractions.Fraction(1, rate)
+    container.mux(stream.encode(frame))
+  container.mux(stream.encode())
 
 
 def write_test_audio(path: str, samples: np.ndarray, rate: int = 48000,
@@ -1037,19 +1042,10 @@ def write_test_audio(path: str, samples: np.ndarray, rate: int = 48000,
   ext = os.path.splitext(path)[1].lower()
   codec = codec or {'.wav': 'pcm_s16le', '.flac': 'flac', '.mp3': 'libmp3lame', '.ogg': 'libopus',
                     '.opus': 'libopus', '.m4a': 'aac'}.get(ext, 'pcm_s16le')
-  samples = np.asarray(samples, np.float32).reshape(-1)
   with av.open(path, 'w') as container:
     stream = container.add_stream(codec, rate=rate)
     stream.layout = 'mono'
-    chunk = 960 if codec == 'libopus' else 4800
-    for start in range(0, samples.size, chunk):
-      frame = av.AudioFrame.from_ndarray(samples[None, start:start + chunk], format='flt',
-                                         layout='mono')
-      frame.sample_rate = rate
-      frame.pts = start
-      frame.time_base = fractions.Fraction(1, rate)
-      container.mux(stream.encode(frame))
-    container.mux(stream.encode())
+    _mux_mono_audio(container, stream, samples, rate, chunk=960 if codec == 'libopus' else 4800)
   return path
 
 

@@ -203,10 +203,7 @@ def plot_folds(path: str, per_fold: Mapping[str, float], title: str = '') -> str
   ax.set_title(title or 'accuracy per fold')
   ax.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  files.save_figure(fig, path)
-  plt.close(fig)
-  return path
+  return files.save_figure(fig, path)
 
 
 def run_folds(config: ml_collections.ConfigDict, source: backbone_lib.Source, data: Any,
@@ -329,10 +326,7 @@ def plot_ap(path: str, per_class_ap: Mapping[str, float], class_names: Sequence[
   ax.set_ylim(0, 1)
   ax.set_title(title or 'AP per class')
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  files.save_figure(fig, path)
-  plt.close(fig)
-  return path
+  return files.save_figure(fig, path)
 
 
 def run_multilabel(config: ml_collections.ConfigDict, source: backbone_lib.Source,

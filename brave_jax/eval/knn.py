@@ -146,9 +146,7 @@ def plot_curve(workdir: str, steps: list[int], top1: list[float], chance: float 
   ax.legend()
   fig.tight_layout()
   path = path or os.path.join(workdir, PLOT_FILE)
-  files.save_figure(fig, path)
-  plt.close(fig)
-  return path
+  return files.save_figure(fig, path)
 
 
 class Monitor:

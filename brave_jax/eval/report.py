@@ -105,10 +105,7 @@ def plot_confusion(path: str, confusion_KxK: Sequence[Sequence[int]],
   ax.set_ylabel('true')
   ax.set_title(title or 'test confusion (rows normalised)')
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  files.save_figure(fig, path)
-  plt.close(fig)
-  return path
+  return files.save_figure(fig, path)
 
 
 def format_table(records: Mapping[str, Mapping[str, Any]]) -> str:

@@ -292,9 +292,7 @@ def plot_queries(path: str, emb: Mapping[str, np.ndarray], names: Sequence[str],
   fig.suptitle(title or 'retrieval (frames show the clip each video or audio came from; '
                'green: the true partner)', fontsize=8)
   fig.tight_layout()
-  files.save_figure(fig, path)
-  plt.close(fig)
-  return path
+  return files.save_figure(fig, path)
 
 
 def _audio_seconds(config: ml_collections.ConfigDict) -> float:

@@ -69,9 +69,7 @@ def plot_losses(workdir: str, out_path: str | None = None) -> str | None:
   ax_lr.grid(alpha=0.3)
   fig.tight_layout()
   out_path = out_path or os.path.join(workdir, PLOT_FILE)
-  files.save_figure(fig, out_path)
-  plt.close(fig)
-  return out_path
+  return files.save_figure(fig, out_path)
 
 
 class ScalarEventFile:
