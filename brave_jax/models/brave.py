@@ -79,7 +79,8 @@ class Embedding(hk.Module):
       if x.ndim != 3:
         raise ValueError(f'{self.module_name}: audio must be a log-mel spectrogram '
                          f'[B, frames, mel_bins], got shape {x.shape}')
-      return resnet_v2.ResNetV2(**kwargs)(x, is_training)
+      return resnet_v2.ResNetV2(basic_block=self._config.get('basic_block', 'published'),
+                                **kwargs)(x, is_training)
     channels = INPUT_CHANNELS[self._modality]
     if x.ndim != 5 or x.shape[-1] != channels:
       raise ValueError(f'{self.module_name}: {self._modality!r} must be [B, T, H, W, {channels}], '
