@@ -27,6 +27,7 @@ from ml_collections import config_flags
 from brave_jax import cli
 from brave_jax import config_base
 from brave_jax import errors
+from brave_jax import tf_startup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]',
                                           lock_config=True)
@@ -97,7 +98,12 @@ def main(argv):
                            _CPU_COLLECTIVES.value,
                            heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)  # Before any device use.
     config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
-    run(_CONFIG.value, _WORKDIR.value or default_workdir(config_spec))
+    workdir = _WORKDIR.value or default_workdir(config_spec)
+    if jax.process_index() == 0:  # Say something at once: the first step is minutes away.
+      print(f'Training {config_spec} in {workdir}: '
+            'loading TensorFlow and the data, then compiling the model...', flush=True)
+    tf_startup.import_tensorflow()  # Its start-up banners once, before the pipeline imports it.
+    run(_CONFIG.value, workdir)
   except errors.RunError as error:
     errors.print_error(error)
     distributed.exit_now_if_multiprocess(error.exit_code)

@@ -562,3 +562,16 @@ def test_clips_of_held_frames_are_counted_and_dropped_over_the_threshold(tmp_pat
   whole = convert.convert(str(root), str(tmp_path / 'whole'), progress=False, short_side=32,
                           max_held_fraction=0.25)
   assert not whole.converted and whole.skipped_by_reason == {'held frames': 1}
+
+
+def test_summary_counts_short_records_that_the_pipelines_loop():
+  """Videos shorter than one clip are kept whole; the summary counts them (they get looped)."""
+  summary = convert.Summary(prefix='p', clip_seconds=2.0)
+  summary.add(convert.Result('short.mp4', None, clips=[b'x'], record_seconds=[0.8]))
+  summary.add(convert.Result('long.mp4', None, clips=[b'x', b'y'], record_seconds=[2.0, 2.0]))
+  assert summary.looped_short_records == 1 and summary.shortest_record_seconds == 0.8
+  assert summary.records == 3 and summary.converted == 2
+  text = summary.text()
+  assert 'records shorter than one 2s clip (whole short videos, looped by the pipelines to fill ' \
+         'their windows): 1' in text
+  assert text.splitlines()[-1].startswith('[p] converted 2/0 videos into 3 record(s)')
