@@ -356,9 +356,9 @@ def _main(args: argparse.Namespace) -> int:
     resume.check_is_directory(args.workdir)
   _check_model_flags(args)
   output_dir = _output_dir(args)
+  config = load_config(args)
   if not (args.embeddings and args.protocol == 'linear'):  # A re-fit reads no data.
     tf_startup.import_tensorflow()  # Its start-up banners once, before the data code imports it.
-  config = load_config(args)
   runner = {'linear': run_linear, 'finetune': run_finetune, 'audio': run_audio,
             'knn': run_knn, 'retrieval': run_retrieval}[args.protocol]
   runner(config, args, output_dir)

@@ -81,6 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
   config_base.validate(config, jax.process_count(), jax.local_device_count())
   loop.check_workdir(config, workdir)  # Before the (maybe minutes-long) synthetic data generation.
+  tf_startup.import_tensorflow()  # Its start-up banners once, before the data code imports it.
   train_state = loop.train(config, workdir, make_batch_iterator_fn(config),
                            hooks=knn.monitor_hooks(config, workdir))
   if config.eval.run_after_training:
@@ -102,7 +103,6 @@ def main(argv):
     if jax.process_index() == 0:  # Say something at once: the first step is minutes away.
       print(f'Training {config_spec} in {workdir}: '
             'loading TensorFlow and the data, then compiling the model...', flush=True)
-    tf_startup.import_tensorflow()  # Its start-up banners once, before the pipeline imports it.
     run(_CONFIG.value, workdir)
   except errors.RunError as error:
     errors.print_error(error)
