@@ -102,5 +102,7 @@ def test_says_it_is_compiling_before_the_first_step(config, tmp_path, capsys):
   out = capsys.readouterr().out
   compiling = out.index('Compiling the training step')
   compiled = out.index('Compiled the training step in')
-  assert out.index('Reading the first batch, then initialising the model') < compiling < compiled
+  assert (out.index('Reading the first batch') < out.index('Compiling and running the model '
+                                                          'initialisation')
+          < out.index('Initialised the model in') < compiling < compiled)
   assert 'training from step 0' in out[compiled:]

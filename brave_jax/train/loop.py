@@ -334,10 +334,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     host_iterator = make_batch_iterator(start_step)
     batches = DevicePrefetcher(host_iterator, devices, size=2)
 
-    say('Reading the first batch, then '
-        + ('restoring the checkpoint' if start_step else 'initialising the model (XLA compiles it)')
-        + '...')
+    say('Reading the first batch...')
     first_batch = next(batches)
+    phase_start = time.perf_counter()
+    say('Restoring the checkpoint...' if start_step else
+        'Compiling and running the model initialisation (XLA; minutes on CPU for a full-size '
+        'model)...')
     init = step_lib.make_init(model, optimizer)  # All processes: same rng -> same replicas.
     init_rng = jax.random.PRNGKey(config.seed)
     if start_step:
@@ -357,6 +359,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         state = _merge_initial(host.state, initial_variables[1], 'state')
         host = host._replace(params=params, state=state, opt_state=optimizer.init(params))
         train_state = step_lib.replicate(host, devices)
+    say(f'{"Restored" if start_step else "Initialised"} the model in '
+        f'{time.perf_counter() - phase_start:.0f}s.')
     update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule)
     fields = tuple(progress_fields) + tuple(
         f for h in hooks for f in getattr(h, 'progress_fields', ()))
