@@ -44,6 +44,7 @@ import ml_collections
 
 from brave_jax import config_base
 from brave_jax import errors
+from brave_jax import tf_startup
 from brave_jax.eval.backbone import config_from_json  # pylint: disable=unused-import  # Public API.
 
 PROTOCOLS = ('linear', 'finetune', 'audio', 'knn', 'retrieval')
@@ -268,10 +269,13 @@ def run_audio(config, args, output_dir) -> dict[str, Any]:
   if bool(args.audio_shards) != bool(args.folds_csv):
     raise UsageError('ESC-style audio evaluation needs both --audio_shards and --folds_csv '
                      '(or neither: the embedded ESC-style audio split)')
+  if args.audio_shards:  # Every input the command names is checked before the model is built.
+    audio.check_folds_cover(args.audio_shards, args.folds_csv, id_column=args.id_column,
+                            fold_column=args.fold_column)
+    class_names = splits.shard_class_names(args.audio_shards)
   source = _model_source(config, args)
   if args.audio_shards:
-    data, folds_csv, class_names = args.audio_shards, args.folds_csv, \
-        splits.shard_class_names(args.audio_shards)
+    data, folds_csv = args.audio_shards, args.folds_csv
   else:
     from brave_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     a = config.audio_eval.synthetic
@@ -310,6 +314,10 @@ def run_retrieval(config, args, output_dir) -> dict[str, Any]:
   from brave_jax.eval import retrieval  # pylint: disable=g-import-not-at-top
   if args.tfds:
     raise UsageError('retrieval reads DMVR shards with audio (--test_shards), not --tfds')
+  named = args.test_shards or config.data.test_shards
+  if named:  # The shards hold what retrieval needs? Checked once, before any model is built.
+    from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
+    reader.check_shard_features(named, video=True, audio=True, what='--protocol=retrieval')
   modalities = None if args.checkpoint else tuple(config.data.broad_modalities)
   if modalities is None:  # A published file says what it holds once loaded.
     source = _model_source(config, args)
@@ -349,6 +357,8 @@ def _main(args: argparse.Namespace) -> int:
   _check_model_flags(args)
   output_dir = _output_dir(args)
   config = load_config(args)
+  if not (args.embeddings and args.protocol == 'linear'):  # A re-fit reads no data.
+    tf_startup.import_tensorflow()  # Its start-up banners once, before the data code imports it.
   runner = {'linear': run_linear, 'finetune': run_finetune, 'audio': run_audio,
             'knn': run_knn, 'retrieval': run_retrieval}[args.protocol]
   runner(config, args, output_dir)

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 from brave_jax import cli
 from brave_jax import config_base
 from brave_jax import errors
+from brave_jax import tf_startup
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]',
                                           lock_config=True)
@@ -80,6 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
   config_base.validate(config, jax.process_count(), jax.local_device_count())
   loop.check_workdir(config, workdir)  # Before the (maybe minutes-long) synthetic data generation.
+  tf_startup.import_tensorflow()  # Its start-up banners once, before the data code imports it.
   train_state = loop.train(config, workdir, make_batch_iterator_fn(config),
                            hooks=knn.monitor_hooks(config, workdir))
   if config.eval.run_after_training:
@@ -97,7 +99,11 @@ def main(argv):
                            _CPU_COLLECTIVES.value,
                            heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)  # Before any device use.
     config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
-    run(_CONFIG.value, _WORKDIR.value or default_workdir(config_spec))
+    workdir = _WORKDIR.value or default_workdir(config_spec)
+    if jax.process_index() == 0:  # Say something at once: the first step is minutes away.
+      print(f'Training {config_spec} in {workdir}: '
+            'loading TensorFlow and the data, then compiling the model...', flush=True)
+    run(_CONFIG.value, workdir)
   except errors.RunError as error:
     errors.print_error(error)
     distributed.exit_now_if_multiprocess(error.exit_code)

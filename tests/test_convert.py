@@ -380,3 +380,198 @@ def test_clips_carry_their_own_flow_frames(tmp_path):
     seq = tf.train.SequenceExample.FromString(serialized)
     lists = seq.feature_lists.feature_list
     assert len(lists[dmvr_format.IMAGE_KEY].feature) == len(lists[dmvr_format.FLOW_KEY].feature) == 25
+
+
+# --- Real media as users bring it (issue 21) -------------------------------------------------
+
+
+@pytest.mark.parametrize('name,codec,audio_codec,rate', [
+    ('a.webm', 'libvpx-vp9', 'libopus', RATE), ('a.mkv', 'libx264', 'aac', RATE),
+    ('a.flv', 'flv', 'libmp3lame', 44100)])
+def test_audio_outlasting_video_is_not_called_truncated(tmp_path, name, codec, audio_codec, rate):
+  """Before: 'decoded 2.00s of video but the file declares 3.0s ... (truncated or corrupt
+  file?)' on intact WebM/MKV/FLV files whose audio runs on: the container's length was read
+  as the video's. Now the video stream's own length decides, and the whole video is kept."""
+  src = tmp_path / 'v' / name
+  src.parent.mkdir()
+  t = np.arange(int(3.0 * rate)) / rate
+  convert.write_test_video(str(src), _frames(50), fps=25, codec=codec, audio_codec=audio_codec,
+                           audio=(0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
+                           audio_rate=rate)
+  summary = convert.convert(str(tmp_path / 'v'), str(tmp_path / 'out'), num_shards=1,
+                            progress=False, short_side=32)
+  assert summary.converted == 1, summary.text()
+  assert not [w for w in summary.warnings if 'truncated' in w], summary.warnings
+  [ex] = _read_shards(str(tmp_path / 'out' / 'train-*'))
+  assert len(ex['frames']) == 50 and len(ex['waveform']) == 2 * RATE  # Audio cut at the video.
+
+
+def test_truncation_note_compares_the_container_length_with_the_audio():
+  """A video stream without a length of its own: only a file whose audio stops short of the
+  container's length too is called cut short (negative control for the test above)."""
+  video = convert.DecodedVideo(frames=[0] * 50, fps=25, duration_s=2.0, start_s=0.0,
+                               source_fps=25, num_decoded=50, container_duration_s=3.29)
+  ran_on = convert.DecodedAudio(np.zeros(int(3.29 * RATE), np.float32), RATE, 0.0)
+  cut = convert.DecodedAudio(np.zeros(2 * RATE, np.float32), RATE, 0.0)
+  assert convert.truncation_note(video, ran_on, 'x.flv') == []
+  [note] = convert.truncation_note(video, cut, 'x.flv')
+  assert 'x.flv: decoded 2.00s of video but the file declares 3.29s' in note
+  assert 'truncated' in convert.truncation_note(video, None, 'x.flv')[0]
+
+
+@pytest.mark.parametrize('policy', ['drop', 'pad'])
+def test_clips_whose_audio_ends_early_are_dropped_or_padded(tmp_path, policy):
+  """Before: a video whose audio ends 2 s before it gave last clips with little or no audio
+  (training then counted them against its bad-data budget). Now they are dropped (default)
+  or padded with silence (--short_audio_clips=pad), and the summary says how many."""
+  src = tmp_path / 'v' / 'tail.mp4'
+  src.parent.mkdir()
+  convert.write_test_video(str(src), _frames(125), fps=25, audio=_sine(3.0))  # 5 s, audio 3 s.
+  out = tmp_path / 'out'
+  rc = convert.main([f'--videos={src.parent}', f'--output_dir={out}', '--clip_seconds=1',
+                     '--short_side=32', '--no_progress', f'--short_audio_clips={policy}'])
+  assert rc == 0
+  clips = _read_clips(str(out / 'train-*'))
+  saved = json.loads((out / 'train_summary.json').read_text())
+  if policy == 'drop':
+    assert [c['start'] for c in clips] == [0.0, 1.0, 2.0]
+    assert saved['clips_dropped_short_audio'] == 2 and saved['clips_padded_short_audio'] == 0
+  else:
+    assert [c['start'] for c in clips] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert saved['clips_padded_short_audio'] == 2 and saved['clips_dropped_short_audio'] == 0
+    assert np.abs(clips[4]['waveform']).max() == 0.0  # Silence where the audio had ended.
+  assert all(len(c['waveform']) == RATE for c in clips)  # Every kept clip: a full second.
+  np.testing.assert_allclose(_rms(clips[1]['waveform']), SINE_AMPLITUDE / np.sqrt(2), rtol=0.05)
+  assert saved['records'] == len(clips)
+
+
+def test_clips_all_without_audio_are_skipped_by_name(tmp_path):
+  """A video whose audio ends before its first clip does: no record, a reason that names the
+  option keeping them, and the other video of the run still converts."""
+  root = tmp_path / 'v'
+  root.mkdir()
+  convert.write_test_video(str(root / 'early.mp4'), _frames(50), fps=25, audio=_sine(0.3))
+  convert.write_test_video(str(root / 'fine.mp4'), _frames(50), fps=25, audio=_sine(2.0))
+  summary = convert.convert(str(root), str(tmp_path / 'out'), clip_seconds=1.0, progress=False,
+                            short_side=32)
+  assert summary.converted == 1 and summary.records == 2
+  [skipped] = summary.skipped
+  assert skipped['video'] == 'early.mp4' and skipped['category'] == 'audio ends early'
+  assert '--short_audio_clips=pad keeps them' in skipped['reason']
+  assert summary.skipped_by_reason == {'audio ends early': 1}
+  assert 'skipped 1 file(s) (named above): audio ends early 1' in summary.text()
+
+
+def test_files_with_unlisted_extensions_are_named_with_the_flag(tmp_path, capsys):
+  """Before: a folder of 5 files with 3 of unlisted extensions said 'converted 2/2 videos'.
+  Now each left-out file is named with its reason and the flag that adds it."""
+  root = tmp_path / 'v'
+  (root / 'cls').mkdir(parents=True)
+  convert.write_test_video(str(root / 'cls' / 'a.mp4'), _frames(25), fps=25)
+  convert.write_test_video(str(root / 'cls' / 'b.m1v'), _frames(25), fps=25, codec='mpeg1video')
+  (root / 'cls' / 'c.rm').write_bytes(b'.RMF' + bytes(60))
+  (root / 'cls' / 'd.swf').write_bytes(b'FWS' + bytes(60))
+  convert.write_test_audio(str(root / 'cls' / 'e.wav'), _sine(0.2))
+  (root / '.DS_Store').write_bytes(b'\0' * 8)  # Hidden: ignored without a word.
+  out = tmp_path / 'out'
+  assert convert.main([f'--videos={root}', f'--output_dir={out}', '--short_side=32',
+                       '--no_progress']) == 0
+  printed = capsys.readouterr().out
+  last = printed.strip().splitlines()[-2]  # Before 'summary: <path>'.
+  assert last.startswith('[train] converted 1/1 videos') and '4 other file(s) left out' in last
+  assert ('left out 3 file(s) whose extension is not in the list: cls/b.m1v, cls/c.rm, cls/d.swf;'
+          ' --extra_extensions=.m1v,.rm,.swf adds them') in printed
+  assert 'cls/e.wav (.wav is an audio extension; --audio_only converts audio files)' in printed
+  saved = json.loads((out / 'train_summary.json').read_text())
+  assert sorted(f['file'] for f in saved['left_out']) == ['cls/b.m1v', 'cls/c.rm', 'cls/d.swf',
+                                                          'cls/e.wav']
+  # The flag it names converts the file (and the others are still left out, by name).
+  summary = convert.convert(str(root), str(tmp_path / 'out2'), progress=False, short_side=32,
+                            extra_extensions='.m1v')
+  assert summary.converted == 2 and len(summary.left_out) == 3
+
+
+def test_slightly_clipped_audio_is_counted_loud_clipping_named(tmp_path):
+  """Before: every ordinary lossy file peaking a little over 1.0 warned 'audio peaked at
+  1.0xx after downmix; clipped' (369 of 1,006). Now they are one count in the summary; only
+  peaks above CLIP_WARN_PEAK get a line naming the file."""
+  root = tmp_path / 'a'
+  root.mkdir()
+  for name, peak in (('slight1.wav', 1.02), ('slight2.wav', 1.05), ('loud.wav', 1.6),
+                     ('fine.wav', 0.5)):
+    convert.write_test_audio(str(root / name), np.full(4800, peak, np.float32) *
+                             np.sign(np.sin(np.arange(4800) / 7.0)).astype(np.float32),
+                             codec='pcm_f32le')
+  summary = convert.convert(str(root), str(tmp_path / 'out'), audio_only=True, progress=False)
+  assert summary.converted == 4
+  assert summary.clipped_audio == 3 and summary.clipped_audio_max_peak == pytest.approx(1.6)
+  assert [w for w in summary.warnings if 'peaked' in w] == [
+      f'{root / "loud.wav"}: audio peaked at 1.600 after downmix; clipped to [-1, 1]']
+  assert 'audio clipped (peak above 1.0 after downmix, clipped to [-1, 1]): 3 file(s)' in \
+      summary.text()
+
+
+def test_text_file_named_wav_is_called_not_an_audio_file(tmp_path):
+  """Before, under --audio_only: 'this is a text file, not a video ... download the real
+  video'. Now the words are about audio; the good file beside it still converts."""
+  root = tmp_path / 'a'
+  root.mkdir()
+  (root / 'page.wav').write_text('<!DOCTYPE html><html>404 Not Found</html>\n')
+  convert.write_test_audio(str(root / 'good.wav'), _sine(0.3))
+  summary = convert.convert(str(root), str(tmp_path / 'out'), audio_only=True, progress=False)
+  assert summary.converted == 1
+  [skipped] = summary.skipped
+  assert 'this is a text file, not an audio file' in skipped['reason']
+  assert 'download the real audio file' in skipped['reason'] and 'video' not in skipped['reason']
+  assert skipped['category'] == 'text file, not media'
+  [record] = tf.data.TFRecordDataset(summary.shards)
+  ex = tf.train.SequenceExample.FromString(record.numpy())
+  assert ex.context.feature[dmvr_format.VIDEO_ID_KEY].bytes_list.value[0] == b'good.wav'
+  assert len(ex.feature_lists.feature_list[dmvr_format.WAVEFORM_KEY].feature[0]
+             .float_list.value) == int(0.3 * RATE)  # Written whole.
+
+
+def _held_video(path: str) -> str:
+  """4 s at 25 fps whose frames 1.0-3.0 s never decode (a 2 s timestamp gap): the decoder holds
+  the last frame over the gap, as with Theora packets that fail."""
+  times = [i / 25 for i in range(25)] + [3.0 + i / 25 for i in range(25)]
+  return convert.write_test_video(path, _frames(50), fps=25, timestamps_s=times, audio=_sine(4.0))
+
+
+def test_clips_of_held_frames_are_counted_and_dropped_over_the_threshold(tmp_path):
+  """Before: clips made of one frame repeated over a stretch that did not decode were written
+  as if fine. Now they are counted in the summary, and --max_held_fraction leaves them out."""
+  root = tmp_path / 'v'
+  root.mkdir()
+  _held_video(str(root / 'held.mp4'))
+  video = convert.decode_video(str(root / 'held.mp4'), 25, 32)
+  assert video.held_fraction(0, 25) == 0 and video.held_fraction(25, 75) > 0.9
+  assert video.held_fraction(75, 100) == 0
+  kept = convert.convert(str(root), str(tmp_path / 'kept'), clip_seconds=1.0, progress=False,
+                         short_side=32)
+  assert kept.records == 4 and kept.mostly_held_records == 2
+  assert kept.mostly_held_sources == ['held.mp4']
+  assert 'records made mostly (>50%) of held frames: 2 (from held.mp4); kept' in kept.text()
+  dropped = convert.convert(str(root), str(tmp_path / 'dropped'), clip_seconds=1.0,
+                            progress=False, short_side=32, max_held_fraction=0.5)
+  assert dropped.records == 2 and dropped.dropped_held_records == 2
+  assert [c['start'] for c in _read_clips(str(tmp_path / 'dropped' / 'train-*'))] == [0.0, 3.0]
+  saved = json.loads((tmp_path / 'dropped' / 'train_summary.json').read_text())
+  assert saved['dropped_held_records'] == 2 and saved['max_held_fraction'] == 0.5
+  # A whole-video record over the threshold is skipped with that reason.
+  whole = convert.convert(str(root), str(tmp_path / 'whole'), progress=False, short_side=32,
+                          max_held_fraction=0.25)
+  assert not whole.converted and whole.skipped_by_reason == {'held frames': 1}
+
+
+def test_summary_counts_short_records_that_the_pipelines_loop():
+  """Videos shorter than one clip are kept whole; the summary counts them (they get looped)."""
+  summary = convert.Summary(prefix='p', clip_seconds=2.0)
+  summary.add(convert.Result('short.mp4', None, clips=[b'x'], record_seconds=[0.8]))
+  summary.add(convert.Result('long.mp4', None, clips=[b'x', b'y'], record_seconds=[2.0, 2.0]))
+  assert summary.looped_short_records == 1 and summary.shortest_record_seconds == 0.8
+  assert summary.records == 3 and summary.converted == 2
+  text = summary.text()
+  assert 'records shorter than one 2s clip (whole short videos, looped by the pipelines to fill ' \
+         'their windows): 1' in text
+  assert text.splitlines()[-1].startswith('[p] converted 2/0 videos into 3 record(s)')

@@ -124,7 +124,9 @@ def test_failed_write_keeps_existing_shards(tmp_path):
 
 def test_shard_folder_with_other_files_reads_only_shards(tmp_path, tiny_va_config, caplog):
   """Before: dataset.json / train_summary.json in the folder were read as (corrupt) shards.
-  Now they are left out, and named once so the user sees what was left out."""
+  Now they are left out; other files are named once so the user sees what was left out, while
+  the project's own files beside its shards (the converter's summary, the synthetic set's
+  manifest) are expected there and not mentioned (issue 21: every evaluation warned about them)."""
   _shards(tmp_path)
   (tmp_path / 'dataset.json').write_text('{"splits": {}}')
   (tmp_path / 'train_summary.json').write_text('{"converted": 6}')
@@ -136,9 +138,14 @@ def test_shard_folder_with_other_files_reads_only_shards(tmp_path, tiny_va_confi
     assert reader.list_shards(str(tmp_path / 'train*')) == expected
     assert reader.list_shards(str(tmp_path)) == expected  # Said once per spec.
   said = [r.getMessage() for r in caplog.records if 'not shards' in r.getMessage()]
-  assert len(said) == 2, said
-  assert 'ignoring 3 file(s) that are not shards: dataset.json, notes.txt, train_summary.json' in said[0]
-  assert 'ignoring 1 file(s) that are not shards: train_summary.json' in said[1]
+  assert len(said) == 1, said
+  assert 'ignoring 1 file(s) that are not shards: notes.txt' in said[0]
+  assert not [r for r in caplog.records if 'summary' in r.getMessage()]
+  (tmp_path / 'test_summary.json').write_text('{}')  # Another prefix's summary is not ours.
+  with caplog.at_level(logging.WARNING):
+    reader.list_shards(str(tmp_path / '*'))
+  said = caplog.records[-1].getMessage()
+  assert 'notes.txt, test_summary.json' in said and 'train_summary' not in said
   cfg = _config(tiny_va_config)
   it = pipeline.make_eval_dataset(cfg, str(tmp_path), mode='test', batch_size=6)
   assert sum(len(b['label']) for b in it) == 6 and it.skipped_records() == 0
@@ -293,3 +300,17 @@ def test_remote_paths_are_listed_indexed_and_read_through_gfile(tmp_path):
   rd = index.reader()
   assert [index.read(rd, i) for i in range(len(index))] == [
       f'record {i} {k}'.encode() for i in range(2) for k in range(3)]
+
+
+def test_training_set_smaller_than_a_batch_warns(tmp_path, tiny_va_config, caplog):
+  """Before: 25 clips with batch 32 trained without a word. Now a warning names the counts."""
+  _shards(tmp_path / 'few', n=3, num_shards=1)
+  _shards(tmp_path / 'enough', n=8, num_shards=1)
+  cfg = _config(tiny_va_config, batch=8)
+  with caplog.at_level(logging.WARNING):
+    pipeline.make_train_dataset(cfg, str(tmp_path / 'enough'), num_local_devices=1)
+    assert not [r for r in caplog.records if 'fewer than one batch' in r.getMessage()]
+    pipeline.make_train_dataset(cfg, str(tmp_path / 'few'), num_local_devices=1)
+  [said] = [r.getMessage() for r in caplog.records if 'fewer than one batch' in r.getMessage()]
+  assert said.startswith('the training set has 3 clip(s) (1 shard(s), first ')
+  assert 'fewer than one batch of 8 per host' in said and 'config.training.batch_size' in said

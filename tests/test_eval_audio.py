@@ -192,3 +192,119 @@ def test_embedded_audio_split_is_esc_shaped(tmp_path):
   assert sorted(ids) == sorted(folds) and len(ids) == 3 * 2 * 3
   assert sorted(set(folds.values())) == ['1', '2', '3']
   assert all(len(w) == RATE // 2 and np.abs(w).max() <= 1.0 for w in waves)
+
+
+# --- Real media as users bring it (issue 21) -------------------------------------------------
+
+LANGS = ('de', 'fr', 'it')
+
+
+def _nested_speech(tmp_path):
+  """Nested folders with repeated basenames (de/alpha/k.ogg, fr/alpha/k.ogg, ...), an ESC-style
+  CSV of their relative paths with folds that differ between same-named files, converted
+  --audio_only through the CSV with --media_root. Returns (shards, {path: fold}, csv path)."""
+  media = tmp_path / 'media'
+  rows, folds = ['filename,fold,category'], {}
+  for li, lang in enumerate(LANGS):
+    for wi, word in enumerate(('alpha', 'beta')):
+      for ki, name in enumerate(('k.ogg', 'm.ogg')):
+        rel = f'{lang}/{word}/{name}'
+        (media / lang / word).mkdir(parents=True, exist_ok=True)
+        convert.write_test_audio(str(media / rel), _tone(300 + 100 * li + 37 * ki, 0.3))
+        fold = str(1 + (li + wi + ki) % 3)
+        folds[rel] = fold
+        rows.append(f'{rel},{fold},{lang}')
+  csv_path = tmp_path / 'meta.csv'
+  csv_path.write_text('\n'.join(rows) + '\n')
+  summary = convert.convert(str(csv_path), str(tmp_path / 'shards'), prefix='speech',
+                            audio_only=True, path_column='filename', label_column='category',
+                            media_root=str(media), progress=False)
+  assert summary.converted == 12, summary.text()
+  return summary.shards, folds, str(csv_path)
+
+
+def test_folds_match_clips_by_path_not_basename(tmp_path):
+  """Before: folds were keyed by base name, so 12 rows became 2 keys ('k.ogg', 'm.ogg') and 10
+  clips silently took another clip's fold. Now the converter's clip/id (the CSV path relative
+  to --media_root) matches its own row."""
+  shards, folds, csv_path = _nested_speech(tmp_path)
+  assert len({os.path.basename(p) for p in folds}) == 2 < len(folds)  # The media reproduces it.
+  ids = audio.shard_clip_ids(shards)
+  assert sorted(ids) == sorted(folds)  # clip/id is the path the converter was given.
+  assert audio.read_folds(csv_path) == folds
+  np.testing.assert_array_equal(audio.assign_folds(ids, audio.read_folds(csv_path), csv_path),
+                                [folds[i] for i in ids])
+  assert audio.check_folds_cover(shards, csv_path) == folds
+
+
+def test_ambiguous_fold_keys_are_refused_in_one_line(tmp_path):
+  """A CSV of bare file names against nested clips with repeated names, and a path listed twice
+  with two folds, are refused with one line naming the duplicates."""
+  shards, folds, _ = _nested_speech(tmp_path)
+  bare = tmp_path / 'bare.csv'
+  bare.write_text('filename,fold\nk.ogg,1\nm.ogg,2\n')
+  with pytest.raises(audio.AudioEvalError) as caught:
+    audio.check_folds_cover(shards, str(bare))
+  message = str(caught.value)
+  assert '\n' not in message and 'ambiguous' in message
+  assert "row 'k.ogg' matches clips ['de/alpha/k.ogg', 'de/beta/k.ogg', 'fr/alpha/k.ogg']" in message
+  twice = tmp_path / 'twice.csv'
+  twice.write_text('filename,fold\nde/alpha/k.ogg,1\nfr/beta/m.ogg,2\n./de/alpha/k.ogg,3\n')
+  with pytest.raises(audio.AudioEvalError,
+                     match=r"listed twice with different folds: 'de/alpha/k.ogg' \(lines 2 and 4\)"):
+    audio.read_folds(str(twice))
+  # Bare ESC-50 names still match clips under a folder when each name is unique.
+  np.testing.assert_array_equal(
+      audio.assign_folds(['audio/1-1-A-0.wav', 'x/2-1-A-1'], {'1-1-A-0.wav': '1',
+                                                              '2-1-A-1.wav': '2'}, 'esc.csv'),
+      ['1', '2'])
+
+
+def _fails_before_the_model(monkeypatch, capsys, argv) -> str:
+  """Runs the CLI expecting exit status 1 and one error line, with model building forbidden."""
+  def no_model(*args, **kwargs):
+    raise AssertionError('the model was built before the inputs were checked')
+  monkeypatch.setattr(evaluate, '_model_source', no_model)
+  with pytest.raises(SystemExit) as caught:
+    evaluate.main(argv)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert caught.value.code in (1, 2), err
+  assert err and err[-1].startswith('error: ') and 'Traceback' not in '\n'.join(err), err
+  return err[-1]
+
+
+def test_bad_folds_csv_fails_in_one_line_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+  """Before: AudioEvalError derived from ValueError only, so the CLI printed a traceback, and
+  only after building the model (98 s). Now every input is checked first, in one line."""
+  shards, _, csv_path = _nested_speech(tmp_path)
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'earlier.json').write_text('{"kept": true}')
+  spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
+  base = ['--protocol=audio', '--random_init', f'--config={spec}', f'--output_dir={out}',
+          f'--audio_shards={",".join(shards)}']
+  no_fold = tmp_path / 'no_fold.csv'
+  no_fold.write_text('filename,split\nde/alpha/k.ogg,1\n')
+  assert 'no fold column' in _fails_before_the_model(monkeypatch, capsys,
+                                                     base + [f'--folds_csv={no_fold}'])
+  partial = tmp_path / 'partial.csv'
+  partial.write_text('filename,fold\nde/alpha/k.ogg,1\nfr/alpha/k.ogg,2\n')
+  assert '10 clip(s) are not in' in _fails_before_the_model(monkeypatch, capsys,
+                                                            base + [f'--folds_csv={partial}'])
+  assert 'does not exist' in _fails_before_the_model(
+      monkeypatch, capsys, base + [f'--folds_csv={tmp_path / "nowhere.csv"}'])
+  binary = tmp_path / 'binary.csv'
+  binary.write_bytes(b'filename,fold\n\x00\xff\xfe')
+  assert 'not a readable CSV' in _fails_before_the_model(monkeypatch, capsys,
+                                                         base + [f'--folds_csv={binary}'])
+  assert sorted(os.listdir(out)) == ['earlier.json']  # Nothing written, nothing lost.
+  assert issubclass(audio.AudioEvalError, evaluate.errors.RunError)
+  del csv_path
+
+
+def test_svm_folds_show_a_bar(capsys):
+  """Before: minutes of silence between the embedding bar and the result. Now the folds count."""
+  rng = np.random.default_rng(0)
+  labels = np.tile(np.arange(2), 6)
+  audio.evaluate_folds(rng.normal(size=(12, 3)), labels, np.repeat(['1', '2', '3'], 4), 1.0)
+  assert 'SVM per fold' in capsys.readouterr().err

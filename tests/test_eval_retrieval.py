@@ -122,3 +122,39 @@ def test_cli_refuses_models_without_audio_and_tfds(tmp_path, capsys):
     evaluate.main(['--protocol=retrieval', '--random_init', '--tfds=ucf101',
                    f'--output_dir={tmp_path}'])
   assert 'not --tfds' in capsys.readouterr().err
+
+
+def test_audio_only_shards_fail_fast_saying_they_hold_no_frames(tmp_path, capsys, monkeypatch):
+  """Before: --protocol=retrieval on audio-only shards read every record ('1006 in a row',
+  although the run budget is 50) and said 'reconvert the videos'. Now the shards' features are
+  checked once, before any model is built, and the message says they hold no frames."""
+  from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'audio').mkdir()
+  for i in range(3):
+    t = np.arange(24000) / 48000
+    convert.write_test_audio(str(tmp_path / 'audio' / f'{i}.wav'),
+                             (0.3 * np.sin(2 * np.pi * 300 * (i + 1) * t)).astype(np.float32))
+  shards = convert.convert(str(tmp_path / 'audio'), str(tmp_path / 'shards'), prefix='speech',
+                           audio_only=True, progress=False).shards
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'retrieval.json').write_text('{"earlier": true}')
+
+  def no_model(*args, **kwargs):
+    raise AssertionError('the model was built before the shards were checked')
+  monkeypatch.setattr(evaluate, '_model_source', no_model)
+  spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(['--protocol=retrieval', '--random_init', f'--config={spec}',
+                   f'--test_shards={tmp_path / "shards"}', f'--output_dir={out}'])
+  assert exit_info.value.code == 1
+  [line] = capsys.readouterr().err.strip().splitlines()[-1:]
+  assert line.startswith('error: --protocol=retrieval needs video frames, but the shards hold '
+                         'no frames (image/encoded')
+  assert '--audio_only' in line and 'in a row' not in line
+  assert json.loads((out / 'retrieval.json').read_text()) == {'earlier': True}  # Not lost.
+  # Every evaluation pipeline makes the same check before reading records one by one.
+  config = config_base.load(spec)
+  with pytest.raises(reader.ShardError, match='hold no frames'):
+    pipeline.make_eval_dataset(config, shards, mode='test', batch_size=2)

@@ -93,3 +93,16 @@ def test_uneven_batch_from_iterator_refused(config, tmp_path):
 
   with pytest.raises(ValueError, match='devices=2'):
     loop.train(config, str(tmp_path / 'w'), bad, _model())
+
+
+def test_says_it_is_compiling_before_the_first_step(config, tmp_path, capsys):
+  """Before: minutes of silence before step 10 while XLA compiled. Now a line says so first."""
+  config.training.num_steps = 2
+  loop.train(config, str(tmp_path / 'w'), _iter_fn(), _model())
+  out = capsys.readouterr().out
+  compiling = out.index('Compiling the training step')
+  compiled = out.index('Compiled the training step in')
+  assert (out.index('Reading the first batch') < out.index('Compiling and running the model '
+                                                          'initialisation')
+          < out.index('Initialised the model in') < compiling < compiled)
+  assert 'training from step 0' in out[compiled:]

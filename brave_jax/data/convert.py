@@ -76,8 +76,12 @@ import av
 import cv2
 import numpy as np
 
-from brave_jax.data import dmvr_format
-from brave_jax.data import flow as flow_lib
+from brave_jax import tf_startup
+
+tf_startup.import_tensorflow()  # Before dmvr_format's import: TF's start-up banners once.
+
+from brave_jax.data import dmvr_format  # pylint: disable=g-import-not-at-top,wrong-import-position
+from brave_jax.data import flow as flow_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VIDEO_EXTENSIONS = ('.mp4', '.m4v', '.avi', '.mkv', '.webm', '.mov', '.mpg', '.mpeg', '.m2v',
                     '.ts', '.mts', '.m2ts', '.flv', '.wmv', '.3gp', '.ogv', '.ogg', '.vob')
@@ -87,10 +91,22 @@ _HMDB_SPLIT_RE = re.compile(r'^(?P<cls>.+)_test_split\d+\.txt$')
 _HMDB_SPLIT_CODES = {'train': '1', 'test': '2'}
 _MAX_GAP_S = 30.0  # Longer pauses between video frames are treated as broken timestamps.
 _MAX_AUDIO_OFFSET_S = 10.0  # Larger audio/video start offsets are treated as broken timestamps.
+# Downmixed audio peaking at most this far above full scale (about +0.8 dB) is clipped and only
+# counted in the summary: ordinary lossy files (Vorbis, MP3) overshoot 1.0 slightly all the time.
+# Louder peaks also get a warning line naming the file.
+CLIP_WARN_PEAK = 1.1
+# A record whose frames are more than this fraction held (decoded frames repeated to cover
+# timestamps where nothing decoded) is counted as "mostly held frames" in the summary.
+MOSTLY_HELD = 0.5
+SHORT_AUDIO_CLIPS = ('drop', 'pad')  # --short_audio_clips: what to do with a clip whose audio ends early.
 
 
 class ConvertError(Exception):
-  """A problem with one video file; the message names the file."""
+  """A problem with one video file; the message names the file, `reason` groups it in the summary."""
+
+  def __init__(self, message: str, reason: str = 'does not decode'):
+    super().__init__(message)
+    self.reason = reason
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -106,6 +122,17 @@ class DecodedVideo:
   source_fps: float | None  # The stream's average rate, for information.
   num_decoded: int  # Source frames decoded (before resampling).
   warnings: list[str] = dataclasses.field(default_factory=list)
+  # Per output frame: True when it repeats a decoded frame beyond that frame's own time slot
+  # (held over a stretch where nothing decoded, e.g. failed Theora packets).
+  held: list[bool] = dataclasses.field(default_factory=list)
+  # The container's length when the video stream declares none of its own and other streams
+  # exist (it may be set by a longer audio stream): convert_one compares it with the audio.
+  container_duration_s: float | None = None
+
+  def held_fraction(self, start: int = 0, end: int | None = None) -> float:
+    """Fraction of output frames [start, end) that are held frames (0 for an empty range)."""
+    flags = self.held[start:end]
+    return sum(flags) / len(flags) if flags else 0.0
 
   @property
   def frames_TxHxWx3(self) -> np.ndarray:
@@ -136,8 +163,12 @@ def _frame_time(frame: Any, fallback_index: int, fallback_fps: float) -> float |
   return None
 
 
-def _not_a_video_hint(path: str, error: Exception) -> str:
-  """Why av.open failed, in words that fit what the file is (empty, text, cut-short MP4, other)."""
+def _not_a_video_hint(path: str, error: Exception, kind: str = 'video') -> str:
+  """Why av.open failed, in words that fit what the file is (empty, text, cut-short MP4, other).
+
+  `kind` is what the run wanted from the file ('video', or 'audio' under --audio_only), so a
+  text file named `.wav` is not called "not a video".
+  """
   try:
     size = os.path.getsize(path)
     with open(path, 'rb') as f:
@@ -149,31 +180,70 @@ def _not_a_video_hint(path: str, error: Exception) -> str:
   text = head.replace(b'\r', b'').replace(b'\n', b'').replace(b'\t', b'')
   if text and all(32 <= c < 127 for c in text[:256]):
     first = head.decode('ascii', 'replace').strip().splitlines()[0][:60]
-    return (f' -- this is a text file, not a video (it starts with {first!r}: an HTML error page, '
-            'a Git LFS pointer or a saved link?); download the real video')
+    what = 'an audio file' if kind == 'audio' else 'a video'
+    real = 'audio file' if kind == 'audio' else 'video'
+    return (f' -- this is a text file, not {what} (it starts with {first!r}: an HTML error page, '
+            f'a Git LFS pointer or a saved link?); download the real {real}')
   if head[4:8] == b'ftyp' and isinstance(error, av.InvalidDataError):
     return (' -- an MP4/MOV whose index (moov atom) is missing, usually a download cut short; '
             're-download it')
-  return f' -- not a video container FFmpeg recognises ({size} bytes, starts with {head[:8]!r})'
+  what = 'an audio or video' if kind == 'audio' else 'a video'
+  return (f' -- not {what} container FFmpeg recognises ({size} bytes, starts with '
+          f'{head[:8]!r})')
 
 
-def _open(path: str) -> Any:
+def _open_reason(hint: str) -> str:
+  """The summary's skip category of a file av.open refused, from its hint."""
+  if 'is empty' in hint:
+    return 'empty file'
+  if 'text file' in hint:
+    return 'text file, not media'
+  if 'moov atom' in hint:
+    return 'cut-short MP4/MOV'
+  return 'not a media container'
+
+
+def _open(path: str, kind: str = 'video') -> Any:
   """av.open, with failures turned into a ConvertError that names the file and says what it is."""
   try:
     return av.open(path)
   except (av.FFmpegError, OSError, ValueError) as e:
-    raise ConvertError(f'{path}: cannot open ({type(e).__name__}: {e}){_not_a_video_hint(path, e)}'
-                       ) from e
+    hint = _not_a_video_hint(path, e, kind)
+    raise ConvertError(f'{path}: cannot open ({type(e).__name__}: {e}){hint}',
+                       reason=_open_reason(hint)) from e
 
 
-def _declared_duration(container: Any, stream: Any) -> float:
-  """The video length the file's headers claim (0 when unknown), to notice truncation."""
+_DURATION_TAG = re.compile(r'^(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$')
+
+
+def _duration_tag(stream: Any) -> float | None:
+  """A stream's own length from its Matroska/WebM `DURATION` tag (HH:MM:SS.nnnnnnnnn), if any."""
+  for key, value in (getattr(stream, 'metadata', None) or {}).items():
+    if key.upper() == 'DURATION':
+      m = _DURATION_TAG.match(str(value).strip())
+      if m:
+        return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+  return None
+
+
+def _declared_duration(container: Any, stream: Any) -> tuple[float, bool]:
+  """(length the headers claim, whether the claim is the video stream's own); 0 when unknown.
+
+  Only the video stream's own length (its duration, or a Matroska/WebM DURATION tag) says
+  the video was cut short: the container's length is that of its longest stream, often
+  the audio (a WebM or FLV whose audio runs on), so it counts as the video's own only when
+  the file has no other stream.
+  """
   if stream.duration and stream.time_base is not None:
     claimed = float(stream.duration * stream.time_base)
     if stream.frames and stream.average_rate:  # AVI: header frame count outlives truncation.
       claimed = max(claimed, stream.frames / float(stream.average_rate))
-    return claimed
-  return container.duration / 1e6 if container.duration else 0.0
+    return claimed, True
+  tagged = _duration_tag(stream)
+  if tagged:
+    return tagged, True
+  whole = container.duration / 1e6 if container.duration else 0.0
+  return whole, len(container.streams) <= 1
 
 
 def _own_duration(frame: Any) -> float:
@@ -236,9 +306,13 @@ def decode_video(path: str, fps: float = 25.0, short_side: int = 256,
     stream = container.streams.video[0]
     source_fps = float(stream.average_rate) if stream.average_rate else None
     guess_fps = source_fps or fps
+    # Output frames one source frame covers in a normal stream; copies beyond this are held.
+    normal_run = max(1, math.ceil(fps / source_fps - 1e-6)) if source_fps else 1
 
     frames: list = []
-    current = None  # [time_s, pyav frame (until converted), converted frame, own duration_s]
+    held: list[bool] = []
+    # [time_s, pyav frame (until converted), converted frame, own duration_s, copies emitted]
+    current = None
     t0 = start_s = None  # t0 = time origin; moves when a timestamp gap is closed.
     last_gap = None
     num_decoded = 0
@@ -252,6 +326,8 @@ def decode_video(path: str, fps: float = 25.0, short_side: int = 256,
           current[2] = frame_fn(_rgb(current[1], short_side))
           current[1] = None  # Release the decoder's buffer.
         frames.append(current[2])
+        current[4] += 1
+        held.append(current[4] > normal_run)
 
     for av_frame in _decode_packets(container, stream, path, 'video', warnings):
       t = _frame_time(av_frame, num_decoded, guess_fps)
@@ -264,7 +340,7 @@ def decode_video(path: str, fps: float = 25.0, short_side: int = 256,
       if current is not None:
         if t <= current[0]:  # Duplicate or out-of-order timestamp.
           if t == current[0] and current[2] is None:  # The later frame wins.
-            current = [t, av_frame, None, _own_duration(av_frame)]
+            current = [t, av_frame, None, _own_duration(av_frame), 0]
           continue
         if t - current[0] > _MAX_GAP_S:  # Broken timestamps; do not emit hours of copies.
           warnings.append(f'{path}: video timestamps jump {t - current[0]:.1f}s after '
@@ -276,23 +352,35 @@ def decode_video(path: str, fps: float = 25.0, short_side: int = 256,
       if t >= limit:
         end = limit
         break
-      current = [t, av_frame, None, _own_duration(av_frame)]
+      current = [t, av_frame, None, _own_duration(av_frame), 0]
 
     if current is None:
       raise ConvertError(f'{path}: no video frame could be decoded'
-                         + (f' ({"; ".join(warnings)})' if warnings else ''))
+                         + (f' ({"; ".join(warnings)})' if warnings else ''),
+                         reason='no frame decodes')
     if end is None:
       # The last frame lasts its own duration, else the typical gap, else 1/source fps.
       end = min(current[0] + (current[3] or last_gap or 1.0 / guess_fps), limit)
       emit_until(end)
     if not frames:
-      raise ConvertError(f'{path}: video is shorter than one output frame at {fps} fps')
-    declared = _declared_duration(container, stream)
-    if end < min(declared, limit) - max(2.0 / guess_fps, 0.1):
-      warnings.append(f'{path}: decoded {end:.2f}s of video but the file declares '
-                      f'{declared:.2f}s; the rest did not decode (truncated or corrupt file?)')
+      raise ConvertError(f'{path}: video is shorter than one output frame at {fps} fps',
+                         reason='shorter than one frame')
+    declared, own = _declared_duration(container, stream)
+    container_s = None
+    if end < min(declared, limit) - truncation_tolerance(guess_fps):
+      if own:
+        warnings.append(f'{path}: decoded {end:.2f}s of video but the video stream declares '
+                        f'{declared:.2f}s; the rest did not decode (truncated or corrupt file?)')
+      else:
+        container_s = min(declared, limit)  # Maybe the audio's length: convert_one decides.
   return DecodedVideo(frames=frames, fps=fps, duration_s=float(end), start_s=float(start_s),
-                      source_fps=source_fps, num_decoded=num_decoded, warnings=warnings)
+                      source_fps=source_fps, num_decoded=num_decoded, warnings=warnings,
+                      held=held, container_duration_s=container_s)
+
+
+def truncation_tolerance(source_fps: float) -> float:
+  """How far short of a declared length a stream may end before it counts as cut short."""
+  return max(2.0 / source_fps, 0.1)
 
 
 @dataclasses.dataclass
@@ -302,13 +390,22 @@ class DecodedAudio:
   rate: int
   start_s: float  # Time of the first sample in the container's clock.
   warnings: list[str] = dataclasses.field(default_factory=list)
+  peak: float = 0.0  # Largest |sample| after downmix, before clipping to [-1, 1].
+
+  @property
+  def end_s(self) -> float:
+    """Time just after the last sample in the container's clock."""
+    return self.start_s + self.waveform.size / self.rate
 
 
-def decode_audio(path: str, rate: int = 48000,
-                 max_seconds: float | None = None) -> DecodedAudio | None:
-  """Decodes the first audio stream to mono float PCM at `rate`; None when there is none."""
+def decode_audio(path: str, rate: int = 48000, max_seconds: float | None = None,
+                 kind: str = 'video') -> DecodedAudio | None:
+  """Decodes the first audio stream to mono float PCM at `rate`; None when there is none.
+
+  `kind` ('audio' under --audio_only) words the message when the file does not open.
+  """
   warnings: list[str] = []
-  container = _open(path)
+  container = _open(path, kind)
   with container:
     if not container.streams.audio:
       return None
@@ -343,10 +440,11 @@ def decode_audio(path: str, rate: int = 48000,
     warnings.append(f'{path}: non-finite audio samples replaced by 0')
     waveform = np.nan_to_num(waveform, nan=0.0, posinf=0.0, neginf=0.0)
   peak = float(np.abs(waveform).max()) if waveform.size else 0.0
-  if peak > 1.0:
-    warnings.append(f'{path}: audio peaked at {peak:.3f} after downmix; clipped to [-1, 1]')
+  if peak > 1.0:  # Counted in the summary; only loud overshoots get their own line.
+    if peak > CLIP_WARN_PEAK:
+      warnings.append(f'{path}: audio peaked at {peak:.3f} after downmix; clipped to [-1, 1]')
     waveform = np.clip(waveform, -1.0, 1.0)
-  return DecodedAudio(waveform, rate, start_s or 0.0, warnings)
+  return DecodedAudio(waveform, rate, start_s or 0.0, warnings, peak=peak)
 
 
 def align_audio(audio: DecodedAudio, video_start_s: float, video_duration_s: float,
@@ -424,6 +522,29 @@ def cut_clips(clip: dmvr_format.Clip, ranges: Sequence[tuple[int, int]],
         video_id=clip_id(clip.video_id, start_s), source=clip.video_id, start_seconds=start_s)
 
 
+def fit_clip_audio(clip: dmvr_format.Clip, num_frames: int, audio_rate: int,
+                   policy: str) -> tuple[dmvr_format.Clip | None, str]:
+  """A cut clip whose audio ends more than one frame early, dropped or padded with silence.
+
+  Returns (clip or None, what happened: 'ok', 'dropped' or 'padded'). Training counts a
+  record with too little audio against its bad-data budget, so such a clip is not kept
+  as it is: `policy` 'drop' leaves it out, 'pad' appends zeros up to its frames' length.
+  A clip without audio at all (the file has no audio stream) is left alone.
+  """
+  if policy not in SHORT_AUDIO_CLIPS:
+    raise ValueError(f'--short_audio_clips={policy!r}: choose from {SHORT_AUDIO_CLIPS}')
+  if clip.waveform is None:
+    return clip, 'ok'
+  want = round(num_frames * audio_rate / clip.fps)
+  missing = want - clip.waveform.size
+  if missing <= audio_rate / clip.fps:  # Within one frame: rounding, not a missing tail.
+    return clip, 'ok'
+  if policy == 'drop':
+    return None, 'dropped'
+  padded = np.concatenate([clip.waveform, np.zeros([missing], np.float32)])
+  return dataclasses.replace(clip, waveform=padded), 'padded'
+
+
 def estimate_clips(path: str, clip_seconds: float, clip_stride: float | None,
                    max_seconds: float | None = None) -> int:
   """Clips a video will give, from its header's duration (1 when unknown): sizes the shard count."""
@@ -466,6 +587,13 @@ class Result:
   short_audio: bool = False
   warnings: list[str] = dataclasses.field(default_factory=list)
   clips: list[bytes] | None = None  # With clip_seconds: the serialized clips (serialized is None).
+  reason: str | None = None  # Skip category (ConvertError.reason) when there is no record.
+  audio_peak: float = 0.0  # Peak after downmix, before clipping (> 1: clipped).
+  clips_dropped_short_audio: int = 0  # Clips left out because their audio ends early ...
+  clips_padded_short_audio: int = 0  # ... or kept, padded with silence (--short_audio_clips).
+  mostly_held: int = 0  # Records written whose frames are mostly held frames ...
+  dropped_held: int = 0  # ... and records left out for it (--max_held_fraction).
+  record_seconds: list[float] = dataclasses.field(default_factory=list)  # Each record's length.
 
   @property
   def ok(self) -> bool:
@@ -485,24 +613,26 @@ def convert_audio_one(path: str, label_index: int | list[int] | None = None,
   """One audio (or video) file's first audio stream as a waveform-only record."""
   video_id = video_id or os.path.basename(path)
   try:
-    audio = decode_audio(path, audio_rate, max_seconds)
+    audio = decode_audio(path, audio_rate, max_seconds, kind='audio')
     if audio is None:
-      raise ConvertError(f'{path}: no audio stream')
+      raise ConvertError(f'{path}: no audio stream', reason='no audio stream')
     waveform = audio.waveform
     if max_seconds and max_seconds > 0:
       waveform = waveform[:int(round(max_seconds * audio_rate))]
     if not waveform.size:
       raise ConvertError(f'{path}: no audio sample could be decoded'
-                         + (f' ({"; ".join(audio.warnings)})' if audio.warnings else ''))
+                         + (f' ({"; ".join(audio.warnings)})' if audio.warnings else ''),
+                         reason='no audio decodes')
     clip = dmvr_format.Clip(waveform=waveform, label_index=label_index, label_text=label_text,
                             video_id=video_id, audio_rate=audio_rate)
     serialized = dmvr_format.encode_clip(clip)
   except ConvertError as e:
-    return Result(video_id, None, error=str(e))
+    return Result(video_id, None, error=str(e), reason=e.reason)
   except Exception as e:  # pylint: disable=broad-except  # One bad file must not stop the run.
-    return Result(video_id, None, error=f'{path}: {type(e).__name__}: {e}')
+    return Result(video_id, None, error=f'{path}: {type(e).__name__}: {e}', reason='error')
   return Result(video_id, serialized, duration_s=waveform.size / audio_rate, has_audio=True,
-                audio_s=waveform.size / audio_rate, warnings=list(audio.warnings))
+                audio_s=waveform.size / audio_rate, warnings=list(audio.warnings),
+                audio_peak=audio.peak, record_seconds=[waveform.size / audio_rate])
 
 
 def convert_one(path: str, label_index: int | list[int] | None = None,
@@ -511,12 +641,15 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
                 short_side: int = 256, jpeg_quality: int = 95,
                 max_seconds: float | None = None, flow_method: str | None = None,
                 audio_only: bool = False, clip_seconds: float | None = None,
-                clip_stride: float | None = None) -> Result:
+                clip_stride: float | None = None, short_audio_clips: str = 'drop',
+                max_held_fraction: float | None = None) -> Result:
   """Converts one file to a serialized SequenceExample; failures come back as Result.error.
 
   With `flow_method` the clip also gets one flow JPEG per frame (module docstring);
   with `audio_only` it holds only the waveform (`convert_audio_one`); with
-  `clip_seconds` the file is cut into clips (`cut_clips`), returned in Result.clips.
+  `clip_seconds` the file is cut into clips (`cut_clips`), returned in Result.clips,
+  and clips whose audio ends early are dropped or padded (`fit_clip_audio`).
+  Records more than `max_held_fraction` held frames are left out (None keeps all).
   """
   if audio_only:
     if clip_seconds:
@@ -536,37 +669,101 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
     warnings = list(video.warnings)
     waveform, short_audio = None, False
     audio = decode_audio(path, audio_rate, max_seconds)
+    warnings += truncation_note(video, audio, path)
     if audio is not None:
       warnings += audio.warnings
       waveform, short_audio, notes = align_audio(audio, video.start_s, video.duration_s, path,
                                                  tolerance_s=1.0 / fps)
       warnings += notes
+    counts = collections.Counter()
+
+    def too_held(start: int, end: int) -> bool:
+      """Counts a mostly-held record; True when --max_held_fraction leaves it out."""
+      fraction = video.held_fraction(start, end)
+      if max_held_fraction is not None and fraction > max_held_fraction:
+        counts['dropped_held'] += 1
+        return True
+      counts['mostly_held'] += fraction > MOSTLY_HELD
+      return False
     clip = dmvr_format.Clip(encoded_frames=video.frames, waveform=waveform,
                             label_index=label_index, label_text=label_text, video_id=video_id,
                             fps=fps, audio_rate=audio_rate if waveform is not None else None,
                             encoded_flow=encoded_flow, flow_method=flow_method or None)
     serialized, clips = None, None
+    record_seconds = []
     if clip_seconds:
       ranges = clip_frame_ranges(len(video.frames), fps, clip_seconds, clip_stride)
       clips = []
       for i, cut in enumerate(cut_clips(clip, ranges, audio_rate)):
-        clips.append(dmvr_format.encode_clip(cut, jpeg_quality))
+        start, end = ranges[i]
+        kept, action = fit_clip_audio(cut, end - start, audio_rate, short_audio_clips)
+        counts[action] += 1
+        if kept is not None and not too_held(start, end):
+          clips.append(dmvr_format.encode_clip(kept, jpeg_quality))
+          record_seconds.append((end - start) / fps)
         # Frames before the next clip are in no later record: free them (memory ~ one copy).
-        del cut
+        del cut, kept
         for k in range(ranges[i][0], ranges[i + 1][0] if i + 1 < len(ranges) else len(video.frames)):
           video.frames[k] = None
           if encoded_flow is not None:
             encoded_flow[k] = None
+      if not clips:
+        raise ConvertError(empty_clips_message(path, counts, ranges, fps, waveform, audio_rate),
+                           reason=('held frames' if counts['dropped_held'] else
+                                   'audio ends early'))
+    elif too_held(0, len(video.frames)):
+      raise ConvertError(f'{path}: {100 * video.held_fraction():.0f}% of its frames are held '
+                         f'(repeated over stretches that did not decode), above '
+                         f'--max_held_fraction={max_held_fraction:g}; left out',
+                         reason='held frames')
     else:
       serialized = dmvr_format.encode_clip(clip, jpeg_quality)
+      record_seconds.append(len(video.frames) / fps)
   except ConvertError as e:
-    return Result(video_id, None, error=str(e))
+    return Result(video_id, None, error=str(e), reason=e.reason)
   except Exception as e:  # pylint: disable=broad-except  # One bad file must not stop the run.
-    return Result(video_id, None, error=f'{path}: {type(e).__name__}: {e}')
+    return Result(video_id, None, error=f'{path}: {type(e).__name__}: {e}', reason='error')
   return Result(video_id, serialized, num_frames=len(video.frames),
                 duration_s=len(video.frames) / fps, has_audio=waveform is not None,
                 audio_s=0.0 if waveform is None else waveform.size / audio_rate,
-                short_audio=short_audio, warnings=warnings, clips=clips)
+                short_audio=short_audio, warnings=warnings, clips=clips,
+                audio_peak=audio.peak if audio is not None else 0.0,
+                clips_dropped_short_audio=counts['dropped'],
+                clips_padded_short_audio=counts['padded'], mostly_held=counts['mostly_held'],
+                dropped_held=counts['dropped_held'], record_seconds=record_seconds)
+
+
+def truncation_note(video: DecodedVideo, audio: DecodedAudio | None, path: str) -> list[str]:
+  """The truncation warning for a video stream without a length of its own.
+
+  Its file's length is then the container's, the longest stream's: when the audio runs
+  to it, the audio set it and the video is intact; when the audio stops early too, the
+  file was cut short.
+  """
+  declared = video.container_duration_s
+  if declared is None:
+    return []
+  tolerance = truncation_tolerance(video.source_fps or video.fps)
+  if audio is not None and audio.waveform.size and audio.end_s >= declared - tolerance:
+    return []
+  return [f'{path}: decoded {video.duration_s:.2f}s of video but the file declares '
+          f'{declared:.2f}s and no stream reaches that; the rest did not decode (truncated or '
+          'corrupt file?)']
+
+
+def empty_clips_message(path: str, counts: collections.Counter, ranges: Sequence[tuple[int, int]],
+                        fps: float, waveform: np.ndarray | None, audio_rate: int) -> str:
+  """Why a cut video gave no clip at all (every clip dropped), and the option that keeps them."""
+  reasons = []
+  if counts['dropped']:
+    audio_s = 0.0 if waveform is None else waveform.size / audio_rate
+    reasons.append(f'{counts["dropped"]} clip(s) dropped because the audio ends at '
+                   f'{audio_s:.2f}s, before their end (the first clip ends at '
+                   f'{ranges[0][1] / fps:.2f}s); --short_audio_clips=pad keeps them with silence')
+  if counts['dropped_held']:
+    reasons.append(f'{counts["dropped_held"]} clip(s) dropped as mostly held frames over '
+                   '--max_held_fraction')
+  return f'{path}: no clip left: ' + '; '.join(reasons)
 
 
 # ----------------------------------------------------------------------------- listing
@@ -592,21 +789,53 @@ def read_classes_file(path: str) -> list[str]:
   return names
 
 
-def list_folder(root: str, extensions: Sequence[str] = VIDEO_EXTENSIONS
-                ) -> list[tuple[str, str, Label]]:
-  """(path, video_id, label) for every media file under root; label = first sub-folder name."""
+def list_folder(root: str, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                left_out: list[dict[str, str]] | None = None) -> list[tuple[str, str, Label]]:
+  """(path, video_id, label) for every media file under root; label = first sub-folder name.
+
+  Files whose extension is not in `extensions` are appended to `left_out` (when given) as
+  {'file': relative path, 'reason': ...}, so the summary can say what was not converted
+  and which flag would add it; hidden files (.DS_Store, ...) are ignored silently.
+  """
   found = []
-  extensions = tuple(extensions)
+  extensions = tuple(e.lower() for e in extensions)
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     for name in sorted(filenames):
-      if name.startswith('.') or not name.lower().endswith(extensions):
+      if name.startswith('.'):
+        continue
+      if not name.lower().endswith(extensions):
+        if left_out is not None:
+          left_out.append({'file': os.path.relpath(os.path.join(dirpath, name), root),
+                           'reason': left_out_reason(name)})
         continue
       path = os.path.join(dirpath, name)
       rel = os.path.relpath(path, root)
       parts = rel.split(os.sep)
       found.append((path, rel.replace(os.sep, '/'), parts[0] if len(parts) > 1 else None))
   return found
+
+
+def left_out_reason(name: str) -> str:
+  """Why a listed folder's file is not converted, and the flag that would convert it."""
+  ext = os.path.splitext(name)[1].lower()
+  if not ext:
+    return 'no file extension; rename it with its container\'s extension (e.g. .mp4)'
+  if ext in AUDIO_EXTENSIONS:
+    return f'{ext} is an audio extension; --audio_only converts audio files'
+  return (f'extension {ext} is not in the list of media extensions; '
+          f'--extra_extensions={ext} adds it')
+
+
+def parse_extensions(text: str | Sequence[str] | None) -> tuple[str, ...]:
+  """'.rm,swf' -> ('.rm', '.swf'): --extra_extensions as lower-case suffixes with a dot."""
+  items = text.split(',') if isinstance(text, str) else list(text or ())
+  out = []
+  for item in items:
+    item = item.strip().lower()
+    if item:
+      out.append(item if item.startswith('.') else '.' + item)
+  return tuple(out)
 
 
 def _split_labels(text: str, separator: str) -> Label:
@@ -790,6 +1019,9 @@ class Summary:
   no_audio_files: list[str] = dataclasses.field(default_factory=list)
   short_audio_files: list[str] = dataclasses.field(default_factory=list)
   skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+  skipped_by_reason: dict[str, int] = dataclasses.field(default_factory=dict)
+  # Files in the folder that were not listed (extension not in the list), with the reason.
+  left_out: list[dict[str, str]] = dataclasses.field(default_factory=list)
   missing_from_split: list[str] = dataclasses.field(default_factory=list)
   warnings: list[str] = dataclasses.field(default_factory=list)
   classes: list[str] = dataclasses.field(default_factory=list)
@@ -805,18 +1037,50 @@ class Summary:
   clip_stride: float | None = None  # ... starting this far apart (None: back to back).
   clips_per_source: dict[str, int] = dataclasses.field(default_factory=dict)
   records: int = 0  # Records written: one per video, or its clips.
+  short_audio_clips: str = 'drop'  # --short_audio_clips policy ...
+  clips_dropped_short_audio: int = 0  # ... clips it left out (audio ends early) ...
+  clips_padded_short_audio: int = 0  # ... or padded with silence.
+  # Records shorter than one clip (sources shorter than --clip_seconds, kept whole): the
+  # pipelines loop them (repeat from their start) to fill their windows.
+  looped_short_records: int = 0
+  shortest_record_seconds: float | None = None
+  clipped_audio: int = 0  # Files whose downmixed audio peaked above 1.0 and was clipped.
+  clipped_audio_max_peak: float = 0.0
+  max_held_fraction: float | None = None  # --max_held_fraction (None: held records kept).
+  mostly_held_records: int = 0  # Records written with more than MOSTLY_HELD held frames ...
+  mostly_held_sources: list[str] = dataclasses.field(default_factory=list)
+  dropped_held_records: int = 0  # ... and records left out for it.
   wall_seconds: float = 0.0
 
   def add(self, result: Result) -> None:
     """Counts one worker result."""
     self.warnings += result.warnings
+    self.clips_dropped_short_audio += result.clips_dropped_short_audio
+    self.clips_padded_short_audio += result.clips_padded_short_audio
+    self.dropped_held_records += result.dropped_held
+    if result.audio_peak > 1.0:
+      self.clipped_audio += 1
+      self.clipped_audio_max_peak = max(self.clipped_audio_max_peak, result.audio_peak)
     if not result.ok:
-      self.skipped.append({'video': result.video_id, 'reason': result.error or 'unknown'})
+      reason = result.reason or 'error'
+      self.skipped.append({'video': result.video_id, 'reason': result.error or 'unknown',
+                           'category': reason})
+      self.skipped_by_reason[reason] = self.skipped_by_reason.get(reason, 0) + 1
       return
     self.converted += 1
     self.records += len(result.records())
     if result.clips is not None:
       self.clips_per_source[result.video_id] = len(result.clips)
+    if result.mostly_held:
+      self.mostly_held_records += result.mostly_held
+      self.mostly_held_sources.append(result.video_id)
+    if self.clip_seconds:
+      self.looped_short_records += sum(s < self.clip_seconds - 0.5 / self.fps
+                                       for s in result.record_seconds)
+    if result.record_seconds:
+      shortest = min(result.record_seconds)
+      if self.shortest_record_seconds is None or shortest < self.shortest_record_seconds:
+        self.shortest_record_seconds = shortest
     self.total_seconds += result.duration_s
     self.total_frames += result.num_frames
     if not result.has_audio:
@@ -826,16 +1090,8 @@ class Summary:
       self.short_audio_files.append(result.video_id)
 
   def text(self) -> str:
-    """Human-readable lines for the end of the run."""
-    what = (f'{self.total_seconds:.1f}s of audio (waveform only, {self.audio_rate} Hz)'
-            if self.audio_only else
-            f'{self.total_seconds:.1f}s of video ({self.total_frames} frames at {self.fps:g} fps)')
-    lines = [f'[{self.prefix}] converted {self.converted}/{self.videos_listed} '
-             f'{"clips" if self.audio_only else "videos"}, {what} '
-             f'in {self.wall_seconds:.1f}s into {len(self.shards)} shard(s)',
-             f'  without audio: {self.no_audio}; audio shorter than video: '
-             f'{len(self.short_audio_files)}; skipped: {len(self.skipped)}'
-             + (f'; flow: {self.flow_method}' if self.flow_method else '')]
+    """Human-readable lines for the end of the run: details first, the counts last."""
+    lines = []
     if self.clip_seconds:
       lines.append(f'  cut into {self.records} clips of {self.clip_seconds:g}s every '
                    f'{self.clip_stride or self.clip_seconds:g}s: '
@@ -851,7 +1107,68 @@ class Summary:
     lines += [f'  warning: {w}' for w in self.warnings[:50]]
     if len(self.warnings) > 50:
       lines.append(f'  ... {len(self.warnings) - 50} more warnings in the summary JSON')
+    counts = self.count_lines()
+    lines += [f'  {line}' for line in counts[:-1]] + counts[-1:]  # The totals line last.
     return '\n'.join(lines)
+
+  def count_lines(self) -> list[str]:
+    """The counts a user checks after a run, one topic a line, the totals last."""
+    what = (f'{self.total_seconds:.1f}s of audio (waveform only, {self.audio_rate} Hz)'
+            if self.audio_only else
+            f'{self.total_seconds:.1f}s of video ({self.total_frames} frames at {self.fps:g} fps)')
+    lines = []
+    unlisted = [f for f in self.left_out if f['reason'].startswith('extension ')]
+    if unlisted:
+      exts = sorted({os.path.splitext(f['file'])[1].lower() for f in unlisted})
+      lines.append(f'left out {len(unlisted)} file(s) whose extension is not in the list: '
+                   + ', '.join(f['file'] for f in unlisted[:5])
+                   + (' ...' if len(unlisted) > 5 else '')
+                   + f'; --extra_extensions={",".join(exts)} adds them')
+    others = [f for f in self.left_out if f not in unlisted]
+    for reason, n in collections.Counter(f['reason'] for f in others).most_common():
+      names = [f['file'] for f in others if f['reason'] == reason]
+      lines.append(f'left out {n} file(s): {", ".join(names[:5])}{" ..." if n > 5 else ""} '
+                   f'({reason})')
+    if self.skipped:
+      lines.append(f'skipped {len(self.skipped)} file(s) (named above): '
+                   + ', '.join(f'{r} {n}' for r, n in sorted(self.skipped_by_reason.items(),
+                                                             key=lambda kv: -kv[1])))
+    if self.clip_seconds:
+      action = ('dropped' if self.short_audio_clips == 'drop' else 'padded with silence')
+      other = 'pad' if self.short_audio_clips == 'drop' else 'drop'
+      n = (self.clips_dropped_short_audio if self.short_audio_clips == 'drop'
+           else self.clips_padded_short_audio)
+      lines.append(f'clips whose audio ends early: {n} {action} '
+                   f'(--short_audio_clips={self.short_audio_clips}; ={other} to {other} them)')
+      lines.append(f'records shorter than one {self.clip_seconds:g}s clip (whole short videos, '
+                   f'looped by the pipelines to fill their windows): {self.looped_short_records}')
+    if self.shortest_record_seconds is not None:
+      lines.append(f'shortest record: {self.shortest_record_seconds:.2f}s (records shorter than '
+                   "a model's window are looped to fill it)")
+    if not self.audio_only:
+      held = f'records made mostly (>{MOSTLY_HELD:.0%}) of held frames: {self.mostly_held_records}'
+      if self.mostly_held_sources:
+        held += f' (from {", ".join(self.mostly_held_sources[:5])})'
+      if self.max_held_fraction is not None:
+        held += (f'; left out over --max_held_fraction={self.max_held_fraction:g}: '
+                 f'{self.dropped_held_records}')
+      elif self.mostly_held_records:
+        held += '; kept (--max_held_fraction=F leaves out records with more held frames)'
+      lines.append(held)
+    lines.append(f'audio clipped (peak above 1.0 after downmix, clipped to [-1, 1]): '
+                 f'{self.clipped_audio} file(s)'
+                 + (f', largest peak {self.clipped_audio_max_peak:.3f} (files above '
+                    f'{CLIP_WARN_PEAK:g} are named in the warnings)' if self.clipped_audio else ''))
+    if not self.audio_only:
+      lines.append(f'without audio: {self.no_audio}; audio shorter than video: '
+                   f'{len(self.short_audio_files)}'
+                   + (f'; flow: {self.flow_method}' if self.flow_method else ''))
+    lines.append(f'[{self.prefix}] converted {self.converted}/{self.videos_listed} '
+                 f'{"clips" if self.audio_only else "videos"} into {self.records} record(s), '
+                 f'{what}, in {self.wall_seconds:.1f}s into {len(self.shards)} shard(s); '
+                 f'skipped {len(self.skipped)}'
+                 + (f'; {len(self.left_out)} other file(s) left out' if self.left_out else ''))
+    return lines
 
 
 def summary_path(output_dir: str, prefix: str) -> str:
@@ -882,12 +1199,17 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
             flow_method: str | None = None, audio_only: bool = False,
             path_column: str | None = None, label_column: str | None = None,
             media_root: str | None = None, label_separator: str = ';',
-            clip_seconds: float | None = None, clip_stride: float | None = None) -> Summary:
+            clip_seconds: float | None = None, clip_stride: float | None = None,
+            short_audio_clips: str = 'drop', max_held_fraction: float | None = None,
+            extra_extensions: Sequence[str] | str = ()) -> Summary:
   """Lists, converts and shards a dataset; returns (and saves) the summary.
 
   `flow_method` (one of flow.METHODS) also stores optical flow; None stores none.
   `audio_only` writes waveform-only records of audio files and of videos' audio.
-  `clip_seconds` (and `clip_stride`) cut each video into clips (module docstring).
+  `clip_seconds` (and `clip_stride`) cut each video into clips (module docstring);
+  `short_audio_clips` ('drop' or 'pad') says what happens to a clip whose audio ends early.
+  `max_held_fraction` leaves out records with more held frames (None: count them only).
+  `extra_extensions` adds file extensions to those a folder listing takes.
   """
   start = time.time()
   if flow_method and flow_method not in flow_lib.METHODS:
@@ -902,9 +1224,15 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
     raise ValueError('--clip_stride needs --clip_seconds (the clip length)')
   if clip_seconds is not None:
     clip_frame_ranges(0, fps, clip_seconds, clip_stride)  # Fails here, once, on a bad length.
+  if short_audio_clips not in SHORT_AUDIO_CLIPS:
+    raise ValueError(f'--short_audio_clips={short_audio_clips!r}: choose from {SHORT_AUDIO_CLIPS}')
+  if max_held_fraction is not None and not 0.0 <= max_held_fraction <= 1.0:
+    raise ValueError(f'--max_held_fraction={max_held_fraction}: a fraction in [0, 1]')
+  left_out: list[dict[str, str]] = []
   if os.path.isdir(videos):
-    listed = list_folder(videos, AUDIO_EXTENSIONS + VIDEO_EXTENSIONS if audio_only
-                         else VIDEO_EXTENSIONS)
+    listed = list_folder(videos, (AUDIO_EXTENSIONS + VIDEO_EXTENSIONS if audio_only
+                                  else VIDEO_EXTENSIONS) + parse_extensions(extra_extensions),
+                         left_out=left_out)
   elif os.path.isfile(videos):
     listed = list_csv(videos, path_column=path_column, label_column=label_column,
                       media_root=media_root, label_separator=label_separator)
@@ -923,7 +1251,9 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
   tasks = make_tasks(listed, classes)
   if not tasks:
     raise ValueError(f'no videos found in {videos!r}'
-                     + (' after applying the split file(s)' if split_files else ''))
+                     + (' after applying the split file(s)' if split_files else '')
+                     + (f'; left out {len(left_out)} file(s), e.g. {left_out[0]["file"]}: '
+                        f'{left_out[0]["reason"]}' if left_out else ''))
   num_records = (sum(estimate_clips(t.path, clip_seconds, clip_stride, max_seconds) for t in tasks)
                  if clip_seconds else len(tasks))
   num_shards = num_shards or max(1, math.ceil(num_records / 32))
@@ -932,11 +1262,14 @@ def convert(videos: str, output_dir: str, prefix: str = 'train', fps: float = 25
                     missing_from_split=missing, fps=fps, audio_rate=audio_rate,
                     short_side=short_side, flow_method=flow_method or None,
                     audio_only=audio_only, clip_seconds=clip_seconds or None,
-                    clip_stride=clip_stride or None)
+                    clip_stride=clip_stride or None, left_out=left_out,
+                    short_audio_clips=short_audio_clips, max_held_fraction=max_held_fraction)
   options = dict(fps=fps, audio_rate=audio_rate, short_side=short_side,
                  jpeg_quality=jpeg_quality, max_seconds=max_seconds, flow_method=flow_method,
                  audio_only=audio_only, clip_seconds=clip_seconds or None,
                  clip_stride=clip_stride or None)
+  if not audio_only:
+    options.update(short_audio_clips=short_audio_clips, max_held_fraction=max_held_fraction)
   results: Iterable[Result] = _run_tasks(tasks, options, workers)
   bar = None
   if progress:
@@ -1091,6 +1424,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       'each record names its clip/source and clip/start_seconds')
   p.add_argument('--clip_stride', type=float, default=None,
                  help='with --clip_seconds: seconds between clip starts (default: the clip length)')
+  p.add_argument('--short_audio_clips', choices=SHORT_AUDIO_CLIPS, default='drop',
+                 help='with --clip_seconds: a clip whose audio ends more than a frame early is '
+                      'dropped (default) or padded with silence (pad); the summary counts them')
+  p.add_argument('--max_held_fraction', type=float, default=None,
+                 help='leave out records (clips) with more than this fraction of held frames '
+                      '(frames repeated over stretches that did not decode); default: keep and '
+                      'count them')
+  p.add_argument('--extra_extensions', default='',
+                 help='comma list of file extensions a folder listing also converts, e.g. '
+                      '.rm,.swf (files with other extensions are named in the summary)')
   p.add_argument('--no_progress', action='store_true')
   return p.parse_args(argv)
 
@@ -1110,7 +1453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       audio_only=args.audio_only, path_column=args.path_column,
                       label_column=args.label_column, media_root=args.media_root,
                       label_separator=args.label_separator, clip_seconds=args.clip_seconds,
-                      clip_stride=args.clip_stride)
+                      clip_stride=args.clip_stride, short_audio_clips=args.short_audio_clips,
+                      max_held_fraction=args.max_held_fraction,
+                      extra_extensions=args.extra_extensions)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

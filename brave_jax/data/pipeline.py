@@ -471,6 +471,24 @@ def _fill_bad_rows(batch: dict[str, Any]) -> dict[str, Any]:
   return tf.cond(tf.logical_and(num_valid > 0, num_valid < size), fill, lambda: batch)
 
 
+def warn_if_smaller_than_batch(num_records: int, per_host_batch: int,
+                               files: list[str]) -> bool:
+  """Warns (True) when this host's training set holds fewer clips than one batch.
+
+  Training still runs, but every batch then repeats clips (the epoch permutation
+  wraps within a batch), so a loss that falls says little; usually a sign of a
+  conversion that kept fewer videos than expected.
+  """
+  if num_records >= per_host_batch:
+    return False
+  logging.warning(
+      'the training set has %d clip(s) (%d shard(s), first %s), fewer than one batch of %d per '
+      'host: every batch repeats clips, about %.1f times each. Convert more videos or lower '
+      'config.training.batch_size.', num_records, len(files), files[0] if files else None,
+      per_host_batch, per_host_batch / max(num_records, 1))
+  return True
+
+
 def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpec, *,
                        process_index: int = 0, process_count: int = 1,
                        num_local_devices: int | None = None, seed: int | None = None,
@@ -498,6 +516,7 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
   per_device = per_host // num_local_devices
   files = reader.split_for_process(reader.list_shards(shards), process_index, process_count)
   index = reader.index_shards(files)
+  warn_if_smaller_than_batch(len(index), per_host, files)
   modalities = config.data.broad_modalities
   reader.check_features(index, flow='flow' in modalities, audio='audio' in modalities)
   seed = config.seed if seed is None else seed
@@ -619,6 +638,8 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
     return _tfds_eval_dataset(config, shards, mode=mode, batch_size=batch_size,
                               include_audio=include_audio, seed=seed)
   index = reader.index_shards(reader.list_shards(shards))
+  reader.check_features(index, video=True, audio=include_audio,
+                        what=f'evaluation ({mode} split)')  # Not every record, one by one.
   num_records = len(index)
   read, reasons = _record_reader(index)
   monitor = _budget_monitor(config, index, f'eval {mode}', reasons,

@@ -26,6 +26,7 @@ ShardSpec = str | Sequence[str]
 # holds any; other files there (dataset.json, *_summary.json, notes) are never read as shards.
 _SHARD_NAME = re.compile(r'^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})$')
 # Never shards, even when a glob matches them: temporaries, summaries, hidden files.
+_SYNTHETIC_MANIFEST = 'dataset.json'  # data/synthetic.py MANIFEST, written beside its shards.
 _NOT_SHARD_SUFFIXES = ('.tmp', '.json', '.txt', '.csv', '.md', '.log', '.png', '.py')
 
 
@@ -49,9 +50,25 @@ def _is_shard_candidate(path: str) -> bool:
 _IGNORED_REPORTED: set[str] = set()  # Specs whose ignored files were already named.
 
 
-def _say_ignored(spec: str, ignored: Sequence[str]) -> None:
+def _converter_summaries(shard_files: Sequence[str]) -> set[str]:
+  """The project's own files beside these shards, expected there: the converter's
+  `<prefix>_summary.json` and the synthetic set's `dataset.json` manifest."""
+  out = set()
+  for f in shard_files:
+    m = _SHARD_NAME.match(os.path.basename(f))
+    if m:
+      folder = os.path.dirname(f)
+      out.update({os.path.join(folder, f'{m["prefix"]}_summary.json'),
+                  os.path.join(folder, _SYNTHETIC_MANIFEST)})
+  return out
+
+
+def _say_ignored(spec: str, ignored: Sequence[str], shard_files: Sequence[str] = ()) -> None:
   """Names, once per spec and process, the files a shard spec matched but that are not shards
-  (a summary JSON, a README), so a user sees what was left out and why."""
+  (a README, notes), so a user sees what was left out and why. The converter's own summary
+  of these shards belongs beside them and is not mentioned."""
+  own = _converter_summaries(shard_files)
+  ignored = [f for f in ignored if f not in own]
   if not ignored or spec in _IGNORED_REPORTED:
     return
   _IGNORED_REPORTED.add(spec)
@@ -79,7 +96,7 @@ def _expand_one(spec: str) -> list[str]:
     if not files:
       raise ShardError(f'shard directory {spec!r} holds no shard files; write shards there '
                        '(brave_jax.data.dmvr_format.write_shards) or point at another directory')
-    _say_ignored(spec, sorted(set(listed) - set(files)))
+    _say_ignored(spec, sorted(set(listed) - set(files)), files)
     return files
   if glob.has_magic(spec):
     matches = [f for f in tf.io.gfile.glob(spec) if not tf.io.gfile.isdir(f)]
@@ -88,7 +105,7 @@ def _expand_one(spec: str) -> list[str]:
       ignored = f' (ignored as non-shards: {sorted(matches)[:3]})' if matches else ''
       raise ShardError(f'shard pattern {spec!r} matches no shard files{ignored}; check the path '
                        'and pattern')
-    _say_ignored(spec, sorted(set(matches) - set(files)))
+    _say_ignored(spec, sorted(set(matches) - set(files)), files)
     return files
   if not tf.io.gfile.exists(spec):
     raise ShardError(f'shard file {spec!r} does not exist; check the path '
@@ -264,14 +281,16 @@ def parse_example(serialized: tf.Tensor, *, video: bool = True, flow: bool = Fal
 
 
 def check_features(index: ShardIndex, *, flow: bool = False, audio: bool = False,
-                   sample: int = 4) -> None:
-  """Fails before training when sampled shards lack a feature the config needs.
+                   video: bool = False, sample: int = 4, what: str = 'the config') -> None:
+  """Fails up front when sampled shards lack a feature the config (or protocol) needs.
 
-  The training pipeline skips (and counts) records without needed audio or
-  flow; if *no* record has them it would skip forever. Reading the first record
-  of a few shards turns that silent hang into an error naming the files.
+  The pipelines skip (and count) records without needed frames, audio or flow;
+  if *no* record has them, training would skip forever and an evaluation would
+  read every record before failing. Reading the first record of a few shards
+  turns that into an immediate error naming the files; `what` names the needer.
   """
-  needed = {'flow': (flow, dmvr_format.FLOW_KEY), 'audio': (audio, dmvr_format.WAVEFORM_KEY)}
+  needed = {'frames': (video, dmvr_format.IMAGE_KEY), 'flow': (flow, dmvr_format.FLOW_KEY),
+            'audio': (audio, dmvr_format.WAVEFORM_KEY)}
   needed = {name: key for name, (want, key) in needed.items() if want}
   if not needed:
     return
@@ -284,14 +303,30 @@ def check_features(index: ShardIndex, *, flow: bool = False, audio: bool = False
         example = tf.train.SequenceExample.FromString(index.read(reader, first))
       except Exception:  # pylint: disable=broad-except
         continue  # A corrupt record proves nothing; the pipeline skips and counts it.
-      if all(example.feature_lists.feature_list[key].feature for key in needed.values()):
+      lists = example.feature_lists.feature_list
+      lacking = [name for name, key in needed.items() if not lists[key].feature]
+      if not lacking:
         return
       checked.append(index.files[int(fid)])
   finally:
     reader.close()
   if checked:
-    missing = ', '.join(f'{name} ({key})' for name, key in needed.items())
+    missing = ', '.join(f'{name} ({needed[name]})' for name in lacking)
+    if 'frames' in lacking:
+      raise ShardError(
+          f'{what} needs video frames, but the shards hold no frames ({dmvr_format.IMAGE_KEY} '
+          f'is empty in the first record of each of {checked}): they look like audio-only '
+          'shards (brave_jax.data.convert --audio_only); give shards converted from videos '
+          'without --audio_only')
     raise ShardError(
-        f'the config needs {missing}, but the first record of each of {checked} lacks it; '
+        f'{what} needs {missing}, but the first record of each of {checked} lacks it; '
         'convert with the matching options (e.g. `brave_jax.data.convert --flow`) or drop the '
         'modality from config.data.broad_modalities')
+
+
+def check_shard_features(shards: ShardSpec, *, video: bool = False, audio: bool = False,
+                         flow: bool = False, what: str = 'the config') -> None:
+  """`check_features` on a shard spec (listed and indexed here): one quick look, before any
+  model is built, that the shards hold what the protocol `what` needs."""
+  check_features(index_shards(list_shards(shards)), video=video, audio=audio, flow=flow,
+                 what=what)

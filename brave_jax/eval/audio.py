@@ -1,8 +1,11 @@
 """Audio evaluation of the broad audio backbone's frozen embeddings, as the paper reports it.
 
 - ESC-50 style (`run_folds`): the dataset's fixed folds, read from its
-  metadata CSV (a fold column keyed by file name, matched to each record's
-  clip/id); per fold a standardised linear SVM (eval/svm.py) is fitted on the
+  metadata CSV (a fold column keyed by file path, matched to each record's
+  clip/id, the path the converter was given relative to --media_root: by the
+  whole path, else by the unique row whose path ends like the clip's, so a
+  CSV of bare ESC-50 file names still matches; a clip two rows could match,
+  or a row two clips could match, is refused naming them); per fold a standardised linear SVM (eval/svm.py) is fitted on the
   other folds and scored on this one; mean and per-fold accuracy.
 - AudioSet style (`run_multilabel`): several clip/label/index values per
   record; a linear or one-hidden-layer MLP head trained with sigmoid
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import os
+import posixpath
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -25,7 +29,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 
+from brave_jax import errors
 from brave_jax import files
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
@@ -37,8 +43,8 @@ FOLD_COLUMNS = ('fold',)  # ESC-50's meta/esc50.csv: filename,fold,target,catego
 ID_COLUMNS = ('filename', 'file', 'path', 'clip_id', 'slice_file_name')
 
 
-class AudioEvalError(ValueError):
-  """Audio data or metadata the protocol cannot use."""
+class AudioEvalError(errors.RunError, ValueError):
+  """Audio data or metadata the protocol cannot use (a RunError: the CLI prints it as one line)."""
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -119,42 +125,142 @@ def _column(header: Sequence[str], candidates: Sequence[str], given: str | None,
                        f'header: {header}); name it with --{what}_column')
 
 
+def clip_key(path: str) -> str:
+  """A clip's (or CSV row's) path as the fold key: '/' separators, no './', no `#t=` suffix.
+
+  The converter stores the path it was given, relative to --media_root, as clip/id
+  (cut clips append `#t=<start>` to their source's), so the key is that path.
+  """
+  path = path.strip().replace('\\', '/').split('#t=')[0]
+  return posixpath.normpath(path).lstrip('/') if path else ''
+
+
 def read_folds(csv_path: str, *, id_column: str | None = None,
                fold_column: str | None = None) -> dict[str, str]:
-  """{file base name: fold} from a metadata CSV with a header (ESC-50: meta/esc50.csv)."""
+  """{file path key (clip_key): fold} from a metadata CSV with a header (ESC-50: meta/esc50.csv).
+
+  A path listed twice with different folds is refused, naming the rows.
+  """
   if not os.path.isfile(csv_path):
     raise FileNotFoundError(f'--folds_csv={csv_path!r} does not exist')
-  with open(csv_path, newline='') as f:
-    rows = list(csv.reader(f))
+  try:
+    with open(csv_path, newline='') as f:
+      rows = list(csv.reader(f))
+  except (csv.Error, UnicodeDecodeError) as e:
+    raise AudioEvalError(f'--folds_csv={csv_path}: not a readable CSV ({type(e).__name__}: '
+                         f'{e}); give the metadata CSV, e.g. ESC-50 meta/esc50.csv') from e
   if len(rows) < 2:
     raise AudioEvalError(f'{csv_path}: needs a header row and at least one clip')
   header = rows[0]
   id_i = _column(header, ID_COLUMNS, id_column, csv_path, 'id')
   fold_i = _column(header, FOLD_COLUMNS, fold_column, csv_path, 'fold')
-  folds = {}
+  folds: dict[str, str] = {}
+  first_line: dict[str, int] = {}
+  conflicts = []
   for line_no, row in enumerate(rows[1:], 2):
     if not row or not ''.join(row).strip():
       continue
     if len(row) <= max(id_i, fold_i):
       raise AudioEvalError(f'{csv_path}:{line_no}: too few columns: {row}')
-    folds[os.path.basename(row[id_i].strip())] = row[fold_i].strip()
+    key, fold = clip_key(row[id_i]), row[fold_i].strip()
+    if not key or not fold:
+      raise AudioEvalError(f'{csv_path}:{line_no}: empty {header[id_i]!r} or {header[fold_i]!r} '
+                           f'field: {row}')
+    if key in folds and folds[key] != fold:
+      conflicts.append(f'{key!r} (lines {first_line[key]} and {line_no})')
+    folds.setdefault(key, fold)
+    first_line.setdefault(key, line_no)
+  if conflicts:
+    raise AudioEvalError(f'{csv_path}: {len(conflicts)} path(s) listed twice with different '
+                         f'folds: {", ".join(conflicts[:5])}; each clip needs one fold')
   return folds
 
 
+def _suffix_match(a: str, b: str) -> bool:
+  """True when one path is the other or ends with it at a '/' boundary ('x/y/k.ogg', 'y/k.ogg')."""
+  return a == b or a.endswith('/' + b) or b.endswith('/' + a)
+
+
+def _tail_matches(key: str, by_name: Mapping[str, list[str]]) -> list[str]:
+  """CSV paths that end like `key` or that `key` ends like (extension optional), sorted."""
+  base = posixpath.basename(key)
+  stem = posixpath.splitext(key)[0]
+  near = by_name.get(base, []) + by_name.get(posixpath.splitext(base)[0], [])
+  return sorted({k for k in near
+                 if any(_suffix_match(a, b) for a in (key, stem)
+                        for b in (k, posixpath.splitext(k)[0]))})
+
+
 def assign_folds(clip_ids: Sequence[str], folds: Mapping[str, str], csv_path: str) -> np.ndarray:
-  """The fold of each clip, matched by base name; every clip must be in the CSV."""
-  found, missing = [], []
+  """The fold of each clip, matched by path; every clip must match exactly one CSV row.
+
+  A clip's path (clip_key of its clip/id) matches the CSV row with the same path, else
+  the one row whose path ends like the clip's or is a tail of it (bare ESC-50 file names
+  against clips under an `audio/` folder), ignoring a missing extension. Two rows that
+  could match one clip, or one row matched by two clips (repeated file names in nested
+  folders against a CSV of bare names), make the key ambiguous: refused, naming them,
+  since a guess would put clips in the wrong fold.
+  """
+  by_name: dict[str, list[str]] = {}
+  for key in folds:
+    by_name.setdefault(posixpath.basename(key), []).append(key)
+    by_name.setdefault(posixpath.splitext(posixpath.basename(key))[0], []).append(key)
+  found, missing, ambiguous = [], [], []
+  row_of: dict[str, list[str]] = {}
   for clip in clip_ids:
-    name = os.path.basename(clip)
-    fold = folds.get(name, folds.get(os.path.splitext(name)[0]))
-    if fold is None:
+    key = clip_key(clip)
+    candidates = [key] if key in folds else _tail_matches(key, by_name)
+    found.append(folds[candidates[0]] if len(candidates) == 1 else None)
+    if len(candidates) == 1:
+      row_of.setdefault(candidates[0], []).append(clip)
+    elif candidates:
+      ambiguous.append(f'clip {clip!r} matches rows {candidates[:3]}')
+    else:
       missing.append(clip)
-    found.append(fold)
+  shared = [f'row {row!r} matches clips {clips[:3]}' for row, clips in row_of.items()
+            if len(clips) > 1]
+  if ambiguous or shared:
+    problems = ambiguous + shared
+    raise AudioEvalError(
+        f'{csv_path}: {len(problems)} ambiguous clip/row match(es): {"; ".join(problems[:3])}'
+        f'{" ..." if len(problems) > 3 else ""}; list each clip in the CSV by the path the '
+        'converter was given (relative to --media_root), e.g. de/alpha/k.ogg, not its file name')
   if missing:
     raise AudioEvalError(f'{len(missing)} clip(s) are not in {csv_path}, e.g. {missing[:3]}; the '
-                         "CSV's file names must match the records' clip/id (the converter writes "
-                         'the file path there)')
+                         "CSV's file paths must match the records' clip/id (the path the converter "
+                         'was given, relative to --media_root)')
   return np.asarray(found)
+
+
+def shard_clip_ids(shards: Any) -> list[str]:
+  """Every record's clip/id, read from the shards' context only (a quick pass, no audio decode)."""
+  from brave_jax.data import dmvr_format  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  files_ = reader.list_shards(shards)
+  features = {dmvr_format.VIDEO_ID_KEY: tf.io.FixedLenFeature([], tf.string, default_value='')}
+  ds = tf.data.TFRecordDataset(files_).map(
+      lambda r: tf.io.parse_single_sequence_example(r, context_features=features)[0][
+          dmvr_format.VIDEO_ID_KEY]).ignore_errors(log_warning=False).batch(1024)
+  return [c.decode() for batch in ds for c in batch.numpy()]
+
+
+def check_folds_cover(shards: Any, folds_csv: str, *, id_column: str | None = None,
+                      fold_column: str | None = None) -> dict[str, str]:
+  """Reads the folds CSV and matches every shard record to one fold, before any model is built.
+
+  Raises AudioEvalError (one line) for a CSV that does not parse, lacks the columns,
+  lists a clip twice, or does not cover the shards; returns the folds.
+  """
+  folds = read_folds(folds_csv, id_column=id_column, fold_column=fold_column)
+  ids = shard_clip_ids(shards)
+  if not ids:
+    raise AudioEvalError(f'--audio_shards={shards}: no readable record with a clip/id')
+  assigned = assign_folds(ids, folds, folds_csv)
+  if len(set(assigned.tolist())) < 2:
+    raise AudioEvalError(f'{folds_csv}: the {len(ids)} clips of the shards fall in '
+                         f'{sorted(set(assigned.tolist()))}; the protocol needs at least 2 folds')
+  return folds
 
 
 def _fold_sort_key(fold: str) -> tuple[int, Any]:
@@ -162,8 +268,12 @@ def _fold_sort_key(fold: str) -> tuple[int, Any]:
 
 
 def evaluate_folds(feats_CxD: np.ndarray, labels_C: np.ndarray, folds_C: np.ndarray,
-                   svm_c: Any, num_classes: int | None = None) -> dict[str, Any]:
-  """Per fold: SVM fit on the other folds, accuracy on this one; plus mean, sd and summed confusion."""
+                   svm_c: Any, num_classes: int | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+  """Per fold: SVM fit on the other folds, accuracy on this one; plus mean, sd and summed confusion.
+
+  The fits take minutes on a large set (more with svm_c='auto'), so a bar counts the folds.
+  """
   labels_C = np.asarray(labels_C).reshape(-1)
   if labels_C.min() < 0:
     raise AudioEvalError('some clips have no label (clip/label/index); ESC-style folds need one')
@@ -173,7 +283,8 @@ def evaluate_folds(feats_CxD: np.ndarray, labels_C: np.ndarray, folds_C: np.ndar
     raise AudioEvalError(f'need at least 2 folds, the metadata gives {names}')
   per_fold, chosen_c = {}, {}
   confusion_KxK = np.zeros((num_classes, num_classes), np.int64)
-  for fold in names:
+  bar = tqdm.tqdm(names, desc='SVM per fold', unit='fold', disable=not progress)
+  for fold in bar:
     test_C = folds_C == fold
     model = svm.fit_linear_svm(feats_CxD[~test_C], labels_C[~test_C], svm_c)
     scores = svm.class_scores(model, feats_CxD[test_C], num_classes)

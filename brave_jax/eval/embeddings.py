@@ -103,6 +103,8 @@ def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.nda
       x = _pad_rows(x, padded_rows)
       if num_devices > 1:
         x = x.reshape((num_devices, padded_rows // num_devices) + x.shape[1:])
+      if not num_clips and pending is None and show_progress:
+        bar.write(f'{desc}: compiling the embedding function (XLA; up to minutes on CPU)...')
       out = forward(variables, x)
       if pending is not None:
         collect(pending)

@@ -177,6 +177,8 @@ class Monitor:
     from brave_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     if self._clips is None:
+      print(f'kNN monitor (step {step}): loading its clips and compiling the embedding, once '
+            '(training pauses meanwhile)...', flush=True)
       self._source = monitor_source(self._config)
       self._clips = load_clips(self._config, self._source)
     variables = step_lib.unreplicate(backbone_lib.only_root(

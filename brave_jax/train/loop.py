@@ -276,6 +276,12 @@ def _explain_stop(error: BaseException, reached: int, workdir: str,
   return error
 
 
+def say(line: str) -> None:
+  """A progress line from process 0 (the others would repeat it), flushed at once."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str,
           make_batch_iterator: BatchIteratorFn, model: Any = None,
           stop_at_step: int | None = None, *,
@@ -328,7 +334,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     host_iterator = make_batch_iterator(start_step)
     batches = DevicePrefetcher(host_iterator, devices, size=2)
 
+    say('Reading the first batch...')
     first_batch = next(batches)
+    phase_start = time.perf_counter()
+    say('Restoring the checkpoint...' if start_step else
+        'Compiling and running the model initialisation (XLA; minutes on CPU for a full-size '
+        'model)...')
     init = step_lib.make_init(model, optimizer)  # All processes: same rng -> same replicas.
     init_rng = jax.random.PRNGKey(config.seed)
     if start_step:
@@ -348,6 +359,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         state = _merge_initial(host.state, initial_variables[1], 'state')
         host = host._replace(params=params, state=state, opt_state=optimizer.init(params))
         train_state = step_lib.replicate(host, devices)
+    say(f'{"Restored" if start_step else "Initialised"} the model in '
+        f'{time.perf_counter() - phase_start:.0f}s.')
     update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule)
     fields = tuple(progress_fields) + tuple(
         f for h in hooks for f in getattr(h, 'progress_fields', ()))
@@ -378,10 +391,16 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         wait_at_last_log = batches.wait_s
 
     batch = first_batch
+    compile_start = time.perf_counter()
+    say('Compiling the training step (XLA; a few minutes on CPU for a full-size model, '
+        'nothing else prints meanwhile)...')
     for step in range(start_step, num_steps):
       if step > start_step:
         batch = next(batches)
       train_state, metrics_D = update(train_state, batch)
+      if step == start_step:
+        say(f'Compiled the training step in {time.perf_counter() - compile_start:.0f}s; '
+            f'training from step {start_step}.')
       reached = step + 1
       ckpt.check_save()  # A failed background save stops the run now, not an interval later.
       if pending is not None:
