@@ -14,7 +14,10 @@ The host CPU cores needed to feed that rate come from the input pipeline's CPU t
 per clip (bench/input_pipeline.py's `cpu_ms_per_clip`).
 
 Why compile rather than estimate: the CPU compiler's memory figures for the same
-step were about 2x the TPU compiler's (README "Planning a TPU run").
+step were about 2x the TPU compiler's (README "Planning a TPU run"). The price: a
+full-size compile takes about 10 minutes of a 2-core machine (much longer on a busy
+one), so --find_max_batch guesses each next batch from a linear memory model and
+needs about three compiles when the model holds.
 
 Devices are chips: v4 and v5p chips hold two TensorCores, which JAX on a real v4/v5p
 VM drives as one device per chip (megacore), so the plan compiles v4 with
@@ -245,6 +248,31 @@ def training_flops(forward: float, stem: float) -> float:
   """FLOPs of forward + backward: the backward pass costs two forwards (gradients of inputs and
   of weights), except that no gradient flows into the input images, so the stem's is skipped."""
   return 3.0 * forward - stem
+
+
+def hand_count_flops_per_clip(config: ml_collections.ConfigDict) -> float | None:
+  """Forward + backward FLOPs of the backbones' convolutions for one training clip, by hand.
+
+  Every view's backbone: the narrow video (frames x ResNet-50 at its size), each broad
+  video-like view likewise, audio one ResNet-50 over the log-mel spectrogram as a
+  1-channel image. Heads (two 4096-wide MLPs on 2048-d features: ~0.1 GFLOP), batch
+  norm and the optimizer are left out. None unless every backbone is a ResNet-50 x1.
+  """
+  from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  m = config.model
+  backbones = [m.narrow_backbone] + [m.audio_backbone if v == 'audio' else m.broad_video_backbone
+                                     for v in config.data.broad_modalities]
+  if any(b.depth != 50 or b.width_multiplier != 1 for b in backbones):
+    return None
+  shapes = pipeline.batch_shapes(config)
+  views = [shapes['narrow']['video']] + list(shapes['broad'].values())
+  total = 0.0
+  for shape in views:
+    if len(shape) == 2:  # Spectrogram [frames, mel bins]: one 1-channel image.
+      total += training_flops(*resnet50_conv_flops(shape[0], shape[1], 1))
+    else:  # Video [T, H, W, C]: T images.
+      total += shape[0] * training_flops(*resnet50_conv_flops(shape[1], shape[2], shape[3]))
+  return total
 
 
 # ---------------------------------------------------------------------------
@@ -539,6 +567,8 @@ def report(config: ml_collections.ConfigDict, config_spec: str, topology: Topolo
     out['num_params'] = result.get('num_params')
     out['gflop_per_step'] = flops / 1e9
     out['gflop_per_clip'] = flops / b / 1e9
+    hand = hand_count_flops_per_clip(config)
+    out['hand_count_gflop_per_clip'] = None if hand is None else hand / 1e9
     rates = {'bf16_peak': chip.bf16_tflops,
              f'bf16_{int(round(utilisation * 100))}pct': chip.bf16_tflops * utilisation,
              'f32_highest_peak': chip.bf16_tflops / F32_HIGHEST_PASSES}
@@ -580,7 +610,10 @@ def format_report(plan: Mapping[str, Any]) -> str:
                  f'temporaries {m["temp"]:.2f}; generated code {m["generated_code"]:.3f}')
     lines.append(f'  FLOPs per chip: {plan["gflop_per_step"]:.0f} G per step, '
                  f'{plan["gflop_per_clip"]:.1f} G per clip (XLA cost analysis: forward, '
-                 'backward and optimizer update)')
+                 'backward and optimizer update)'
+                 + (f'; hand count of the backbone convolutions: '
+                    f'{plan["hand_count_gflop_per_clip"]:.1f} G per clip'
+                    if plan.get('hand_count_gflop_per_clip') else ''))
     for name, t in plan['throughput_per_chip'].items():
       lines.append(f'  at {name.replace("_", " ")} ({t["tflops"]:.1f} TFLOP/s): '
                    f'{t["step_s"] * 1e3:.0f} ms/step, {t["clips_per_s"]:.1f} clips/s per chip')

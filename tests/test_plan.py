@@ -235,7 +235,7 @@ def test_second_call_is_served_from_the_cache(tiny_va_config, tmp_path):
 def _plan_cli(*args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
   env = {**os.environ, 'PYTHONPATH': str(REPO_ROOT), 'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'}
   return subprocess.run([python, '-m', 'brave_jax.plan', *args], capture_output=True, text=True,
-                        timeout=600, env=env, cwd=REPO_ROOT)
+                        timeout=1800, env=env, cwd=REPO_ROOT)
 
 
 def _error_line(result: subprocess.CompletedProcess) -> str:
@@ -299,3 +299,15 @@ def test_cli_compiles_tiny_for_v5e_then_answers_from_the_cache(tmp_path):
   assert second.returncode == 0 and 'from the cache' in second.stdout
   assert json.loads((tmp_path / 'plan.json').read_text())['gflop_per_clip'] == (
       result['gflop_per_clip'])
+
+
+def test_hand_count_of_the_full_size_configs():
+  va = config_base.load(config_path('brave_rgb_audio', None))
+  fa = config_base.load(config_path('brave_rgb_flow_audio', None))
+  narrow = 16 * plan.training_flops(*plan.resnet50_conv_flops(224, 224, 3))
+  audio = plan.training_flops(*plan.resnet50_conv_flops(3072, 80, 1))  # 10.24 s of log-mel.
+  assert plan.hand_count_flops_per_clip(va) == pytest.approx(narrow + audio)
+  flow = 64 * plan.training_flops(*plan.resnet50_conv_flops(112, 112, 2))
+  assert plan.hand_count_flops_per_clip(fa) == pytest.approx(narrow + flow + audio)
+  assert plan.hand_count_flops_per_clip(
+      config_base.load(config_path('brave_rgb_audio', 'tiny'))) is None  # Not ResNet-50 x1.
