@@ -214,32 +214,45 @@ def largest_fitting(fits: Callable[[int], bool], start: int, limit: int = 1024,
       b = min(max(int(proposal), lo + 1), ceiling - 1)
 
 
-def resnet50_conv_flops(height: int, width: int, in_channels: int) -> tuple[float, float]:
+def _taps(size: int, kernel: int, stride: int, count_padding: bool) -> tuple[int, int]:
+  """(kernel taps summed over output positions, output size) along one 'SAME'-padded axis."""
+  out = -(-size // stride)
+  if count_padding:
+    return out * kernel, out
+  pad_lo = max((out - 1) * stride + kernel - size, 0) // 2
+  inside = sum(1 for o in range(out) for j in range(kernel) if 0 <= o * stride + j - pad_lo < size)
+  return inside, out
+
+
+def resnet50_conv_flops(height: int, width: int, in_channels: int,
+                        count_padding: bool = True) -> tuple[float, float]:
   """(all convolutions, the stem alone) of one forward pass of the bottleneck ResNet-50 (v2).
 
   A hand count to check the compiler's figure against: 2 FLOPs per multiply-add of each
   convolution with 'SAME' padding (output side = ceil(input / stride)), the layout of
   models/tsm_resnet.py and models/resnet_v2.py (7x7/2 stem, 3x3/2 max pool, units of
   3/4/6/3 bottleneck blocks of inner width 64/128/256/512 and strides 1/2/2/2, projection
-  shortcut on each unit's first block). Batch norm, ReLU and the temporal shift are
-  elementwise and left out.
+  shortcut on each unit's first block). count_padding=False counts only the kernel taps
+  that land inside the input (the zero border multiplies nothing): a lower bound.
+  Batch norm, ReLU and the temporal shift are elementwise and left out.
   """
-  def conv(h: int, w: int, k: int, cin: int, cout: int) -> float:
-    return 2.0 * h * w * k * k * cin * cout
+  def conv(h: int, w: int, k: int, s: int, cin: int, cout: int) -> tuple[float, int, int]:
+    taps_h, ho = _taps(h, k, s, count_padding)
+    taps_w, wo = _taps(w, k, s, count_padding)
+    return 2.0 * taps_h * taps_w * cin * cout, ho, wo
 
-  h, w = -(-height // 2), -(-width // 2)
-  stem = conv(h, w, 7, in_channels, 64)
+  stem, h, w = conv(height, width, 7, 2, in_channels, 64)
   h, w = -(-h // 2), -(-w // 2)  # Max pool.
   total, cin = stem, 64
   for inner, blocks, stride in zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2)):
     cout = 4 * inner
     for i in range(blocks):
       s = stride if i == 0 else 1
-      ho, wo = -(-h // s), -(-w // s)
       if i == 0:
-        total += conv(ho, wo, 1, cin, cout)  # Projection shortcut.
-      total += conv(h, w, 1, cin, inner) + conv(ho, wo, 3, inner, inner) + conv(ho, wo, 1, inner,
-                                                                                 cout)
+        total += conv(h, w, 1, s, cin, cout)[0]  # Projection shortcut.
+      reduce_flops = conv(h, w, 1, 1, cin, inner)[0]
+      spatial, ho, wo = conv(h, w, 3, s, inner, inner)
+      total += reduce_flops + spatial + conv(ho, wo, 1, 1, inner, cout)[0]
       h, w, cin = ho, wo, cout
   return total, stem
 
@@ -250,7 +263,8 @@ def training_flops(forward: float, stem: float) -> float:
   return 3.0 * forward - stem
 
 
-def hand_count_flops_per_clip(config: ml_collections.ConfigDict) -> float | None:
+def hand_count_flops_per_clip(config: ml_collections.ConfigDict,
+                              count_padding: bool = True) -> float | None:
   """Forward + backward FLOPs of the backbones' convolutions for one training clip, by hand.
 
   Every view's backbone: the narrow video (frames x ResNet-50 at its size), each broad
@@ -269,9 +283,10 @@ def hand_count_flops_per_clip(config: ml_collections.ConfigDict) -> float | None
   total = 0.0
   for shape in views:
     if len(shape) == 2:  # Spectrogram [frames, mel bins]: one 1-channel image.
-      total += training_flops(*resnet50_conv_flops(shape[0], shape[1], 1))
+      total += training_flops(*resnet50_conv_flops(shape[0], shape[1], 1, count_padding))
     else:  # Video [T, H, W, C]: T images.
-      total += shape[0] * training_flops(*resnet50_conv_flops(shape[1], shape[2], shape[3]))
+      total += shape[0] * training_flops(*resnet50_conv_flops(shape[1], shape[2], shape[3],
+                                                              count_padding))
   return total
 
 
@@ -569,6 +584,8 @@ def report(config: ml_collections.ConfigDict, config_spec: str, topology: Topolo
     out['gflop_per_clip'] = flops / b / 1e9
     hand = hand_count_flops_per_clip(config)
     out['hand_count_gflop_per_clip'] = None if hand is None else hand / 1e9
+    inside = hand_count_flops_per_clip(config, count_padding=False)
+    out['hand_count_no_padding_gflop_per_clip'] = None if inside is None else inside / 1e9
     rates = {'bf16_peak': chip.bf16_tflops,
              f'bf16_{int(round(utilisation * 100))}pct': chip.bf16_tflops * utilisation,
              'f32_highest_peak': chip.bf16_tflops / F32_HIGHEST_PASSES}
@@ -612,8 +629,9 @@ def format_report(plan: Mapping[str, Any]) -> str:
                  f'{plan["gflop_per_clip"]:.1f} G per clip (XLA cost analysis: forward, '
                  'backward and optimizer update)'
                  + (f'; hand count of the backbone convolutions: '
-                    f'{plan["hand_count_gflop_per_clip"]:.1f} G per clip'
-                    if plan.get('hand_count_gflop_per_clip') else ''))
+                    f'{plan["hand_count_no_padding_gflop_per_clip"]:.1f}-'
+                    f'{plan["hand_count_gflop_per_clip"]:.1f} G per clip (without-with the zero '
+                    'border)' if plan.get('hand_count_gflop_per_clip') else ''))
     for name, t in plan['throughput_per_chip'].items():
       lines.append(f'  at {name.replace("_", " ")} ({t["tflops"]:.1f} TFLOP/s): '
                    f'{t["step_s"] * 1e3:.0f} ms/step, {t["clips_per_s"]:.1f} clips/s per chip')

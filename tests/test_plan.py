@@ -95,6 +95,11 @@ def test_resnet50_hand_count_matches_the_published_size():
   # ResNet-50 at 224 px is the well-known ~4.1 G multiply-adds (8.2 GFLOP).
   assert 8.0e9 < forward < 8.3e9
   assert plan.training_flops(forward, stem) == pytest.approx(3 * forward - stem)
+  # Without the zero border: a 3x3 'SAME' conv over n positions has 3n - 2 taps inside.
+  assert plan._taps(56, 3, 1, count_padding=False) == (3 * 56 - 2, 56)
+  assert plan._taps(7, 1, 1, count_padding=False) == (7, 7)
+  inside, inside_stem = plan.resnet50_conv_flops(224, 224, 3, count_padding=False)
+  assert 0.95 * forward < inside < forward and inside_stem < stem
 
 
 def test_pipeline_cost_prefers_the_flag_then_the_measured_table():
