@@ -20,4 +20,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['brave_jax', 'brave_jax.*']),
     python_requires='>=3.10',
     install_requires=_requirements(),
+    # `python -m brave_jax.plan` compiles the training step for a Cloud TPU topology on any
+    # machine; it needs libtpu, which is large and changes JAX's backend search, so it is
+    # optional (install it in its own virtualenv): pip install -e '.[tpu-plan]'.
+    extras_require={'tpu-plan': ['jax[tpu]==0.10.2']},
 )

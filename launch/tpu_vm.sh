@@ -3,6 +3,9 @@
 # project on every worker, train on all workers, follow logs, stop, delete.
 #
 # Usage: launch/tpu_vm.sh [--dry-run] COMMAND [ARGS...]
+#   plan [PLAN FLAGS...]   on this machine, no TPU needed: compile the training step for the
+#                          slice's topology and print memory, FLOPs, clips/s and host cores
+#                          (python -m brave_jax.plan; needs pip install -e '.[tpu-plan]')
 #   create                 create the TPU VM / pod slice
 #   install                copy this checkout to every worker and pip-install it
 #   train [MAIN FLAGS...]  start training on all workers (in the background, logging to ~/brave.log)
@@ -19,6 +22,7 @@
 #   --bucket / BRAVE_BUCKET      gs:// bucket for the workdir        [required for train]
 #   --config / BRAVE_CONFIG      config file[:variant]               [configs/brave_rgb_audio.py]
 #   --workdir / BRAVE_WORKDIR    workdir                             [$BUCKET/brave/<config name>]
+#   --topology / TPU_TOPOLOGY    topology for plan, e.g. v4:2x2x2    [from --accelerator where known]
 #   --spot                       create with spot capacity
 # Every worker runs the same command; jax.distributed finds the other workers by itself on a TPU slice.
 set -euo pipefail
@@ -32,6 +36,7 @@ VERSION="${TPU_VERSION:-tpu-ubuntu2204-base}"
 BUCKET="${BRAVE_BUCKET:-}"
 CONFIG="${BRAVE_CONFIG:-configs/brave_rgb_audio.py}"
 WORKDIR="${BRAVE_WORKDIR:-}"
+TOPOLOGY="${TPU_TOPOLOGY:-}"
 SPOT=0
 JAX_VERSION="0.10.2"
 REMOTE_DIR="brave_jax"
@@ -54,8 +59,9 @@ while [[ $# -gt 0 ]]; do
     --bucket) BUCKET="$2"; shift ;;
     --config) CONFIG="$2"; shift ;;
     --workdir) WORKDIR="$2"; shift ;;
+    --topology) TOPOLOGY="$2"; shift ;;
     --spot) SPOT=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     --*) die "unknown flag $1 (see --help)" ;;
     *) break ;;
   esac
@@ -63,8 +69,28 @@ while [[ $# -gt 0 ]]; do
 done
 
 COMMAND="${1:-}"
-[[ -n "$COMMAND" ]] || die "missing COMMAND: create | install | train | logs | stop | delete (see --help)"
+[[ -n "$COMMAND" ]] || die "missing COMMAND: plan | create | install | train | logs | stop | delete (see --help)"
 shift
+
+topology_of() {
+  # The AOT topology name of a single-host accelerator type (larger slices: pass --topology).
+  case "$1" in
+    v4-8) echo "v4:2x2x1" ;;
+    v5litepod-4) echo "v5e:2x2" ;;
+    v5litepod-8) echo "v5e:2x4" ;;
+    v5p-8) echo "v5p:2x2x1" ;;
+    v6e-4) echo "v6e:2x2" ;;
+    v6e-8) echo "v6e:2x4" ;;
+    *) return 1 ;;
+  esac
+}
+
+if [[ "$COMMAND" == plan ]]; then  # Local: needs neither gcloud, a zone nor a project.
+  topology="${TOPOLOGY:-$(topology_of "$ACCELERATOR" || true)}"
+  [[ -n "$topology" ]] || die "no topology for --accelerator=$ACCELERATOR: pass --topology (e.g. v4:2x2x2, v5e:4x8, v5p:4x4x4)"
+  run python3 -m brave_jax.plan --config="$CONFIG" --topology="$topology" "$@"
+  exit 0
+fi
 
 if [[ "$DRY_RUN" == 0 ]]; then
   command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud SDK first"

@@ -56,3 +56,17 @@ def test_gpu_dry_run_installs_cuda_jax_then_trains():
   lines = result.stdout.splitlines()
   assert "pip install -q 'jax[cuda12]==0.10.2'" in lines[1]
   assert lines[-1].endswith('--config.training.batch_size=64')
+
+
+def test_tpu_dry_run_plan_compiles_for_the_slices_topology_without_gcloud_settings():
+  result = _run(str(LAUNCH / 'tpu_vm.sh'), '--dry-run', '--accelerator=v5litepod-4', 'plan',
+                '--find_max_batch', env={'TPU_ZONE': '', 'TPU_PROJECT': ''})
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == ('+ python3 -m brave_jax.plan '
+                                   '--config=configs/brave_rgb_audio.py --topology=v5e:2x2 '
+                                   '--find_max_batch')
+  # A multi-host type has no default topology: the script says to pass one.
+  result = _run(str(LAUNCH / 'tpu_vm.sh'), '--dry-run', *TPU_FLAGS, 'plan')
+  assert result.returncode == 2 and 'pass --topology' in result.stderr
+  result = _run(str(LAUNCH / 'tpu_vm.sh'), '--dry-run', *TPU_FLAGS, '--topology=v4:2x2x4', 'plan')
+  assert result.returncode == 0 and '--topology=v4:2x2x4' in result.stdout
