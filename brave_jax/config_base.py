@@ -61,9 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.broad_modalities = ('audio',)  # Subset of BROAD_MODALITIES, each with its own backbone.
   # Where the broad window starts, given the narrow clip's start s (uniform over the video; the
   # video and its audio loop to s + num_frames * frame_step broad frames): 'at_narrow' = at s
-  # (published, docs/design.md "Views and the sampler"); 'uniform_after_narrow' = uniform from s to the last start whose
-  # num_frames * frame_step frames (and audio) fit the looped video (an option: a broad window
-  # that need not begin with the narrow clip).
+  # (published, docs/design.md "Views and the sampler"); 'uniform_after_narrow' = uniform from
+  # s to the last start whose num_frames * frame_step frames (and audio) fit the looped video
+  # (an option: a broad window that need not begin with the narrow clip).
   c.data.broad_start = 'at_narrow'
   c.data.random_convolve_broad_video = False  # Randomly convolve the broad 'video' view (V/V).
   c.data.audio = ml_collections.ConfigDict(dict(
