@@ -1,7 +1,7 @@
 """The one config schema every `configs/*.py` file starts from, and its validation.
 
 Config files stay short by starting from `base_config()` (the published BraVe
-defaults, ARCHITECTURE.md) and changing only what their view setup needs.
+defaults, docs/design.md) and changing only what their view setup needs.
 `validate` runs once, before anything compiles, so a typo in a 300k-step run
 fails in a second, naming the field.
 """
@@ -61,9 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.broad_modalities = ('audio',)  # Subset of BROAD_MODALITIES, each with its own backbone.
   # Where the broad window starts, given the narrow clip's start s (uniform over the video; the
   # video and its audio loop to s + num_frames * frame_step broad frames): 'at_narrow' = at s
-  # (published); 'uniform_after_narrow' = uniform from s to the last start whose
-  # num_frames * frame_step frames (and audio) fit the looped video (an option: a broad window
-  # that need not begin with the narrow clip).
+  # (published, docs/design.md "Views and the sampler"); 'uniform_after_narrow' = uniform from
+  # s to the last start whose num_frames * frame_step frames (and audio) fit the looped video
+  # (an option: a broad window that need not begin with the narrow clip).
   c.data.broad_start = 'at_narrow'
   c.data.random_convolve_broad_video = False  # Randomly convolve the broad 'video' view (V/V).
   c.data.audio = ml_collections.ConfigDict(dict(
@@ -170,7 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.training.keep_checkpoints = 3  # Most recent checkpoints kept on disk.
   c.training.plot_every = 0  # Steps between loss.png refreshes (0 = at the end only).
 
-  # Eval (linear protocol, ARCHITECTURE.md)
+  # Eval (linear protocol, docs/design.md "Linear evaluation")
   c.eval = ml_collections.ConfigDict()
   c.eval.run_after_training = False  # Linear-evaluate the narrow backbone when training ends.
   c.eval.compare_random_init = False  # Also evaluate a randomly initialised backbone.

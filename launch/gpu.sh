@@ -47,7 +47,7 @@ fi
 workdir="${WORKDIR:-workdirs/$(basename "${CONFIG%%:*}" .py)}"
 
 if [[ "$INSTALL" == 1 ]]; then
-  run pip install -q -e .
+  run pip install -q -r requirements.txt -e .
   run pip install -q "jax[cuda${CUDA}]==${JAX_VERSION}"
 fi
 run python -c "import jax; assert jax.default_backend() == 'gpu', jax.devices(); print(jax.devices())"

@@ -120,7 +120,7 @@ case "$COMMAND" in
     run git -C "$(dirname "$0")/.." archive --format=tar.gz --prefix="$REMOTE_DIR/" -o "$archive" HEAD
     run "${TPU[@]}" scp "$archive" "$NAME":/tmp/ "${WHERE[@]}" --worker=all
     on_all_workers "rm -rf ~/$REMOTE_DIR && tar xzf /tmp/brave_jax_src.tar.gz -C ~ && \
-cd ~/$REMOTE_DIR && pip install -q -e . && pip install -q 'jax[tpu]==$JAX_VERSION' && \
+cd ~/$REMOTE_DIR && pip install -q -r requirements.txt -e . && pip install -q 'jax[tpu]==$JAX_VERSION' && \
 python3 -c 'import jax; print(jax.process_index(), jax.device_count())'"
     ;;
   train)

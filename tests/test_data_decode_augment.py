@@ -27,11 +27,22 @@ def _aug() -> ml_collections.ConfigDict:
 
 
 def test_random_crop_window_inside_image_and_area_in_range():
-  for i in range(10):
+  """Every window is either tf.image's draw (area 0.3-1.0, aspect 0.5-2.0, inside the image) or,
+  when no attempt fitted, exactly the published centred fallback square; the draws span the range."""
+  fallback = tuple(decode.center_crop_window(tf.constant([48, 64])).numpy())
+  areas = []
+  for i in range(100):
     y, x, h, w = decode.random_crop_window(tf.constant([48, 64]), (0.3, 1.0), (0.5, 2.0),
                                            SEED + i).numpy()
     assert 0 <= y and y + h <= 48 and 0 <= x and x + w <= 64
-    assert 0.25 <= h * w / (48 * 64) <= 1.0
+    if (y, x, h, w) == fallback:
+      continue
+    areas.append(h * w / (48 * 64))
+    assert 0.3 <= areas[-1] <= 1.0, (i, h, w)
+    # One pixel of rounding on either side of the aspect bounds.
+    assert 0.5 * (h - 1) / h <= w / h <= 2.0 * (w + 1) / w, (i, h, w)
+  assert len(areas) >= 90, 'the fallback should be rare'
+  assert min(areas) < 0.45 and max(areas) > 0.85, (min(areas), max(areas))
 
 
 def test_choose_ratio():

@@ -100,7 +100,7 @@ def test_train_batch_structure_vv_and_per_host_batch(shard_dir, tiny_vv_config):
   assert pipeline.batch_shapes(cfg)['broad'] == {'video': (8, 32, 32, 3)}
 
 
-def test_train_is_deterministic_given_seed_and_hosts_differ(shard_dir, tiny_va_config):
+def test_train_is_deterministic_given_seed_and_start_step_moves_it(shard_dir, tiny_va_config):
   cfg = _config(tiny_va_config)
   first = lambda **kw: next(pipeline.make_train_dataset(cfg, str(shard_dir), num_local_devices=1,
                                                         **kw))
@@ -109,6 +109,23 @@ def test_train_is_deterministic_given_seed_and_hosts_differ(shard_dir, tiny_va_c
   np.testing.assert_array_equal(a['broad']['audio'], b['broad']['audio'])
   c = first(seed=3, start_step=5)
   assert np.abs(a['narrow']['video'] - c['narrow']['video']).max() > 0
+
+
+def test_hosts_read_disjoint_clips_that_together_cover_the_dataset(tmp_path, tiny_va_config):
+  """Two hosts with the same seed: each reads only its own shards' clips (labels name clips here)."""
+  clips = [dmvr_format.Clip(frames_TxHxWx3=_frames(i), waveform=_clip(i).waveform, label_index=i,
+                            label_text=f'c{i}', video_id=f'v{i}') for i in range(8)]
+  dmvr_format.write_shards([dmvr_format.encode_clip(c) for c in clips], str(tmp_path), 'train', 4)
+  cfg = _config(tiny_va_config)  # Global batch 4: 2 clips per host and step.
+  seen = []
+  for host in (0, 1):
+    it = pipeline.make_train_dataset(cfg, str(tmp_path), process_index=host, process_count=2,
+                                     num_local_devices=1, seed=3)
+    # Four steps of two clips: two epochs of the host's four clips.
+    seen.append({int(l) for _ in range(4) for l in next(it)['label'].ravel()})
+  assert len(seen[0]) == len(seen[1]) == 4, seen
+  assert not seen[0] & seen[1], seen
+  assert seen[0] | seen[1] == set(range(8))
 
 
 # --- Bad data ----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Per-view augmentations in the published order, each drawn once per clip for all its frames.
 
-The published chain for an RGB view (ARCHITECTURE.md, "Views"): scale to [0, 1]
+The published chain for an RGB view (docs/design.md, "Augmentation"): scale to [0, 1]
 -> Gaussian blur -> horizontal flip -> with p = 0.8 colour jitter as tf.image
 does it, in the fixed order random_brightness -> random_saturation ->
 random_contrast -> random_hue, then clip to [0, 1] -> with p = 0.2 greyscale

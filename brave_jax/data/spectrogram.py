@@ -10,7 +10,7 @@ import math
 import ml_collections
 import tensorflow as tf
 
-LOG_OFFSET_SCALE = 10000.0  # log(1 + 10000 * mel), ARCHITECTURE.md "Audio features".
+LOG_OFFSET_SCALE = 10000.0  # log(1 + 10000 * mel), as published.
 
 
 def num_spectrogram_frames(num_samples: int, frame_step: int) -> int:

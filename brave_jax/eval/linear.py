@@ -3,7 +3,7 @@
 `evaluate_backbone` serves the CLI (`python -m brave_jax.evaluate`, the
 default protocol) and the end of training (`evaluate_after_training`, called
 by main.py when config.eval.run_after_training), so both follow one protocol
-(ARCHITECTURE.md, "Linear evaluation"): the train split seen
+(docs/design.md, "Linear evaluation"): the train split seen
 config.eval.train_passes times with training augmentation, the test split as
 num_temporal_crops x num_spatial_crops crops per video, predictions averaged.
 The classifier math lives in eval/svm.py.

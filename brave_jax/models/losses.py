@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-NORM_EPS = 1e-5  # Row norms below this are clamped (ARCHITECTURE.md, "Loss").
+NORM_EPS = 1e-5  # Row norms below this are clamped (docs/design.md, "Heads and loss").
 
 
 def _unit_rows(x_BxK: jax.Array) -> jax.Array:

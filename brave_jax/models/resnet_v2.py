@@ -1,7 +1,7 @@
 """ResNet-v2 over a log-mel spectrogram, the broad audio backbone.
 
 The spectrogram [B, frames, mel_bins] is treated as a one-channel image
-(ARCHITECTURE.md, "ResNet-v2-50"). Submodules are built where the published
+(docs/design.md, "Backbones"). Submodules are built where the published
 model built them, so names match its checkpoints: convolutions and block groups
 in `__init__` (hence the `~` in `res_net_v2/~/block_group_0/block_0/~/conv_0/w`),
 blocks and batch norms in `__call__`.

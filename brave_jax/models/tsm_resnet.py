@@ -3,7 +3,7 @@
 Frames are folded into the batch, so a video backbone costs what an image
 backbone costs; 1/8 of the channels look one frame back and 1/8 one frame
 ahead in every block, with the published channel reorder (`temporal_shift`;
-ARCHITECTURE.md, "TSM-ResNet-v2"). Module and parameter
+docs/design.md, "Backbones"). Module and parameter
 names equal the published checkpoints' (`TSMResNetV2/tsm_resnet_unit_0/block_0/conv_0/w`).
 """
 from __future__ import annotations
