@@ -91,7 +91,7 @@ def temporal_shift(x_NxHxWxC: jax.Array, num_frames: int) -> jax.Array:
   frame t-1 (zeros at the first frame). The swap changes nothing for a network
   trained from scratch (the next 1x1 conv can permute its inputs), but published
   checkpoints were trained with it, so their features need it
-  (ARCHITECTURE.md, "TSM-ResNet-v2"; tests/testdata/temporal_shift.npz).
+  (docs/design.md, "Backbones"; tests/testdata/temporal_shift.npz).
   Frames are folded into the batch: N = B * num_frames, frame-major within a clip.
   """
   n_frames_total, h, w, c = x_NxHxWxC.shape
