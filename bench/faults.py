@@ -471,6 +471,8 @@ INVALID_CONFIGS = (
      'config.model.broad_video_backbone.width_multiplier'),
     (('--config.model.audio_backbone.width_multiplier=0',),
      'config.model.audio_backbone.width_multiplier'),
+    (('--config.model.audio_backbone.basic_block=three_3x3',),
+     'config.model.audio_backbone.basic_block'),
     (('--config.model.projection_dim=0',), 'config.model.projection_dim'),
     (('--config.model.hidden_dim=-4',), 'config.model.hidden_dim'),
     (('--config.model.compute_dtype=float16',), 'config.model.compute_dtype'),

@@ -26,6 +26,7 @@ VIDEO_LIKE_MODALITIES = ('video', 'rc', 'flow')
 BROAD_STARTS = ('at_narrow', 'uniform_after_narrow')  # See config.data.broad_start.
 TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
+AUDIO_BASIC_BLOCKS = ('published', 'two_3x3')  # See config.model.audio_backbone.basic_block.
 OPTIMIZERS = ('lars', 'adamw')
 SYNTHETIC_GENERATORS = ('embedded', 'independent')  # See config.data.synthetic.generator.
 INDEPENDENT_FPS = 12  # Frame rate and audio rate of data/synthetic_independent.py (its Spec).
@@ -63,9 +64,10 @@ def base_config() -> ml_collections.ConfigDict:
   ))
   c.data.broad_modalities = ('audio',)  # Subset of BROAD_MODALITIES, each with its own backbone.
   # Where the broad window starts, given the narrow clip's start s (uniform over the video; the
-  # video and its audio loop as needed): 'at_narrow' = at s (published, ../shared reference
-  # ARCHITECTURE.md "Views"); 'uniform_after_narrow' = uniform from s to the last start the
-  # looped video allows (an option: a broad window that need not begin with the narrow clip).
+  # video and its audio loop to s + num_frames * frame_step broad frames): 'at_narrow' = at s
+  # (published); 'uniform_after_narrow' = uniform from s to the last start whose
+  # num_frames * frame_step frames (and audio) fit the looped video (an option: a broad window
+  # that need not begin with the narrow clip).
   c.data.broad_start = 'at_narrow'
   c.data.random_convolve_broad_video = False  # Randomly convolve the broad 'video' view (V/V).
   c.data.audio = ml_collections.ConfigDict(dict(
@@ -131,6 +133,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.audio_backbone = ml_collections.ConfigDict(dict(
       depth=50,  # ResNet-v2 depth for the spectrogram.
       width_multiplier=1.0,
+      # Depth 18/34 blocks (used by :tiny/:demo): 'published' = as the published resnet.py,
+      # bn-relu-1x1 conv, then bn-relu-3x3 conv with the block's stride; 'two_3x3' = the usual
+      # basic block (3x3 with the stride, then 3x3). Depth >= 50 (bottleneck) ignores it.
+      basic_block='published',
   ))
   c.model.projection_dim = 128  # d: output of projector and predictor.
   c.model.hidden_dim = 4096  # Hidden width of projector and predictor MLPs.
@@ -143,7 +149,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Optimizer
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'lars'  # 'lars' or 'adamw'.
-  c.optimizer.base_learning_rate = 1.0  # Peak LR at global batch 512; scaled linearly with batch.
+  # Peak LR at global batch 512, scaled linearly with the batch (peak_learning_rate). Our choice:
+  # the published code keeps peak 1.0 at any batch; the two agree at its batch of 512.
+  c.optimizer.base_learning_rate = 1.0
   c.optimizer.warmup_steps = 5000
   c.optimizer.end_learning_rate = 0.0  # Cosine decays to this at the last step.
   # 'published': as the published code (and its models): predictor x10 on the gradients before
@@ -317,6 +325,9 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
     _require(0 < width <= 4 and (width < 1 or float(width).is_integer()),
              f'model.{name}.width_multiplier',
              f'must be in (0, 1) or a whole number from 1 to 4, got {width}')
+  _require(config.model.audio_backbone.basic_block in AUDIO_BASIC_BLOCKS,
+           'model.audio_backbone.basic_block',
+           f'must be one of {AUDIO_BASIC_BLOCKS}, got {config.model.audio_backbone.basic_block!r}')
   for f in ('projection_dim', 'hidden_dim'):
     _positive_int(config, f'model.{f}')
   _require(config.model.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype',
@@ -395,7 +406,11 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
-  """Linear scaling rule: the published peak 1.0 belongs to global batch 512."""
+  """base_learning_rate * batch / 512: our linear scaling rule, not the published code's.
+
+  The published trainer uses peak 1.0 whatever the batch; at its global batch
+  of 512 the two are equal. Scaling keeps smaller (CPU, few-chip) batches stable.
+  """
   return config.optimizer.base_learning_rate * config.training.batch_size / 512
 
 

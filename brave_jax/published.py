@@ -32,6 +32,16 @@ from brave_jax.models import tsm_resnet
 
 IGNORED_ROOTS = ('shared_project_1',)  # In published checkpoints, never used by their loss.
 REQUIRED_KEYS = ('params', 'state', 'config')
+# The fields of the published `BraveConfig` dataclass: the published code builds it with
+# `BraveConfig(**checkpoint['config'])`, so a config dict with any other key cannot be loaded there.
+PUBLISHED_CONFIG_FIELDS = (
+    'include_video_in_broad_view', 'include_audio_in_broad_view', 'num_frames_narrow',
+    'image_size_narrow', 'step_broad', 'num_frames_broad', 'image_size_broad', 'step_narrow',
+    'output_dims', 'tsm_resnet_width_multiplier', 'num_spectrogram_bins', 'fft_step',
+    'dataset_shards', 'input_video_sample_rate', 'input_audio_sample_rate')
+# Top-level key of our own settings the published config cannot hold (e.g. `bn_eps`); the
+# published loader reads only 'params', 'state' and 'config', so it never sees this one.
+EXTRAS_KEY = 'brave_jax'
 
 
 class PublishedCheckpointError(errors.RunError, ValueError):
@@ -160,8 +170,13 @@ def _broad_modalities(config: Mapping[str, Any], roots: set[str]) -> tuple[str, 
 
 def model_config_from_checkpoint(
     params: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any],
-    where: str = 'checkpoint') -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
-  """(config.model, broad modalities) that rebuild a published checkpoint's model."""
+    where: str = 'checkpoint', extras: Mapping[str, Any] | None = None,
+) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:
+  """(config.model, broad modalities) that rebuild a published checkpoint's model.
+
+  `extras` (the file's EXTRAS_KEY dict, written by `save`) may set `bn_eps`; a
+  published file has none and gets the published 1e-5.
+  """
   flat = _flatten(params)
   roots = _roots(params)
   modalities = _broad_modalities(config, roots)
@@ -186,12 +201,17 @@ def model_config_from_checkpoint(
     mc.audio_backbone.depth = _infer_depth(
         flat, r'^broad_audio_embedding/res_net_v2/~/block_group_(\d+)/block_(\d+)/', where)
     mc.audio_backbone.width_multiplier = _infer_width(stem[-1], None)
+    if not tsm_resnet.depth_spec(mc.audio_backbone.depth).bottleneck:  # Ours: depth 18/34.
+      conv_0 = _shape(flat, 'broad_audio_embedding/res_net_v2/~/block_group_0/block_0/~/conv_0/w',
+                      where)
+      mc.audio_backbone.basic_block = 'published' if conv_0[0] == 1 else 'two_3x3'
   mc.shared_head = 'shared_project' in roots
   head = 'shared_project' if mc.shared_head else 'narrow_video_project'
   mc.hidden_dim = _shape(flat, f'{head}/projector/linear/w', where)[-1]
   mc.projection_dim = int(config.get('output_dims')
                           or _shape(flat, f'{head}/projector/linear_1/w', where)[-1])
-  mc.bn_eps = float(config.get('bn_eps', mc.bn_eps))
+  # Files written before `bn_eps` moved out of the published config keep it there.
+  mc.bn_eps = float(dict(extras or {}).get('bn_eps', config.get('bn_eps', mc.bn_eps)))
   return mc, modalities
 
 
@@ -249,15 +269,17 @@ def load(path: str) -> PublishedModel:
     keys = sorted(raw) if isinstance(raw, Mapping) else type(raw).__name__
     raise PublishedCheckpointError(
         f'{path}: holds {keys}, expected a dict with keys {REQUIRED_KEYS}')
-  return from_arrays(raw['params'], raw['state'], raw['config'], where=path)
+  return from_arrays(raw['params'], raw['state'], raw['config'], where=path,
+                     extras=raw.get(EXTRAS_KEY))
 
 
 def from_arrays(params: Mapping[str, Mapping[str, Any]], state: Mapping[str, Mapping[str, Any]],
-                config: Mapping[str, Any] | None, where: str = '<arrays>') -> PublishedModel:
+                config: Mapping[str, Any] | None, where: str = '<arrays>',
+                extras: Mapping[str, Any] | None = None) -> PublishedModel:
   """Like `load`, for a checkpoint's contents already in memory; `where` names it in errors."""
   config = dict(config or {})
   params, state = _drop_ignored(params), _drop_ignored(state)
-  mc, modalities = model_config_from_checkpoint(params, config, where=where)
+  mc, modalities = model_config_from_checkpoint(params, config, where=where, extras=extras)
   described = _describe(mc, modalities)
   try:
     model = brave.build_model(mc, modalities, axis_name=None)
@@ -273,7 +295,7 @@ def from_arrays(params: Mapping[str, Mapping[str, Any]], state: Mapping[str, Map
 
 
 def published_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The published `config` dict for one of our run configs (the fields its loaders read)."""
+  """The published `config` dict for one of our run configs: exactly PUBLISHED_CONFIG_FIELDS."""
   d, m = config.data, config.model
   return dict(
       image_size_narrow=d.narrow.image_size, num_frames_narrow=d.narrow.num_frames,
@@ -285,18 +307,35 @@ def published_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
       tsm_resnet_width_multiplier=m.narrow_backbone.width_multiplier,
       num_spectrogram_bins=d.audio.num_mel_bins, fft_step=d.audio.frame_step,
       input_video_sample_rate=d.video_fps, input_audio_sample_rate=d.audio_sample_rate,
-      dataset_shards=d.train_shards, bn_eps=m.bn_eps)
+      dataset_shards=d.train_shards)
 
 
-def save(path: str, params: hk.Params, state: hk.State, config: Mapping[str, Any]) -> str:
+def published_extras(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Our model settings the published config has no field for (stored under EXTRAS_KEY)."""
+  return dict(bn_eps=config.model.bn_eps)
+
+
+def save(path: str, params: hk.Params, state: hk.State, config: Mapping[str, Any],
+         extras: Mapping[str, Any] | None = None) -> str:
   """Writes params/state/config as the published `.npy` pickled dict; returns `path`.
 
-  `config` is the published-style dict (see `published_config`).
+  `config` is the published-style dict (see `published_config`); a key the
+  published `BraveConfig` lacks is refused, since the published code could not
+  load the file. `extras` (see `published_extras`) go under the top-level
+  EXTRAS_KEY, which the published loader never reads and `load` does.
   """
+  unknown = sorted(set(config) - set(PUBLISHED_CONFIG_FIELDS))
+  if unknown:
+    raise ValueError(
+        f'{path}: config keys {unknown} are not fields of the published BraveConfig, so the '
+        f'published code could not load the file; pass them in `extras` instead (fields: '
+        f'{PUBLISHED_CONFIG_FIELDS})')
   to_numpy = lambda tree: {module: {name: np.asarray(jax.device_get(v))
                                     for name, v in leaves.items()}
                            for module, leaves in tree.items()}
   payload = {'params': to_numpy(params), 'state': to_numpy(state), 'config': dict(config)}
+  if extras:
+    payload[EXTRAS_KEY] = dict(extras)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   buffer = io.BytesIO()  # np.save(path) would append '.npy' to other names.

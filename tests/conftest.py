@@ -39,3 +39,8 @@ def tiny_va_config():
 def tiny_vv_config():
   from brave_jax import config_base  # pylint: disable=g-import-not-at-top
   return config_base.load(config_path('brave_rgb_rgb', 'tiny'))
+
+
+def pytest_configure(config):
+  # `slow`: tests of a minute or more (full-size models); they still run in `pytest tests`.
+  config.addinivalue_line('markers', 'slow: takes a minute or more (full-size models on CPU)')

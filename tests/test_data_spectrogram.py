@@ -1,48 +1,47 @@
-"""The log-mel spectrogram against an independent numpy computation (HTK mel, as TF)."""
+"""The log-mel spectrogram against the published one (tests/testdata/spectrogram.npz)."""
+import functools
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from brave_jax import config_base
 from brave_jax.data import spectrogram
+from conftest import config_path
 
 
-def _hz_to_mel(f):
-  return 1127.0 * np.log1p(np.asarray(f, np.float64) / 700.0)
+def _published_settings(golden) -> dict:
+  """The published V/A log-mel settings (its config and spectrogram module defaults)."""
+  return dict(sample_rate=float(golden['sample_rate']), num_mel_bins=int(golden['num_bins']),
+              frame_step=int(golden['fft_step']), frame_length=320, fft_length=320,
+              lower_edge_hz=80.0, upper_edge_hz=7600.0)
 
 
-def _mel_matrix(num_mel_bins, num_spec_bins, sample_rate, lo, hi):
-  """[num_spec_bins, num_mel_bins] triangles in mel space; the DC bin gets no weight."""
-  freqs = np.linspace(0.0, sample_rate / 2.0, num_spec_bins)[1:]
-  spec_mel = _hz_to_mel(freqs)[:, None]
-  edges = np.linspace(_hz_to_mel(lo), _hz_to_mel(hi), num_mel_bins + 2)
-  lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
-  up = (spec_mel - lower) / (center - lower)
-  down = (upper - spec_mel) / (upper - center)
-  w = np.maximum(0.0, np.minimum(up, down))
-  return np.concatenate([np.zeros((1, num_mel_bins)), w], 0)
+@pytest.mark.parametrize('length', ['long', 'short'])
+def test_log_mel_equals_the_published_spectrogram(length, testdata_dir):
+  """tests/testdata/spectrogram.npz: the published log-mel (48 kHz, 80 bins, step 160) of a
+  10.24 s (the broad view's 491,520 samples) and a 1 s waveform; ours is bit for bit equal."""
+  golden = np.load(testdata_dir / 'spectrogram.npz')
+  wave, want = golden[f'{length}_waveform'], golden[f'{length}_log_mel']
+  data = config_base.load(config_path('brave_rgb_audio', None)).data  # The full-size V/A config.
+  assert (data.audio_sample_rate, data.audio.num_mel_bins, data.audio.frame_step) == (
+      golden['sample_rate'], golden['num_bins'], golden['fft_step'])
+  got = spectrogram.from_config(tf.constant(wave), data).numpy()
+  assert got.shape == want.shape == (spectrogram.num_spectrogram_frames(len(wave), 160), 80)
+  print(f'{length}: max |ours - published| = {np.max(np.abs(got - want)):.3g}')
+  np.testing.assert_array_equal(got, want)
 
 
-def _numpy_log_mel(wave, rate, bins, frame_length, step, fft_length, lo, hi):
-  num_frames = -(-len(wave) // step)
-  padded = np.zeros((num_frames - 1) * step + frame_length)
-  padded[:len(wave)] = wave
-  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame_length) / frame_length)  # periodic
-  frames = np.stack([padded[i * step:i * step + frame_length] for i in range(num_frames)])
-  mag = np.abs(np.fft.rfft(frames * window, n=fft_length))
-  mel = mag @ _mel_matrix(bins, fft_length // 2 + 1, rate, lo, hi)
-  return np.log(1.0 + 10000.0 * mel)
-
-
-def test_log_mel_matches_numpy():
-  rate = 16000
-  rng = np.random.RandomState(0)
-  t = np.arange(3000) / rate
-  wave = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.1 * rng.randn(t.size)).astype(np.float32)
-  params = dict(sample_rate=rate, num_mel_bins=20, frame_length=320, frame_step=160,
-                fft_length=320, lower_edge_hz=80.0, upper_edge_hz=7600.0)
-  got = spectrogram.log_mel_spectrogram(tf.constant(wave), **params).numpy()
-  want = _numpy_log_mel(wave.astype(np.float64), rate, 20, 320, 160, 320, 80.0, 7600.0)
-  assert got.shape == (spectrogram.num_spectrogram_frames(3000, 160), 20) == (19, 20)
-  np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+def test_negative_control_a_symmetric_window_misses_the_published_spectrogram(
+    testdata_dir, monkeypatch):
+  """The comparison catches a near miss: a symmetric Hann window (periodic=False) instead of
+  the published periodic one moves the short waveform's log-mel well past float rounding."""
+  golden = np.load(testdata_dir / 'spectrogram.npz')
+  monkeypatch.setattr(tf.signal, 'hann_window',
+                      functools.partial(tf.signal.hann_window, periodic=False))
+  got = spectrogram.log_mel_spectrogram(tf.constant(golden['short_waveform']),
+                                        **_published_settings(golden)).numpy()
+  assert np.max(np.abs(got - golden['short_log_mel'])) > 1e-3
 
 
 def test_from_config_uses_config_fields(tiny_va_config):

@@ -91,6 +91,33 @@ def test_audio_resnet_output_shape(depth, width, concrete):
   chex.assert_shape(feats, (B, int((2048 if depth >= 50 else 512) * width)))
 
 
+@pytest.mark.parametrize('basic_block,kernels', [('published', (1, 3)), ('two_3x3', (3, 3))])
+def test_audio_basic_block_convs(basic_block, kernels):
+  """Depth 18: 'published' (the published resnet.py) is bn-relu-1x1 conv, then bn-relu-3x3 conv
+  carrying the block's stride; 'two_3x3' the usual 3x3 (strided), 3x3. Same output size."""
+  log_mel = jnp.zeros((B, SPEC_FRAMES, MEL_BINS))
+  make = lambda: resnet_v2.ResNetV2(depth=18, width_multiplier=0.25, basic_block=basic_block)
+  forward = hk.transform_with_state(lambda x: make()(x, True))
+  params, _ = jax.eval_shape(forward.init, jax.random.PRNGKey(0), log_mel)
+  block = 'res_net_v2/~/block_group_1/block_0/~'
+  chex.assert_shape(params[f'{block}/conv_0']['w'], (kernels[0], kernels[0], 16, 32))
+  chex.assert_shape(params[f'{block}/conv_1']['w'], (kernels[1], kernels[1], 32, 32))
+  feats = jax.eval_shape(lambda x: _backbone_apply(make, x), log_mel)
+  chex.assert_shape(feats, (B, 128))
+
+
+def test_published_audio_basic_block_is_the_default_and_unknown_names_are_refused():
+  assert config_base.base_config().model.audio_backbone.basic_block == 'published'
+  config = config_base.load(config_path('brave_rgb_audio', 'tiny'))
+  config.model.audio_backbone.basic_block = 'three_3x3'
+  with pytest.raises(config_base.ConfigError, match='model.audio_backbone.basic_block'):
+    config_base.validate(config)
+
+
+def test_loss_runs_broad_views_through_the_head_video_first_whatever_the_config_order():
+  assert brave.head_order(('audio', 'flow', 'video')) == ('video', 'flow', 'audio')
+
+
 def test_temporal_shift_equals_the_published_golden_output(testdata_dir):
   """Float equality with the published code's shift (tests/testdata/temporal_shift.npz)."""
   golden = np.load(testdata_dir / 'temporal_shift.npz')

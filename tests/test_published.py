@@ -1,4 +1,5 @@
 """Published-format checkpoints: a manifest-shaped file loads and embeds; bad files are refused by path."""
+import dataclasses
 import json
 
 import chex
@@ -165,7 +166,9 @@ def test_our_tiny_model_round_trips_through_the_published_format(tmp_path):
                               for n, v in leaves.items()}
   # Random values (no compile): the same config and arrays make the same embedding function.
   params, state = _random_tree(flat_shapes(params), 0), _random_tree(flat_shapes(state), 1)
-  path = published.save(str(tmp_path / 'tiny.npy'), params, state, published.published_config(config))
+  config.model.bn_eps = 1e-3  # Not the published 1e-5: it must travel in the extras.
+  path = published.save(str(tmp_path / 'tiny.npy'), params, state,
+                        published.published_config(config), published.published_extras(config))
   loaded = published.load(path)
   for field in ('narrow_backbone', 'audio_backbone', 'hidden_dim', 'projection_dim', 'shared_head',
                 'bn_eps'):
@@ -175,3 +178,41 @@ def test_our_tiny_model_round_trips_through_the_published_format(tmp_path):
   chex.assert_trees_all_equal(loaded.state, state)
   with pytest.raises(ValueError, match='float32'):
     loaded.embed_video(np.zeros((1, 2, 32, 32, 3), np.uint8))
+
+
+# The fields of the published `BraveConfig` (google-deepmind/brave, brave/models/brave/brave.py,
+# `@chex.dataclass class BraveConfig`, in its declaration order), copied here so the test needs
+# nothing outside the repository. The published code loads a checkpoint's config with
+# `BraveConfig(**config)`, which raises on any other key.
+PUBLISHED_BRAVECONFIG_FIELDS = (
+    'include_video_in_broad_view', 'include_audio_in_broad_view', 'num_frames_narrow',
+    'image_size_narrow', 'step_broad', 'num_frames_broad', 'image_size_broad', 'step_narrow',
+    'output_dims', 'tsm_resnet_width_multiplier', 'num_spectrogram_bins', 'fft_step',
+    'dataset_shards', 'input_video_sample_rate', 'input_audio_sample_rate')
+_PublishedBraveConfig = dataclasses.make_dataclass('BraveConfig', PUBLISHED_BRAVECONFIG_FIELDS)
+
+
+@pytest.mark.parametrize('name', ['brave_rgb_audio', 'brave_rgb_rgb'])
+def test_exported_checkpoint_config_builds_the_published_braveconfig(name, tmp_path):
+  """The exported config has exactly the published fields (so `BraveConfig(**config)` works);
+  our own `bn_eps` travels beside it, under a top-level key the published loader never reads."""
+  config = config_base.load(config_path(name, 'tiny'))
+  path = published.save(str(tmp_path / 'm.npy'), {}, {}, published.published_config(config),
+                        published.published_extras(config))
+  raw = np.load(path, allow_pickle=True).item()
+  assert set(raw) == {'params', 'state', 'config', published.EXTRAS_KEY}
+  assert set(raw['config']) == set(PUBLISHED_BRAVECONFIG_FIELDS)
+  built = _PublishedBraveConfig(**raw['config'])
+  assert built.include_audio_in_broad_view == (name == 'brave_rgb_audio')
+  assert raw[published.EXTRAS_KEY] == {'bn_eps': config.model.bn_eps}
+
+
+def test_negative_control_a_config_with_bn_eps_is_refused():
+  """The old export (bn_eps inside the config dict) cannot build the published BraveConfig, and
+  `save` now refuses such a dict, naming the key."""
+  config = config_base.load(config_path('brave_rgb_audio', 'tiny'))
+  old = dict(published.published_config(config), bn_eps=config.model.bn_eps)
+  with pytest.raises(TypeError, match='bn_eps'):
+    _PublishedBraveConfig(**old)
+  with pytest.raises(ValueError, match=r"\['bn_eps'\] are not fields of the published"):
+    published.save('/nonexistent/m.npy', {}, {}, old)

@@ -45,12 +45,9 @@ def train_windows(num_video_frames: tf.Tensor, *, narrow_frames: int, narrow_ste
                   seed: tf.Tensor) -> dict[str, tf.Tensor]:
   """Narrow and broad frame indices of one training example, as the published sampler draws them.
 
-  The narrow clip starts at s, uniform over [0, max(N, Ln) - Ln] (Ln = its span):
-  anywhere in the video. The video is then looped (repeated whole) until it
-  holds s + Lb frames (Lb = the broad span), and the broad window starts at b:
-  'at_narrow' (published): b = s; 'uniform_after_narrow' (an option): b uniform
-  over [s, looped - Lb], so it may start later than the narrow clip. Clips shorter than Ln loop too (the
-  published code needs N >= Ln). Indices are into the original video.
+  The narrow clip starts at s, uniform over [0, max(N, Ln) - Ln] (Ln = its
+  span): anywhere in the video; a clip shorter than Ln has s = 0 and loops, as
+  in the published code. The rest is `windows_at(s)`.
   Returns {'narrow': [Tn], 'broad': [Tb], 'broad_start': b, 'looped_frames': scalar} (int32).
   """
   if broad_start not in BROAD_STARTS:
@@ -58,13 +55,46 @@ def train_windows(num_video_frames: tf.Tensor, *, narrow_frames: int, narrow_ste
   n = tf.cast(num_video_frames, tf.int32)
   seed_narrow, seed_broad = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   narrow_start = _uniform_int(seed_narrow, tf.maximum(n - span(narrow_frames, narrow_step), 0))
-  broad_span = span(broad_frames, broad_step)
-  looped = looped_length(n, narrow_start + broad_span)
-  b = narrow_start
+  return windows_at(n, narrow_start, narrow_frames=narrow_frames, narrow_step=narrow_step,
+                    broad_frames=broad_frames, broad_step=broad_step, broad_start=broad_start,
+                    seed_broad=seed_broad)
+
+
+def broad_extent(broad_frames: int, broad_step: int) -> int:
+  """Frames the broad view's audio covers: T * step (256 at full size), 3 more than its span.
+
+  The published sampler loops the video to s + T * step frames (not s + span),
+  so the broad audio, which also covers T * step frames, always lies inside
+  the looped waveform.
+  """
+  return broad_frames * broad_step
+
+
+def windows_at(num_video_frames: tf.Tensor, narrow_start: tf.Tensor, *, narrow_frames: int,
+               narrow_step: int, broad_frames: int, broad_step: int, broad_start: str,
+               seed_broad: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+  """The training windows for a given narrow start s (the published sampler's only draw).
+
+  The video is looped (repeated whole, published `extend_sequence`) until it
+  holds s + Tb * step_b frames (`broad_extent`), and the broad window starts at
+  b: 'at_narrow' (published): b = s; 'uniform_after_narrow' (an option, needs
+  `seed_broad`): b uniform over [s, looped - Tb * step_b], so it may start
+  later than the narrow clip and its audio still fits the looped video.
+  Indices are into the original video (index mod N).
+  """
+  if broad_start not in BROAD_STARTS:
+    raise ValueError(f'config.data.broad_start must be one of {BROAD_STARTS}, got {broad_start!r}')
+  n = tf.cast(num_video_frames, tf.int32)
+  s = tf.cast(narrow_start, tf.int32)
+  extent = broad_extent(broad_frames, broad_step)
+  looped = looped_length(n, s + extent)
+  b = s
   if broad_start == 'uniform_after_narrow':
-    b = narrow_start + _uniform_int(seed_broad, looped - broad_span - narrow_start)
+    if seed_broad is None:
+      raise ValueError("broad_start='uniform_after_narrow' draws the broad start: pass seed_broad")
+    b = s + _uniform_int(seed_broad, looped - extent - s)
   return {
-      'narrow': window_indices(narrow_start, narrow_frames, narrow_step, n),
+      'narrow': window_indices(s, narrow_frames, narrow_step, n),
       'broad': window_indices(b, broad_frames, broad_step, n),
       'broad_start': b,
       'looped_frames': looped,

@@ -79,7 +79,8 @@ class Embedding(hk.Module):
       if x.ndim != 3:
         raise ValueError(f'{self.module_name}: audio must be a log-mel spectrogram '
                          f'[B, frames, mel_bins], got shape {x.shape}')
-      return resnet_v2.ResNetV2(**kwargs)(x, is_training)
+      return resnet_v2.ResNetV2(basic_block=self._config.get('basic_block', 'published'),
+                                **kwargs)(x, is_training)
     channels = INPUT_CHANNELS[self._modality]
     if x.ndim != 5 or x.shape[-1] != channels:
       raise ValueError(f'{self.module_name}: {self._modality!r} must be [B, T, H, W, {channels}], '
@@ -135,6 +136,16 @@ def _check_config(model_config: ml_collections.ConfigDict, modalities: Sequence[
             'backbones equal output sizes (depth/width_multiplier)')
 
 
+def head_order(modalities: Sequence[str]) -> tuple[str, ...]:
+  """Broad views in the order the loss runs them through the heads: video-like, then audio.
+
+  The published loss takes the broad video view before the broad audio one; ours
+  follows `config_base.BROAD_MODALITIES` ('video', 'rc', 'flow', 'audio'), whatever
+  order the config lists them in, so the shared head's BN averages do not depend on it.
+  """
+  return tuple(m for m in config_base.BROAD_MODALITIES if m in modalities)
+
+
 def build_model(model_config: ml_collections.ConfigDict, broad_modalities: Sequence[str],
                 axis_name: str | None = None) -> Model:
   """Pure init/loss/embed functions for `model_config` (config.model) and the given broad views.
@@ -163,13 +174,14 @@ def build_model(model_config: ml_collections.ConfigDict, broad_modalities: Seque
       for m in modalities:
         feats[m] = Embedding(model_config, 'broad', m, axis)(_view_input(batch, 'broad', m), True)
     view_heads = make_heads(tuple(feats), axis)
-    z, h = {}, {}
-    for v, f_BxD in feats.items():
-      z[v], h[v] = view_heads[v](f_BxD.astype(jnp.float32), True)
     metrics = {}
-    for m in modalities:
-      metrics[f'loss/narrow_to_{m}'] = losses.normalized_regression_loss(h['narrow'], z[m])
-      metrics[f'loss/{m}_to_narrow'] = losses.normalized_regression_loss(h[m], z['narrow'])
+    for m in head_order(modalities):
+      # As published: the broad view through the head first, then the narrow one (state
+      # threaded), once per broad view; with a shared head the order sets its BN averages.
+      z_b, h_b = view_heads[m](feats[m].astype(jnp.float32), True)
+      z_n, h_n = view_heads['narrow'](feats['narrow'].astype(jnp.float32), True)
+      metrics[f'loss/{m}_to_narrow'] = losses.normalized_regression_loss(h_b, z_n)
+      metrics[f'loss/narrow_to_{m}'] = losses.normalized_regression_loss(h_n, z_b)
     total = jnp.mean(jnp.stack(list(metrics.values())))
     metrics['loss'] = total
     return total, metrics

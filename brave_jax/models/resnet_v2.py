@@ -30,18 +30,27 @@ def _conv(channels: int, kernel: int, stride: int, name: str) -> hk.Conv2D:
 
 
 class ResNetV2Block(hk.Module):
-  """Pre-activation block: (bn -> relu -> conv) x3 (bottleneck) or x2 (basic), plus shortcut."""
+  """Pre-activation block: (bn -> relu -> conv) x3 (bottleneck) or x2 (basic), plus shortcut.
+
+  Bottleneck: 1x1, 3x3 (strided), 1x1. Basic ('published'): 1x1, then 3x3 (strided), as the
+  published resnet.py builds depth 18/34; 'two_3x3': 3x3 (strided), 3x3.
+  """
 
   def __init__(self, channels: int, inner_channels: int, stride: int, use_projection: bool,
-               bottleneck: bool, bn_config: BnConfig, name: str):
+               bottleneck: bool, bn_config: BnConfig, name: str, basic_block: str = 'published'):
     super().__init__(name=name)
     self._bn_config = bn_config
     if bottleneck:
       self._convs = (_conv(inner_channels, 1, 1, 'conv_0'),
                      _conv(inner_channels, 3, stride, 'conv_1'),
                      _conv(channels, 1, 1, 'conv_2'))
-    else:
+    elif basic_block == 'published':  # As the published resnet.py's depth-18/34 block.
+      self._convs = (_conv(channels, 1, 1, 'conv_0'), _conv(channels, 3, stride, 'conv_1'))
+    elif basic_block == 'two_3x3':
       self._convs = (_conv(channels, 3, stride, 'conv_0'), _conv(channels, 3, 1, 'conv_1'))
+    else:
+      raise ValueError(f'config.model.audio_backbone.basic_block must be one of '
+                       f"('published', 'two_3x3'), got {basic_block!r}")
     self._shortcut = _conv(channels, 1, stride, 'shortcut_conv') if use_projection else None
 
   def __call__(self, x_BxHxWxC: jax.Array, is_training: bool) -> jax.Array:
@@ -59,11 +68,13 @@ class BlockGroup(hk.Module):
   """A stage; only its first block strides, and projects when its shape changes."""
 
   def __init__(self, channels: int, inner_channels: int, num_blocks: int, stride: int,
-               bottleneck: bool, bn_config: BnConfig, remat: bool, name: str):
+               bottleneck: bool, bn_config: BnConfig, remat: bool, name: str,
+               basic_block: str = 'published'):
     super().__init__(name=name)
     self._args = (channels, inner_channels, num_blocks, stride, bottleneck)
     self._bn_config = bn_config
     self._remat = remat
+    self._basic_block = basic_block
 
   def __call__(self, x_BxHxWxC: jax.Array, is_training: bool) -> jax.Array:
     channels, inner, num_blocks, stride, bottleneck = self._args
@@ -71,7 +82,7 @@ class BlockGroup(hk.Module):
       first = i == 0
       use_projection = first and (x_BxHxWxC.shape[-1] != channels or stride != 1)
       block = ResNetV2Block(channels, inner, stride if first else 1, use_projection, bottleneck,
-                            self._bn_config, name=f'block_{i}')
+                            self._bn_config, name=f'block_{i}', basic_block=self._basic_block)
       x_BxHxWxC = tsm_resnet.apply_block(block, x_BxHxWxC, is_training, self._remat)
     return x_BxHxWxC
 
@@ -81,7 +92,7 @@ class ResNetV2(hk.Module):
 
   def __init__(self, depth: int = 50, width_multiplier: float = 1.0,
                bn_config: BnConfig | None = None, remat: bool = False,
-               name: str = 'res_net_v2'):
+               name: str = 'res_net_v2', basic_block: str = 'published'):
     super().__init__(name=name)
     spec = tsm_resnet.depth_spec(depth)
     self._bn_config = dict(bn_config if bn_config is not None else tsm_resnet.make_bn_config())
@@ -89,7 +100,7 @@ class ResNetV2(hk.Module):
                                'initial_conv')
     self._block_groups = [
         BlockGroup(channels, inner, num_blocks, stride, spec.bottleneck, self._bn_config, remat,
-                   name=f'block_group_{i}')
+                   name=f'block_group_{i}', basic_block=basic_block)
         for i, ((channels, inner), num_blocks, stride) in enumerate(
             zip(tsm_resnet.unit_channels(depth, width_multiplier), spec.blocks_per_unit,
                 UNIT_STRIDES))
