@@ -490,6 +490,9 @@ INVALID_CONFIGS = (
     (('--config.optimizer.warmup_steps=1000',), 'config.optimizer.warmup_steps'),
     (('--config.training.batch_size=3', '@2devices'), 'config.training.batch_size'),
     (('--config.eval.svm_c=-1',), 'config.eval.svm_c'),
+    (('--config.eval.feature_transform=whiten',), 'config.eval.feature_transform'),
+    (('--config.data.synthetic.generator=other',), 'config.data.synthetic.generator'),
+    (('--config.data.synthetic.generator=independent',), 'config.data.video_fps'),
     (('--config.eval.svm_c=big',), 'config.eval.svm_c'),
     # Command-line errors around the config.
     (('--config.training.num_stepz=3',), "no field 'training.num_stepz'"),

@@ -93,6 +93,26 @@ def test_auto_c_cross_validates_on_train_only(monkeypatch):
   assert seen_rows[-1] == len(train_x)  # The final fit uses all train clips, no test rows.
 
 
+def test_l2_standardize_ignores_each_embeddings_scale():
+  """'l2_standardize' scores a clip the same whatever positive factor scales its embedding; the
+  published 'standardize' does not (negative control), so a clip-level gain cannot be a feature."""
+  train_x, train_y, _ = _separable(num_classes=3, crops=1, seed=0)
+  test_x, _, _ = _separable(num_classes=3, crops=1, seed=1)
+  gains = np.random.default_rng(2).uniform(0.2, 5.0, size=(len(test_x), 1)).astype(np.float32)
+  l2 = svm.fit_linear_svm(train_x, train_y, 1e-2, transform='l2_standardize')
+  np.testing.assert_allclose(l2.decision_function(test_x * gains), l2.decision_function(test_x),
+                             rtol=1e-4, atol=1e-5)
+  plain = svm.fit_linear_svm(train_x, train_y, 1e-2, transform='standardize')
+  assert not np.allclose(plain.decision_function(test_x * gains), plain.decision_function(test_x),
+                         rtol=1e-4, atol=1e-5)
+  result = svm.evaluate_linear(train_x, train_y, test_x, np.repeat(np.arange(3), 6), np.arange(18),
+                               'auto', train_video_index=np.arange(len(train_x)),
+                               transform='l2_standardize')
+  assert result['feature_transform'] == 'l2_standardize' and result['test']['top1'] == 1.0
+  with pytest.raises(svm.LinearEvalError, match='feature_transform'):
+    svm.fit_linear_svm(train_x, train_y, 1e-2, transform='whiten')
+
+
 def test_auto_c_refuses_single_video_classes():
   x = np.random.default_rng(0).normal(size=(4, 3))
   with pytest.raises(svm.LinearEvalError, match='--svm_c'):

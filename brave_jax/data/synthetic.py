@@ -368,7 +368,7 @@ def _load_complete(directory: str) -> dict[str, Any] | None:
   return None
 
 
-def _ensure(final_dir: str, write: Callable[[str], Any],
+def ensure_directory(final_dir: str, write: Callable[[str], Any],
             load: Callable[[str], dict[str, Any] | None]) -> dict[str, Any]:
   """`load(final_dir)`, after building it with `write(tmp_dir)` + an atomic rename if needed."""
   dataset = load(final_dir)
@@ -395,6 +395,20 @@ def _ensure(final_dir: str, write: Callable[[str], Any],
   return dataset
 
 
+GENERATORS = ('embedded', 'independent')  # config.data.synthetic.generator values.
+
+
+def generator_name(synthetic_config: Any) -> str:
+  """config.data.synthetic.generator ('embedded' when the field is absent, as in old configs)."""
+  try:
+    name = synthetic_config['generator']
+  except (KeyError, AttributeError):
+    return 'embedded'
+  if name not in GENERATORS:
+    raise ValueError(f'config.data.synthetic.generator must be one of {GENERATORS}, got {name!r}')
+  return name
+
+
 def ensure_dataset(synthetic_config: Any, with_flow: bool = False,
                    show_progress: bool = True) -> dict[str, Any]:
   """{'train': [shards], 'test': [shards], 'class_names': [...]}, generated once and cached.
@@ -403,9 +417,12 @@ def ensure_dataset(synthetic_config: Any, with_flow: bool = False,
   writes into a temporary sibling that is renamed into place when complete,
   so an interrupted or concurrent build never leaves a half dataset in use.
   """
+  if generator_name(synthetic_config) == 'independent':
+    from brave_jax.data import synthetic_independent  # pylint: disable=g-import-not-at-top
+    return synthetic_independent.ensure_dataset(synthetic_config, with_flow, show_progress)
   root = os.path.expanduser(str(synthetic_config['cache_dir']))
   final_dir = os.path.join(root, config_hash(synthetic_config, with_flow))
-  return _ensure(final_dir,
+  return ensure_directory(final_dir,
                  lambda tmp: write_dataset(synthetic_config, tmp, with_flow, show_progress),
                  _load_complete)
 
@@ -504,7 +521,7 @@ def ensure_audio_dataset(synthetic_config: Any, *, num_folds: int = 5, clips_per
     key['snr_db'] = [float(x) for x in snr_db]
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   final_dir = os.path.join(os.path.expanduser(str(synthetic_config['cache_dir'])), f'audio-{digest}')
-  return _ensure(final_dir,
+  return ensure_directory(final_dir,
                  lambda tmp: write_audio_dataset(synthetic_config, tmp, num_folds=num_folds,
                                                  clips_per_fold=clips_per_fold, seconds=seconds,
                                                  snr_db=tuple(snr_db), show_progress=show_progress),

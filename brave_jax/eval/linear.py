@@ -69,7 +69,8 @@ def fit_and_report(config: ml_collections.ConfigDict,
   result = svm.evaluate_linear(
       train['feats'], train['labels'], test['feats'], test['labels'], test['video_index'], svm_c,
       train_video_index=train['video_index'],
-      num_classes=len(class_names) if class_names else None)
+      num_classes=len(class_names) if class_names else None,
+      transform=config.eval.get('feature_transform', 'standardize'))
   data = dict(data or {})
   if missing:
     data['test_labels_missing_from_train'] = {str(k): n for k, n in missing.items()}
@@ -151,7 +152,8 @@ def evaluate_after_training(config: ml_collections.ConfigDict, workdir: str,
   for tag, source in variants.items():
     print(f'linear evaluation: {tag} narrow backbone')
     results[tag] = evaluate_source(config, source, train_source, test_source, workdir, tag=tag,
-                                   class_names=class_names, file_suffix=f'_{tag}')
+                                   class_names=class_names, file_suffix=f'_{tag}',
+                                   save_embeddings=bool(config.eval.get('save_embeddings', False)))
   report.write_json(os.path.join(workdir, 'results.json'), results)
   print(report.format_table(results))
   return results

@@ -29,6 +29,11 @@ C_GRID = tuple(float(c) for c in np.logspace(-5, 1, 7))  # 1e-5 ... 1e1, for svm
 CV_FOLDS = 5  # Folds for choosing C (fewer when the rarest class has fewer examples).
 MAX_ITER = 20_000  # liblinear iterations; small C converges fast, large C may need many.
 RANDOM_STATE = 0  # liblinear shuffles in the dual solver; fixed for reproducible numbers.
+# What the SVM sees (config.eval.feature_transform): 'standardize' = each feature scaled to zero
+# mean and unit variance on the train split (published); 'l2_standardize' = each embedding first
+# divided by its L2 norm, then standardised (an option: only the direction of an embedding counts,
+# as in BraVe's loss, so a clip-level scale, e.g. from contrast, is not a feature).
+FEATURE_TRANSFORMS = ('standardize', 'l2_standardize')
 
 
 class LinearEvalError(errors.RunError, ValueError):
@@ -92,8 +97,12 @@ def topk_accuracy(scores_VxK: np.ndarray, labels_V: np.ndarray, k: int) -> float
   return float(np.mean(valid_V & np.isfinite(label_score_V) & (rank_V < k)))
 
 
-def _make_pipeline(c: float) -> sk_pipeline.Pipeline:
-  return sk_pipeline.Pipeline([
+def _make_pipeline(c: float, transform: str = 'standardize') -> sk_pipeline.Pipeline:
+  if transform not in FEATURE_TRANSFORMS:
+    raise LinearEvalError(f'config.eval.feature_transform must be one of {FEATURE_TRANSFORMS}, '
+                          f'got {transform!r}')
+  steps = [('l2', preprocessing.Normalizer())] if transform == 'l2_standardize' else []
+  return sk_pipeline.Pipeline(steps + [
       ('scaler', preprocessing.StandardScaler()),
       ('svm', svm.LinearSVC(C=c, dual='auto', max_iter=MAX_ITER, random_state=RANDOM_STATE)),
   ])
@@ -120,8 +129,8 @@ def _check_train(train_x: np.ndarray, train_y: np.ndarray) -> None:
 
 
 def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C_GRID,
-             groups: np.ndarray | None = None,
-             folds: int = CV_FOLDS) -> tuple[float, dict[float, float]]:
+             groups: np.ndarray | None = None, folds: int = CV_FOLDS,
+             transform: str = 'standardize') -> tuple[float, dict[float, float]]:
   """Picks C by stratified K-fold accuracy on the train split only, so test data never tunes C.
 
   `groups` (e.g. the train video index) keeps every clip of a video in one fold,
@@ -153,7 +162,7 @@ def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C
   for c in sorted(float(c) for c in grid):
     accs = []
     for fit_idx, val_idx in splits:
-      model = _fit_quietly(_make_pipeline(c), train_x[fit_idx], train_y[fit_idx])
+      model = _fit_quietly(_make_pipeline(c, transform), train_x[fit_idx], train_y[fit_idx])
       accs.append(np.mean(model.predict(train_x[val_idx]) == train_y[val_idx]))
     scores[c] = float(np.mean(accs))
   best = max(scores.values())
@@ -161,8 +170,9 @@ def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C
 
 
 def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
-                   groups: np.ndarray | None = None) -> sk_pipeline.Pipeline:
-  """StandardScaler (fit on train only) + LinearSVC; c='auto' cross-validates C on train.
+                   groups: np.ndarray | None = None,
+                   transform: str = 'standardize') -> sk_pipeline.Pipeline:
+  """`transform` (fit on train only) + LinearSVC; c='auto' cross-validates C on train.
 
   The chosen C is `model.named_steps['svm'].C`.
   """
@@ -172,10 +182,10 @@ def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
   if isinstance(c, str):
     if c != 'auto':
       raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
-    c, _ = choose_c(train_x, train_y, groups=groups)
+    c, _ = choose_c(train_x, train_y, groups=groups, transform=transform)
   if not float(c) > 0:
     raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
-  return _fit_quietly(_make_pipeline(float(c)), train_x, train_y)
+  return _fit_quietly(_make_pipeline(float(c), transform), train_x, train_y)
 
 
 def class_scores(model: sk_pipeline.Pipeline, x_NxD: np.ndarray, num_classes: int) -> np.ndarray:
@@ -211,7 +221,8 @@ def labels_missing_from_train(train_labels: np.ndarray, test_labels: np.ndarray,
 def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feats: np.ndarray,
                     test_labels: np.ndarray, test_video_index: np.ndarray, c: float | str,
                     *, train_video_index: np.ndarray | None = None,
-                    num_classes: int | None = None) -> dict[str, Any]:
+                    num_classes: int | None = None,
+                    transform: str = 'standardize') -> dict[str, Any]:
   """The linear protocol end to end: fit on train clips, score test videos by averaged crop scores.
 
   Train top-1/5 is measured on the (augmented) train clips the SVM was fit on;
@@ -230,7 +241,7 @@ def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feat
     raise LinearEvalError('the test split produced no clips; check the test shards')
   if num_classes is None:
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-  model = fit_linear_svm(train_feats, train_labels, c, groups=train_video_index)
+  model = fit_linear_svm(train_feats, train_labels, c, groups=train_video_index, transform=transform)
 
   train_scores_NxK = class_scores(model, train_feats, num_classes)
   test_scores_NxK = class_scores(model, np.asarray(test_feats), num_classes)
@@ -254,6 +265,7 @@ def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feat
       'per_class_test_accuracy': per_class,
       'confusion_matrix': confusion_KxK.tolist(),
       'svm_c': float(model.named_steps['svm'].C),
+      'feature_transform': transform,
       'num_train_clips': int(len(train_labels)),
       'num_test_videos': int(len(video_labels_V)),
   }
