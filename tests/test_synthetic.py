@@ -14,6 +14,8 @@ from brave_jax.data import dmvr_format
 from brave_jax.data import flow as flow_lib
 from brave_jax.data import synthetic
 
+import shard_test_utils
+
 
 def _tiny_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(dict(
@@ -21,22 +23,6 @@ def _tiny_config(cache_dir, **overrides) -> ml_collections.ConfigDict:
       seconds=1.0, height=32, width=40, seed=0))
   c.update(overrides)
   return c
-
-
-def _parse(path):
-  """All examples of one shard as (context, sequence) numpy dicts."""
-  ctx_spec = {dmvr_format.LABEL_INDEX_KEY: tf.io.FixedLenFeature([1], tf.int64),
-              dmvr_format.LABEL_TEXT_KEY: tf.io.FixedLenFeature([1], tf.string)}
-  seq_spec = {dmvr_format.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string),
-              dmvr_format.WAVEFORM_KEY: tf.io.VarLenFeature(tf.float32)}
-  out = []
-  for record in tf.data.TFRecordDataset(path):
-    ctx, seq = tf.io.parse_single_sequence_example(record, ctx_spec, seq_spec)
-    frames = np.stack([tf.io.decode_jpeg(f).numpy() for f in seq[dmvr_format.IMAGE_KEY]])
-    wave = tf.sparse.to_dense(seq[dmvr_format.WAVEFORM_KEY]).numpy().reshape(-1)
-    out.append((int(ctx[dmvr_format.LABEL_INDEX_KEY][0]),
-                ctx[dmvr_format.LABEL_TEXT_KEY][0].numpy().decode(), frames, wave))
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -50,7 +36,7 @@ def test_shards_parse_with_labels_frames_and_waveform(tiny_dataset):
   names = dataset['class_names']
   assert names == sorted(names) and len(names) == 3
   for split, per_class in (('train', 2), ('test', 2)):
-    examples = [e for p in dataset[split] for e in _parse(p)]
+    examples = [e for p in dataset[split] for e in shard_test_utils.parse_labelled_clips(p)]
     assert len(examples) == 3 * per_class
     assert sorted(e[0] for e in examples) == sorted(list(range(3)) * per_class)
     for label, text, frames, wave in examples:
@@ -99,7 +85,7 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
   assert os.listdir(tmp_path / 'cache') == []  # No temp dir, no half dataset.
   monkeypatch.setattr(synthetic, 'render_video', real_render)
   dataset = synthetic.ensure_dataset(config, show_progress=False)
-  assert len([e for p in dataset['train'] for e in _parse(p)]) == 6
+  assert len([e for p in dataset['train'] for e in shard_test_utils.parse_labelled_clips(p)]) == 6
 
 
 def test_flow_is_extracted_like_the_converter_does(tmp_path):

@@ -5,30 +5,15 @@ import os
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from brave_jax import config_base
-from brave_jax.data import dmvr_format
 from brave_jax.data import synthetic
 from brave_jax.data import synthetic_independent as si
 
+import shard_test_utils
+
 TINY = dataclasses.replace(si.DEFAULT_SPEC, seconds=1.0, height=24, width=32, train_per_class=2,
                            test_per_class=1)
-
-
-def _parse(paths):
-  ctx_spec = {dmvr_format.LABEL_INDEX_KEY: tf.io.FixedLenFeature([1], tf.int64),
-              dmvr_format.LABEL_TEXT_KEY: tf.io.FixedLenFeature([1], tf.string)}
-  seq_spec = {dmvr_format.IMAGE_KEY: tf.io.FixedLenSequenceFeature([], tf.string),
-              dmvr_format.WAVEFORM_KEY: tf.io.VarLenFeature(tf.float32)}
-  out = []
-  for record in tf.data.TFRecordDataset(paths):
-    ctx, seq = tf.io.parse_single_sequence_example(record, ctx_spec, seq_spec)
-    frames = np.stack([tf.io.decode_jpeg(f).numpy() for f in seq[dmvr_format.IMAGE_KEY]])
-    wave = tf.sparse.to_dense(seq[dmvr_format.WAVEFORM_KEY]).numpy().reshape(-1)
-    out.append((int(ctx[dmvr_format.LABEL_INDEX_KEY][0]),
-                ctx[dmvr_format.LABEL_TEXT_KEY][0].numpy().decode(), frames, wave))
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -41,7 +26,7 @@ def tiny(tmp_path_factory):
 def test_shapes_rates_and_balanced_labels(tiny):
   assert tiny['class_names'] == sorted(tiny['class_names']) == list(si.CLASS_NAMES)
   for split, per_class in (('train', TINY.train_per_class), ('test', TINY.test_per_class)):
-    examples = _parse(tiny[split])
+    examples = shard_test_utils.parse_labelled_clips(tiny[split])
     labels = [e[0] for e in examples]
     assert np.bincount(labels, minlength=len(si.CLASSES)).tolist() == [per_class] * len(si.CLASSES)
     for label, text, frames, wave in examples:

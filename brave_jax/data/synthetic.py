@@ -324,7 +324,8 @@ def _split_examples(values: Mapping[str, Any], split: str, with_flow: bool,
         progress.update(1)
 
 
-def _num_shards(num_examples: int) -> int:
+def num_shards(num_examples: int) -> int:
+  """Shards for a generated split: one per 16 examples, between 1 and 8."""
   return max(1, min(8, num_examples // 16))
 
 
@@ -342,25 +343,26 @@ def write_dataset(synthetic_config: Any, output_dir: str, with_flow: bool = Fals
     for split in SPLITS:
       n = values['num_classes'] * values[f'{split}_videos_per_class']
       paths = dmvr_format.write_shards(_split_examples(values, split, with_flow, progress),
-                                       output_dir, split, _num_shards(n))
+                                       output_dir, split, num_shards(n))
       result[split] = [os.path.basename(p) for p in paths]
   manifest = dict(result, class_names=names, config=values, with_flow=with_flow,
                   version=GENERATOR_VERSION, fps=FPS, audio_rate=AUDIO_RATE)
   files.write_json(os.path.join(output_dir, MANIFEST), manifest, indent=1)
-  return _resolve(output_dir, manifest)
+  return resolve_manifest(output_dir, manifest)
 
 
-def _resolve(directory: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+def resolve_manifest(directory: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+  """{'train', 'test', 'class_names'} of a manifest (both generators write this layout)."""
   return {'train': [os.path.join(directory, p) for p in manifest['train']],
           'test': [os.path.join(directory, p) for p in manifest['test']],
           'class_names': list(manifest['class_names'])}
 
 
-def _load_complete(directory: str) -> dict[str, Any] | None:
+def load_complete(directory: str) -> dict[str, Any] | None:
   """The dataset in `directory` if its manifest and every shard exist, else None."""
   try:
     with open(os.path.join(directory, MANIFEST)) as f:
-      dataset = _resolve(directory, json.load(f))
+      dataset = resolve_manifest(directory, json.load(f))
   except (OSError, ValueError, KeyError):
     return None
   if all(os.path.isfile(p) for p in dataset['train'] + dataset['test']):
@@ -369,7 +371,7 @@ def _load_complete(directory: str) -> dict[str, Any] | None:
 
 
 def ensure_directory(final_dir: str, write: Callable[[str], Any],
-            load: Callable[[str], dict[str, Any] | None]) -> dict[str, Any]:
+                     load: Callable[[str], dict[str, Any] | None]) -> dict[str, Any]:
   """`load(final_dir)`, after building it with `write(tmp_dir)` + an atomic rename if needed."""
   dataset = load(final_dir)
   if dataset is not None:
@@ -423,8 +425,8 @@ def ensure_dataset(synthetic_config: Any, with_flow: bool = False,
   root = os.path.expanduser(str(synthetic_config['cache_dir']))
   final_dir = os.path.join(root, config_hash(synthetic_config, with_flow))
   return ensure_directory(final_dir,
-                 lambda tmp: write_dataset(synthetic_config, tmp, with_flow, show_progress),
-                 _load_complete)
+                          lambda tmp: write_dataset(synthetic_config, tmp, with_flow, show_progress),
+                          load_complete)
 
 
 # ----------------------------------------------------------------------------- audio split
@@ -478,7 +480,7 @@ def write_audio_dataset(synthetic_config: Any, output_dir: str, *, num_folds: in
               label_text=names[label], video_id=name, audio_rate=AUDIO_RATE)))
           rows.append(f'{name},{fold},{label},{names[label]}')
           progress.update(1)
-  paths = dmvr_format.write_shards(examples, output_dir, 'audio', _num_shards(len(examples)))
+  paths = dmvr_format.write_shards(examples, output_dir, 'audio', num_shards(len(examples)))
   files.write_atomic(os.path.join(output_dir, AUDIO_META),
                      'filename,fold,target,category\n' + '\n'.join(rows) + '\n')
   manifest = dict(audio=[os.path.basename(p) for p in paths], class_names=names,
@@ -522,10 +524,11 @@ def ensure_audio_dataset(synthetic_config: Any, *, num_folds: int = 5, clips_per
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   final_dir = os.path.join(os.path.expanduser(str(synthetic_config['cache_dir'])), f'audio-{digest}')
   return ensure_directory(final_dir,
-                 lambda tmp: write_audio_dataset(synthetic_config, tmp, num_folds=num_folds,
-                                                 clips_per_fold=clips_per_fold, seconds=seconds,
-                                                 snr_db=tuple(snr_db), show_progress=show_progress),
-                 _load_audio)
+                          lambda tmp: write_audio_dataset(
+                              synthetic_config, tmp, num_folds=num_folds,
+                              clips_per_fold=clips_per_fold, seconds=seconds,
+                              snr_db=tuple(snr_db), show_progress=show_progress),
+                          _load_audio)
 
 
 # ----------------------------------------------------------------------------- CLI

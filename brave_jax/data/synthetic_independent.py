@@ -39,7 +39,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import numpy as np
 import tqdm
@@ -47,6 +47,7 @@ import tqdm
 from brave_jax import files
 from brave_jax.data import dmvr_format
 from brave_jax.data import flow as flow_lib
+from brave_jax.data import synthetic  # The shared cache, manifest and shard-count logic.
 
 NAME = 'independent'  # config.data.synthetic.generator value that selects this dataset.
 GENERATOR_VERSION = 1  # Bump when the generated content changes, so old caches are not reused.
@@ -56,7 +57,7 @@ CLASS_NAMES = tuple(sorted(CLASSES))
 OBJECT_SHAPES = ('ellipse', 'box', 'triangle')
 JPEG_QUALITY = 92
 FLOW_METHOD = 'farneback'
-MANIFEST = 'dataset.json'  # Written last: its presence marks a complete dataset directory.
+MANIFEST = synthetic.MANIFEST  # Written last: its presence marks a complete dataset directory.
 SPLITS = ('train', 'test')
 
 
@@ -330,29 +331,12 @@ def write_dataset(output_dir: str, spec: Spec = DEFAULT_SPEC, with_flow: bool = 
     for split in SPLITS:
       n = len(CLASSES) * (spec.train_per_class if split == 'train' else spec.test_per_class)
       paths = dmvr_format.write_shards(_split_examples(spec, split, with_flow, progress),
-                                       output_dir, split, max(1, min(8, n // 16)))
+                                       output_dir, split, synthetic.num_shards(n))
       result[split] = [os.path.basename(p) for p in paths]
   manifest = dict(result, class_names=list(CLASS_NAMES), spec=dataclasses.asdict(spec),
                   with_flow=with_flow, version=GENERATOR_VERSION, generator=NAME)
   files.write_json(os.path.join(output_dir, MANIFEST), manifest, indent=1)
-  return _resolve(output_dir, manifest)
-
-
-def _resolve(directory: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
-  return {'train': [os.path.join(directory, p) for p in manifest['train']],
-          'test': [os.path.join(directory, p) for p in manifest['test']],
-          'class_names': list(manifest['class_names'])}
-
-
-def _load_complete(directory: str) -> dict[str, Any] | None:
-  try:
-    with open(os.path.join(directory, MANIFEST)) as f:
-      dataset = _resolve(directory, json.load(f))
-  except (OSError, ValueError, KeyError):
-    return None
-  if all(os.path.isfile(p) for p in dataset['train'] + dataset['test']):
-    return dataset
-  return None
+  return synthetic.resolve_manifest(output_dir, manifest)
 
 
 def ensure_dataset(synthetic_config: Any, with_flow: bool = False, show_progress: bool = True,
@@ -362,12 +346,12 @@ def ensure_dataset(synthetic_config: Any, with_flow: bool = False, show_progress
   Only `seed` and `cache_dir` are read from config.data.synthetic: the rest of
   this dataset is fixed (Spec), so no recipe can tune it.
   """
-  from brave_jax.data import synthetic  # pylint: disable=g-import-not-at-top  # Shared cache logic.
   spec = spec or dataclasses.replace(DEFAULT_SPEC, seed=int(synthetic_config['seed']))
   root = os.path.expanduser(str(synthetic_config['cache_dir']))
   final_dir = os.path.join(root, f'{NAME}-{spec_hash(spec, with_flow)}')
   return synthetic.ensure_directory(
-      final_dir, lambda tmp: write_dataset(tmp, spec, with_flow, show_progress), _load_complete)
+      final_dir, lambda tmp: write_dataset(tmp, spec, with_flow, show_progress),
+      synthetic.load_complete)
 
 
 def main(argv: list[str]) -> None:
