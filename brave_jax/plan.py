@@ -341,12 +341,10 @@ def write_cache(cache_dir: str | None, key: str, entry: Mapping[str, Any]) -> No
   """Stores one analysis atomically (a reader never sees half an entry)."""
   if not cache_dir:
     return
+  from brave_jax import files  # pylint: disable=g-import-not-at-top
   path = cache_path(cache_dir, key)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump({**entry, 'key': key}, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_atomic(path, json.dumps({**entry, 'key': key}, indent=1, sort_keys=True))
 
 
 # ---------------------------------------------------------------------------
