@@ -14,7 +14,7 @@ The host CPU cores needed to feed that rate come from the input pipeline's CPU t
 per clip (bench/input_pipeline.py's `cpu_ms_per_clip`).
 
 Why compile rather than estimate: the CPU compiler's memory figures for the same
-step were about 2x the TPU compiler's (README "Planning a TPU run"). The price: a
+step were about 2x the TPU compiler's (bench/README.md, "TPU plan"). The price: a
 full-size compile takes about 10 minutes of a 2-core machine (much longer on a busy
 one), so --find_max_batch guesses each next batch from a linear memory model and
 needs about three compiles when the model holds.
@@ -89,12 +89,12 @@ F32_HIGHEST_PASSES = 6  # bf16 passes of an f32 matmul at precision='highest' on
 TOPOLOGY_EXAMPLES = 'v4:2x2x1, v4:2x2x2, v5e:2x2, v5e:4x8, v5p:2x2x1, v5p:4x4x4, v6e:2x2'
 
 # CPU milliseconds the input pipeline spends per training clip, measured by
-# bench/input_pipeline.py (`cpu_ms_per_clip`) on the README's bench shards: config file
+# bench/input_pipeline.py (`cpu_ms_per_clip`) on bench/make_bench_shards.py's shards: config file
 # name -> (ms, where it was measured). Configs without a figure need --pipeline_cpu_ms_per_clip.
 PIPELINE_CPU_MS_PER_CLIP: dict[str, tuple[float, str]] = {
-    'brave_rgb_audio': (71.8, 'README Benchmarks, input pipeline after the fidelity merges, '
+    'brave_rgb_audio': (71.8, 'bench/README.md, input pipeline after the fidelity merges, '
                         'V/A full size, 2-core EPYC, load 9-13'),
-    'brave_rgb_rgb': (141.6, 'README Benchmarks, input pipeline after the fidelity merges, '
+    'brave_rgb_rgb': (141.6, 'bench/README.md, input pipeline after the fidelity merges, '
                       'V/V full size, 2-core EPYC, load 9-13'),
 }
 
