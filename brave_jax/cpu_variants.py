@@ -17,7 +17,8 @@ BACKBONES = ('narrow_backbone', 'broad_video_backbone', 'audio_backbone')
 
 def unknown_variant(arg: str) -> config_base.ConfigError:
   """The error a config raises for a `:arg` it does not define."""
-  return config_base.ConfigError(f'unknown config variant {arg!r}; choose from {VARIANTS} (or none)')
+  return config_base.ConfigError(
+      f'unknown config variant {arg!r}; choose from {VARIANTS} (or none)')
 
 
 def shrink_model(config: ml_collections.ConfigDict, *, depth: int, width_multiplier: float,

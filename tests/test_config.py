@@ -24,10 +24,12 @@ DEMO_ONLY_FIELDS = ('data.synthetic.', 'data.augment.crop_area_range',
                     'optimizer.variant')
 # Fields every CPU variant must make smaller than the full config's.
 SHRUNK_FIELDS = (
-    'data.narrow.num_frames', 'data.narrow.image_size', 'data.broad.num_frames',
-    'data.broad.image_size', 'model.narrow_backbone.depth',
-    'model.narrow_backbone.width_multiplier', 'model.broad_video_backbone.depth', 'model.audio_backbone.depth', 'model.hidden_dim',
-    'model.projection_dim', 'training.batch_size', 'training.num_steps', 'optimizer.warmup_steps',
+    'data.narrow.num_frames', 'data.narrow.image_size',
+    'data.broad.num_frames', 'data.broad.image_size',
+    'model.narrow_backbone.depth', 'model.narrow_backbone.width_multiplier',
+    'model.broad_video_backbone.depth', 'model.audio_backbone.depth',
+    'model.hidden_dim', 'model.projection_dim',
+    'training.batch_size', 'training.num_steps', 'optimizer.warmup_steps',
     'eval.num_frames', 'eval.image_size', 'finetune.batch_size', 'finetune.num_steps',
     'knn_monitor.max_videos')
 
@@ -79,8 +81,9 @@ def test_cpu_variants_shrink_and_keep_peak_lr_at_half(name, variant):
   small = _leaves(config)
   assert {f: (small[f], full[f]) for f in SHRUNK_FIELDS if not small[f] < full[f]} == {}
   assert config_base.peak_learning_rate(config) == 0.5  # Full size: 1.0.
-  for backbone in cpu_variants.BACKBONES:  # One size for every backbone, used or not.
-    assert (config.model[backbone].depth, config.model[backbone].width_multiplier) == (18, 0.25)
+  sizes = {(config.model[b].depth, config.model[b].width_multiplier)
+           for b in cpu_variants.BACKBONES}
+  assert len(sizes) == 1  # One size for every backbone, used or not.
 
 
 @pytest.mark.parametrize('name', CONFIG_NAMES)
