@@ -1,7 +1,8 @@
 """The one config schema every `configs/*.py` file starts from, and its validation.
 
 Config files stay short by starting from `base_config()` (the published BraVe
-defaults, docs/design.md) and changing only what their view setup needs.
+defaults, docs/design.md) and changing only what their view setup needs; their
+`:tiny` and `:demo` variants are written in each file (shared pieces: cpu_variants).
 `validate` runs once, before anything compiles, so a typo in a 300k-step run
 fails in a second, naming the field.
 """
@@ -412,84 +413,6 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   of 512 the two are equal. Scaling keeps smaller (CPU, few-chip) batches stable.
   """
   return config.optimizer.base_learning_rate * config.training.batch_size / 512
-
-
-VARIANTS = ('tiny', 'demo')
-
-
-def apply_variant(config: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
-  """Shrinks a full-size config for CPU: `tiny` for tests, `demo` for the README's first command.
-
-  Both keep the view structure (modalities, sampler, augmentation chain, random
-  convolution) and shrink sizes, so a tiny run exercises the same code as a full
-  one. Their other tuned choices (README "Fidelity"): peak LR 0.5, and in `demo`
-  milder crops, greyscale with p 0.5, the corrected optimizer, and 3 test crops of
-  frames resized to the crop size.
-  """
-  if not variant:
-    return config
-  if variant not in VARIANTS:
-    raise ConfigError(f'unknown config variant {variant!r}; choose from {VARIANTS} (or none)')
-  c = config
-  for backbone in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
-    c.model[backbone].depth = 18
-  c.model.hidden_dim = 256
-  c.model.projection_dim = 64
-  c.eval.num_temporal_crops = 2
-  c.eval.num_spatial_crops = 1
-  c.eval.resize_short_side = 40
-  c.eval.train_passes = 1
-  c.eval.frame_step = 2
-  c.optimizer.lr_multipliers = (('.*predictor.*', 10.0),)
-  if variant == 'tiny':
-    for backbone in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
-      c.model[backbone].width_multiplier = 0.25
-    c.data.narrow.update(num_frames=4, frame_step=2, image_size=32)
-    c.data.broad.update(num_frames=8, frame_step=4, image_size=32)
-    c.training.update(batch_size=8, num_steps=60, log_every=5, checkpoint_every=20,
-                      keep_checkpoints=2)
-    c.optimizer.warmup_steps = 5
-    c.optimizer.base_learning_rate = 0.5 * 512 / 8  # Peak 0.5: higher peaks were unstable (bench/bf16_vs_f32.py).
-    c.eval.update(num_frames=4, image_size=32, batch_size=16)
-    c.finetune.update(batch_size=8, num_steps=4, warmup_steps=1, log_every=2, checkpoint_every=2)
-    c.audio_eval.update(batch_size=8, epochs=20)
-    c.knn_monitor.update(max_videos=32, k=5)
-  else:  # demo
-    for backbone in ('narrow_backbone', 'broad_video_backbone', 'audio_backbone'):
-      c.model[backbone].width_multiplier = 0.25
-    c.data.narrow.update(num_frames=8, frame_step=2, image_size=32)
-    c.data.broad.update(num_frames=16, frame_step=2, image_size=32)
-    # 1.4 s covers the 32-frame broad window; 600 train videos so memorising each one is not the
-    # cheapest way to predict its sound (266 MB, ~35 s to generate); 200 test videos.
-    c.data.synthetic.update(seconds=1.4, train_videos_per_class=60, test_videos_per_class=20)
-    c.data.augment.update(crop_area_range=(0.5, 1.0), crop_aspect_range=(0.75, 1.33),
-                          grayscale_prob=0.5)  # Colour is a per-video nuisance: less to memorise.
-    # 800 steps (~6 min on 2 CPU cores): 600 left one seed only 8 points above random init.
-    c.training.update(batch_size=32, num_steps=800, log_every=10, checkpoint_every=100,
-                      keep_checkpoints=2)
-    c.optimizer.warmup_steps = 50
-    # Peak LR 0.5: peak 2.0 lowered the loss faster but its features held no class (memorised videos).
-    c.optimizer.base_learning_rate = 0.5 * 512 / 32
-    # The published optimizer (momentum SGD on conv/linear weights, no trust ratio) memorises the
-    # 600 toy videos here: seed 0 test top-1 10.0 % at peak LR 0.5 and 10.5 % at 0.05, random
-    # init 11.5 %; corrected LARS 22 %. The demo keeps the LARS its LR was tuned with.
-    c.optimizer.variant = 'corrected'
-    # The published 3 test crops on a diagonal, of frames resized to the crop's side (64x80 ->
-    # 32x40): with one crop (published: the top-left corner) of 40-px frames the same checkpoint
-    # scored 17 % test top-1, with these 36 %.
-    # The probe keeps the published standardisation: L2-normalising embeddings first
-    # (eval.feature_transform='l2_standardize') lifted random init as much as pretrained on the
-    # independent synthetic set (seed 1 gap +16.4 -> +13.3; README "What the demo shows").
-    # save_embeddings: the probe can be re-fit from the workdir without the model.
-    c.eval.update(num_frames=8, image_size=32, batch_size=32, run_after_training=True,
-                  compare_random_init=True, svm_c='auto', train_passes=3, num_temporal_crops=4,
-                  num_spatial_crops=3, resize_short_side=32, save_embeddings=True)
-    # 600 steps of batch 32 = 32 epochs of the 600 labelled videos (bench/eval_protocols.py).
-    c.finetune.update(batch_size=32, num_steps=600, warmup_steps=50, log_every=20,
-                      checkpoint_every=200)
-    c.audio_eval.update(batch_size=32)
-    c.knn_monitor.update(every_steps=100, max_videos=200)  # The embedded test split: 200 videos.
-  return c
 
 
 def load(spec: str) -> ml_collections.ConfigDict:

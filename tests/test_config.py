@@ -1,11 +1,60 @@
-"""Config validation: every bad field is refused before anything compiles, by name."""
+"""Config files and their validation: every shipped config x variant loads and validates, the
+CPU variants shrink sizes and keep the view structure, and every bad field is refused before
+anything compiles, by name."""
 import pytest
 
 from brave_jax import config_base
-from conftest import config_path
+from brave_jax import cpu_variants
+from conftest import config_path, REPO_ROOT
 
-CONFIG_NAMES = ('brave_rgb_audio', 'brave_rgb_rgb', 'brave_rgb_flow', 'brave_rgb_flow_audio',
-                'brave_rgb_rc')
+CONFIG_NAMES = tuple(sorted(p.stem for p in (REPO_ROOT / 'configs').glob('*.py')))
+
+# Fields a CPU variant may change: sizes, lengths and the evaluation protocols' settings. Anything
+# else (modalities, sampler, augmentation chain, random convolution, optimizer rules, dtype) must
+# stay as in the full config, so a tiny run exercises the code a full one runs.
+VARIANT_FIELDS = (
+    'data.narrow.', 'data.broad.num_frames', 'data.broad.frame_step', 'data.broad.image_size',
+    'model.narrow_backbone.', 'model.broad_video_backbone.', 'model.audio_backbone.depth',
+    'model.audio_backbone.width_multiplier', 'model.hidden_dim', 'model.projection_dim',
+    'training.', 'optimizer.base_learning_rate', 'optimizer.warmup_steps',
+    'eval.', 'finetune.', 'audio_eval.', 'knn_monitor.')
+# Only :demo also changes its data and recipe (its synthetic set, milder crops, the optimizer).
+DEMO_ONLY_FIELDS = ('data.synthetic.', 'data.augment.crop_area_range',
+                    'data.augment.crop_aspect_range', 'data.augment.grayscale_prob',
+                    'optimizer.variant')
+# Fields every CPU variant must make smaller than the full config's.
+SHRUNK_FIELDS = (
+    'data.narrow.num_frames', 'data.narrow.image_size',
+    'data.broad.num_frames', 'data.broad.image_size',
+    'model.narrow_backbone.depth', 'model.narrow_backbone.width_multiplier',
+    'model.broad_video_backbone.depth', 'model.audio_backbone.depth',
+    'model.hidden_dim', 'model.projection_dim',
+    'training.batch_size', 'training.num_steps', 'optimizer.warmup_steps',
+    'eval.num_frames', 'eval.image_size', 'finetune.batch_size', 'finetune.num_steps',
+    'knn_monitor.max_videos')
+
+
+def _leaves(config, prefix: str = '') -> dict:
+  """{'section.field': value} for every leaf of a ConfigDict."""
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      out.update(_leaves(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _changed_fields(name: str, variant: str) -> set[str]:
+  full = _leaves(config_base.load(config_path(name, None)))
+  small = _leaves(config_base.load(config_path(name, variant)))
+  assert full.keys() == small.keys()
+  return {field for field in full if full[field] != small[field]}
+
+
+def test_every_config_file_is_covered():  # An empty glob would parametrize nothing.
+  assert {'brave_rgb_audio', 'brave_rgb_rgb', 'brave_rgb_flow', 'brave_rgb_flow_audio',
+          'brave_rgb_rc'} <= set(CONFIG_NAMES)
 
 
 @pytest.mark.parametrize('name', CONFIG_NAMES)
@@ -13,6 +62,39 @@ CONFIG_NAMES = ('brave_rgb_audio', 'brave_rgb_rgb', 'brave_rgb_flow', 'brave_rgb
 def test_shipped_configs_validate(name, variant):
   config = config_base.load(config_path(name, variant))
   config_base.validate(config)
+
+
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+@pytest.mark.parametrize('variant', cpu_variants.VARIANTS)
+def test_cpu_variants_change_only_sizes_and_protocols(name, variant):
+  allowed = VARIANT_FIELDS + (DEMO_ONLY_FIELDS if variant == 'demo' else ())
+  changed = _changed_fields(name, variant)
+  assert {f for f in changed if not f.startswith(allowed)} == set()
+  assert set(SHRUNK_FIELDS) <= changed
+
+
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+@pytest.mark.parametrize('variant', cpu_variants.VARIANTS)
+def test_cpu_variants_shrink_and_keep_peak_lr_at_half(name, variant):
+  full = _leaves(config_base.load(config_path(name, None)))
+  config = config_base.load(config_path(name, variant))
+  small = _leaves(config)
+  assert {f: (small[f], full[f]) for f in SHRUNK_FIELDS if not small[f] < full[f]} == {}
+  assert config_base.peak_learning_rate(config) == 0.5  # Full size: 1.0.
+  sizes = {(config.model[b].depth, config.model[b].width_multiplier)
+           for b in cpu_variants.BACKBONES}
+  assert len(sizes) == 1  # One size for every backbone, used or not.
+
+
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+def test_only_demo_changes_the_recipe_and_probes_after_training(name):
+  full, tiny, demo = (config_base.load(config_path(name, v)) for v in (None, 'tiny', 'demo'))
+  assert full.optimizer.variant == tiny.optimizer.variant == 'published'
+  assert demo.optimizer.variant == 'corrected'
+  assert demo.data.augment.grayscale_prob > full.data.augment.grayscale_prob
+  assert demo.data.synthetic.train_videos_per_class > full.data.synthetic.train_videos_per_class
+  assert demo.eval.run_after_training and demo.eval.compare_random_init
+  assert not (full.eval.run_after_training or tiny.eval.run_after_training)
 
 
 def test_full_va_config_has_published_defaults():
@@ -74,9 +156,11 @@ def test_uneven_global_batch_is_refused_before_compiling():
     config_base.validate(config, num_processes=1, num_local_devices=4)
 
 
-def test_unknown_variant_is_refused():
-  with pytest.raises(config_base.ConfigError, match='unknown config variant'):
-    config_base.load(config_path('brave_rgb_audio', 'huge'))
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+def test_unknown_variant_is_refused_naming_the_choices(name):
+  with pytest.raises(config_base.ConfigError,
+                     match=r"unknown config variant 'huge'; choose from \('tiny', 'demo'\)"):
+    config_base.load(config_path(name, 'huge'))
 
 
 def test_audio_window_too_short_is_refused():

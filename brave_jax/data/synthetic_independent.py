@@ -1,6 +1,6 @@
 """A second embedded dataset, made independently of the first, to check that a recipe generalises.
 
-The demo recipe (config_base.apply_variant's :demo) was tuned on the embedded
+The demo recipe (the `:demo` of configs/brave_rgb_audio.py) was tuned on the embedded
 dataset (data/synthetic.py). A recipe that only works there has learned that
 dataset's quirks, so this generator was written without reading the first
 one's classes, sizes or sounds (only how the pipeline consumes a dataset: DMVR
