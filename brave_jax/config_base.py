@@ -158,7 +158,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 'published': as the published code (and its models): predictor x10 on the gradients before
   # LARS/AdamW, weight decay and trust ratio ONLY on biases and norm parameters (conv/linear
   # weights: momentum SGD, no decay). 'corrected': x10 on the final updates, decay and trust
-  # ratio on the weights, not on biases/norms. README "Fidelity" compares them.
+  # ratio on the weights, not on biases/norms. docs/fidelity.md compares them.
   c.optimizer.variant = 'published'
   c.optimizer.weight_decay = 1e-2  # Applied where optimizer.variant says.
   c.optimizer.momentum = 0.9  # LARS momentum.
@@ -233,7 +233,7 @@ def base_config() -> ml_collections.ConfigDict:
   # classes' sounds, fresh draws, `clips_per_fold` per class in each of `num_folds` folds, with
   # background noise at an SNR drawn from `snr_db` (() = none). One clip per fold leaves each
   # fold's classifier 4 labelled clips per class: with 8 clean ones any features separate the
-  # 10 tones (README, "Evaluation").
+  # 10 tones (bench/README.md, "Evaluation protocols on the embedded dataset").
   c.audio_eval.synthetic = ml_collections.ConfigDict(dict(
       num_folds=5, clips_per_fold=1, seconds=1.0, snr_db=(0.0, 10.0)))
 

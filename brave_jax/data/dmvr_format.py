@@ -2,7 +2,7 @@
 
 One writer serves the converter, the embedded synthetic dataset and the test
 fixtures, so every shard in the project has exactly the layout the published
-DMVR readers expect (DESIGN.md, "Fidelity anchors").
+DMVR readers expect (docs/design.md).
 """
 from __future__ import annotations
 

@@ -513,8 +513,8 @@ def ensure_audio_dataset(synthetic_config: Any, *, num_folds: int = 5, clips_per
 
   Defaults (config.audio_eval.synthetic): 10 classes x 5 folds x 1 clip of 1 s
   at 0-10 dB SNR, so each fold's classifier learns from 4 clips per class
-  (README, "Evaluation": with 8 clean clips per fold any features separate the
-  tones). ESC-50 itself: 50 classes x 5 folds x 8 clips of 5 s.
+  (bench/README.md, "Evaluation protocols on the embedded dataset": with 8 clean clips
+  per fold any features separate the tones). ESC-50 itself: 50 classes x 5 folds x 8 clips of 5 s.
   """
   key = dict(_config_values(synthetic_config), kind='audio', num_folds=num_folds,
              clips_per_fold=clips_per_fold, seconds=float(seconds), version=GENERATOR_VERSION,

@@ -1,6 +1,6 @@
 """LARS (or AdamW) with the published BraVe schedule, masks and predictor multiplier.
 
-Two arrangements (config.optimizer.variant, README "Fidelity"): 'published' is
+Two arrangements (config.optimizer.variant, docs/fidelity.md): 'published' is
 what the published code does and what trained its models; 'corrected' is what
 it appears to have meant. Parameters are addressed by their path
 'module/sub/name' (Haiku's 'module/sub' key joined with the parameter name), so
