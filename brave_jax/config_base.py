@@ -193,6 +193,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.train_passes = 10  # Augmented passes over the train split.
   # LinearSVC C, or 'auto' to cross-validate it on the train split only.
   c.eval.svm_c = ml_collections.FieldReference(1e-4, field_type=object)
+  # With svm_c='auto', what a validation fold scores: 'video' (each held-out video by its clips'
+  # mean decision score, as the test split is scored) or 'clip' (each augmented clip alone; before
+  # issue 23, and close to flat in C). Unused with a numeric C (the published 1e-4).
+  c.eval.svm_c_cv_unit = 'video'
   c.eval.batch_size = 8  # Clips per forward pass when embedding.
   # What the SVM sees: 'standardize' (published: per-feature zero mean, unit variance, fit on the
   # train split) or 'l2_standardize' (each embedding divided by its L2 norm first; eval/svm.py).
@@ -363,6 +367,8 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   _require(config.eval.get('feature_transform', 'standardize') in FEATURE_TRANSFORMS,
            'eval.feature_transform',
            f"must be one of {FEATURE_TRANSFORMS}, got {config.eval.get('feature_transform')!r}")
+  _require(config.eval.get('svm_c_cv_unit', 'video') in ('video', 'clip'), 'eval.svm_c_cv_unit',
+           f"must be 'video' or 'clip', got {config.eval.get('svm_c_cv_unit')!r}")
   svm_c = config.eval.svm_c
   _require(svm_c == 'auto' or (isinstance(svm_c, (int, float)) and svm_c > 0), 'eval.svm_c',
            f"must be a positive number or 'auto', got {svm_c!r}")

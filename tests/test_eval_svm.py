@@ -93,6 +93,35 @@ def test_auto_c_cross_validates_on_train_only(monkeypatch):
   assert seen_rows[-1] == len(train_x)  # The final fit uses all train clips, no test rows.
 
 
+def test_video_accuracy_scores_a_video_by_its_clips_mean_score():
+  """Two videos of class 0, two clips each, one clip of each pointing at class 1: clip top-1 is
+  1/2, but each video's mean score still points at class 0 (as the test split is scored)."""
+  scores_NxK = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 0.5]])
+  labels_N = np.zeros(4, int)
+  assert np.mean(np.argmax(scores_NxK, axis=1) == labels_N) == 0.5
+  assert svm.video_accuracy(scores_NxK, labels_N, np.array([0, 0, 1, 1])) == 1.0
+  # Negative control: grouped the other way, one video is all class-0 clips, one all class-1.
+  assert svm.video_accuracy(scores_NxK, labels_N, np.array([0, 1, 0, 1])) == 0.5
+
+
+def test_auto_c_cv_unit_video_scores_held_out_videos_not_clips():
+  """Clips are noisy views of their video: a fold's video-level accuracy (what the test reports)
+  exceeds its clip-level accuracy; 'clip' keeps the old measure, an unknown unit is refused."""
+  rng = np.random.default_rng(0)
+  num_classes, videos_per_class, clips = 4, 8, 5
+  labels_V = np.repeat(np.arange(num_classes), videos_per_class)
+  centres_KxD = rng.normal(size=(num_classes, 16)) * 0.6
+  video_x_VxD = centres_KxD[labels_V] + rng.normal(size=(len(labels_V), 16)) * 0.3
+  x_NxD = np.repeat(video_x_VxD, clips, axis=0) + rng.normal(size=(len(labels_V) * clips, 16)) * 1.5
+  y_N = np.repeat(labels_V, clips)
+  groups_N = np.repeat(np.arange(len(labels_V)), clips)
+  _, by_video = svm.choose_c(x_NxD, y_N, groups=groups_N, cv_unit='video')
+  _, by_clip = svm.choose_c(x_NxD, y_N, groups=groups_N, cv_unit='clip')
+  assert np.mean(list(by_video.values())) > np.mean(list(by_clip.values())) + 0.05
+  with pytest.raises(svm.LinearEvalError, match='svm_c_cv_unit'):
+    svm.choose_c(x_NxD, y_N, groups=groups_N, cv_unit='frame')
+
+
 def test_l2_standardize_ignores_each_embeddings_scale():
   """'l2_standardize' scores a clip the same whatever positive factor scales its embedding; the
   published 'standardize' does not (negative control), so a clip-level gain cannot be a feature."""

@@ -70,7 +70,8 @@ def fit_and_report(config: ml_collections.ConfigDict,
       train['feats'], train['labels'], test['feats'], test['labels'], test['video_index'], svm_c,
       train_video_index=train['video_index'],
       num_classes=len(class_names) if class_names else None,
-      transform=config.eval.get('feature_transform', 'standardize'))
+      transform=config.eval.get('feature_transform', 'standardize'),
+      cv_unit=config.eval.get('svm_c_cv_unit', 'video'))
   data = dict(data or {})
   if missing:
     data['test_labels_missing_from_train'] = {str(k): n for k, n in missing.items()}

@@ -34,6 +34,11 @@ RANDOM_STATE = 0  # liblinear shuffles in the dual solver; fixed for reproducibl
 # divided by its L2 norm, then standardised (an option: only the direction of an embedding counts,
 # as in BraVe's loss, so a clip-level scale, e.g. from contrast, is not a feature).
 FEATURE_TRANSFORMS = ('standardize', 'l2_standardize')
+# What svm_c='auto' scores in each validation fold (config.eval.svm_c_cv_unit): 'video' = each
+# held-out video's clips scored together by their mean decision score, as the test split is
+# scored; 'clip' = every augmented clip on its own (the measure before issue 23; it barely moves
+# with C while test top-1 moves by 14 points, so its choice of C was close to chance).
+CV_UNITS = ('video', 'clip')
 
 
 class LinearEvalError(errors.RunError, ValueError):
@@ -128,15 +133,26 @@ def _check_train(train_x: np.ndarray, train_y: np.ndarray) -> None:
                           'give label -1)')
 
 
+def video_accuracy(scores_NxK: np.ndarray, labels_N: np.ndarray, groups_N: np.ndarray) -> float:
+  """Top-1 over videos, each scored by the mean of its clips' scores (the test protocol)."""
+  video_scores_VxK, video_labels_V = group_crops(scores_NxK, labels_N, groups_N)
+  return float(np.mean(np.argmax(video_scores_VxK, axis=1) == video_labels_V))
+
+
 def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C_GRID,
              groups: np.ndarray | None = None, folds: int = CV_FOLDS,
-             transform: str = 'standardize') -> tuple[float, dict[float, float]]:
+             transform: str = 'standardize', cv_unit: str = 'video',
+             ) -> tuple[float, dict[float, float]]:
   """Picks C by stratified K-fold accuracy on the train split only, so test data never tunes C.
 
   `groups` (e.g. the train video index) keeps every clip of a video in one fold,
-  so augmented passes over the same video cannot leak between folds. Ties go to
-  the smaller (more regularising) C. Returns (best C, {C: mean CV accuracy}).
+  so augmented passes over the same video cannot leak between folds; with
+  cv_unit='video' a held-out video is also scored as a test video is, by its
+  clips' mean decision score, so the CV measures what the test reports. Ties go
+  to the smaller (more regularising) C. Returns (best C, {C: mean CV accuracy}).
   """
+  if cv_unit not in CV_UNITS:
+    raise LinearEvalError(f'config.eval.svm_c_cv_unit must be one of {CV_UNITS}, got {cv_unit!r}')
   train_x = np.asarray(train_x)
   train_y = np.asarray(train_y).reshape(-1)
   _check_train(train_x, train_y)
@@ -163,7 +179,13 @@ def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C
     accs = []
     for fit_idx, val_idx in splits:
       model = _fit_quietly(_make_pipeline(c, transform), train_x[fit_idx], train_y[fit_idx])
-      accs.append(np.mean(model.predict(train_x[val_idx]) == train_y[val_idx]))
+      if cv_unit == 'video' and groups is not None:
+        num_classes = int(train_y.max()) + 1
+        scores_NxK = class_scores(model, train_x[val_idx], num_classes)
+        scores_NxK = np.where(np.isfinite(scores_NxK), scores_NxK, -1e30)
+        accs.append(video_accuracy(scores_NxK, train_y[val_idx], groups[val_idx]))
+      else:
+        accs.append(np.mean(model.predict(train_x[val_idx]) == train_y[val_idx]))
     scores[c] = float(np.mean(accs))
   best = max(scores.values())
   return min(c for c, s in scores.items() if s >= best - 1e-12), scores
@@ -171,7 +193,7 @@ def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C
 
 def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
                    groups: np.ndarray | None = None,
-                   transform: str = 'standardize') -> sk_pipeline.Pipeline:
+                   transform: str = 'standardize', cv_unit: str = 'video') -> sk_pipeline.Pipeline:
   """`transform` (fit on train only) + LinearSVC; c='auto' cross-validates C on train.
 
   The chosen C is `model.named_steps['svm'].C`.
@@ -182,7 +204,7 @@ def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
   if isinstance(c, str):
     if c != 'auto':
       raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
-    c, _ = choose_c(train_x, train_y, groups=groups, transform=transform)
+    c, _ = choose_c(train_x, train_y, groups=groups, transform=transform, cv_unit=cv_unit)
   if not float(c) > 0:
     raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
   return _fit_quietly(_make_pipeline(float(c), transform), train_x, train_y)
@@ -222,7 +244,7 @@ def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feat
                     test_labels: np.ndarray, test_video_index: np.ndarray, c: float | str,
                     *, train_video_index: np.ndarray | None = None,
                     num_classes: int | None = None,
-                    transform: str = 'standardize') -> dict[str, Any]:
+                    transform: str = 'standardize', cv_unit: str = 'video') -> dict[str, Any]:
   """The linear protocol end to end: fit on train clips, score test videos by averaged crop scores.
 
   Train top-1/5 is measured on the (augmented) train clips the SVM was fit on;
@@ -241,7 +263,8 @@ def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feat
     raise LinearEvalError('the test split produced no clips; check the test shards')
   if num_classes is None:
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-  model = fit_linear_svm(train_feats, train_labels, c, groups=train_video_index, transform=transform)
+  model = fit_linear_svm(train_feats, train_labels, c, groups=train_video_index, transform=transform,
+                         cv_unit=cv_unit)
 
   train_scores_NxK = class_scores(model, train_feats, num_classes)
   test_scores_NxK = class_scores(model, np.asarray(test_feats), num_classes)
