@@ -41,6 +41,25 @@ def tiny_vv_config():
   return config_base.load(config_path('brave_rgb_rgb', 'tiny'))
 
 
+# The fast tier (`pytest tests -m "not slow"`, minutes, for everyday work) leaves out whole files
+# whose tests start processes, kill them, compile full-size models or decode real media; the full
+# suite (`pytest tests`, the README's command 2 and CI) runs everything. Chosen from measured
+# durations (docs/testing.md); a single slow test elsewhere carries @pytest.mark.slow itself.
+SLOW_FILES = frozenset({
+    'test_faults.py',  # kill -9 and restart of real training processes.
+    'test_multihost.py',  # Two processes joined by jax.distributed (gloo), each compiling.
+    'test_published_train_step.py',  # Full-size V/A and V/V steps against the golden.
+    'test_resume_data.py',  # A training process killed and resumed mid-epoch.
+})
+
+
 def pytest_configure(config):
-  # `slow`: tests of a minute or more (full-size models); they still run in `pytest tests`.
-  config.addinivalue_line('markers', 'slow: takes a minute or more (full-size models on CPU)')
+  config.addinivalue_line('markers', 'slow: minutes on 2 CPU cores; left out of the fast tier '
+                          '(-m "not slow"), always in the full suite')
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.path.name in SLOW_FILES:
+      item.add_marker(pytest.mark.slow)
