@@ -6,7 +6,7 @@ frames). Here the same chain is split in two:
 
 - host (TF, in tf.data): `draw_view` makes every random choice of a clip with
   the TF stateless calls `augment.draw_view` makes, from the same seed, and
-  returns them as small fixed-shape arrays (`ViewDraws`); the random
+  returns them as small fixed-shape tensors (`ViewDraws`); the random
   convolution's kernel is drawn there too (TF's stateless truncated normal has
   no JAX twin), zero-padded to the largest configured size;
 - device (JAX, under jit / pmap / vmap): `apply_view` runs the published chain
@@ -25,7 +25,7 @@ device computes blur, jitter and greyscale for every clip and picks.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,28 +34,24 @@ import tensorflow as tf
 
 from brave_jax.data import augment
 
-# tf.image.rgb_to_grayscale's weights (as augment._GRAY_WEIGHTS).
-_GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+_GRAY_WEIGHTS = augment._GRAY_WEIGHTS  # tf.image.rgb_to_grayscale's. pylint: disable=protected-access
 
 
-class ViewDraws(NamedTuple):
-  """Every random choice of one view's chain for one clip (or, batched, a leading [B] axis).
-
-  TF tensors on the host, jax arrays on the device: a NamedTuple is a structure
-  tf.data batches and a pytree jax maps over.
-  """
-  blur: jax.Array  # bool: blur at all (published: always).
-  sigma: jax.Array  # float32: the blur's standard deviation in pixels.
-  flip: jax.Array  # bool: mirror left-right.
-  jitter: jax.Array  # bool: apply the colour jitter.
-  brightness: jax.Array  # float32 delta, added.
-  saturation: jax.Array  # float32 factor.
-  contrast: jax.Array  # float32 factor.
-  hue: jax.Array  # float32 delta, in turns of the colour wheel.
-  gray: jax.Array  # bool: replace by greyscale on all three channels.
-  # float32 [K, K, 3, 3], K = max(rc_kernel_sizes): the drawn k x k kernel centred, zeros
-  # around; None for views that are not randomly convolved.
-  rc_kernel: jax.Array | None = None
+# One clip's draws (on the device, every field has a leading [B] when batched): a plain dict so
+# the input pipeline's tf.nest maps (fill bad rows, split over devices, to numpy) and jax's
+# trees take it as they take the batch, with no None where a view has no random convolution.
+#   blur        bool     blur at all (published: always)
+#   sigma       float32  the blur's standard deviation in pixels
+#   flip        bool     mirror left-right
+#   jitter      bool     apply the colour jitter
+#   brightness  float32  delta, added
+#   saturation  float32  factor
+#   contrast    float32  factor
+#   hue         float32  delta, in turns of the colour wheel
+#   gray        bool     replace by greyscale on all three channels
+#   rc_kernel   float32 [K, K, 3, 3], K = max(rc_kernel_sizes): the drawn k x k kernel
+#               centred, zeros around; only in the draws of randomly convolved views
+ViewDraws = Mapping[str, Any]
 
 
 # ---------------------------------------------------------------------------
@@ -76,15 +72,17 @@ def drawn_rc_kernel(kernel_sizes: Sequence[int], rc_seed: tf.Tensor) -> tf.Tenso
 
 
 def draw_view(aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
-              random_conv: bool = False) -> ViewDraws:
-  """The draws `augment.augment_clip(x, aug, seed, random_conv=...)` makes, as arrays to ship."""
+              random_conv: bool = False) -> dict[str, tf.Tensor]:
+  """The draws `augment.augment_clip(x, aug, seed, random_conv=...)` makes, as tensors to ship
+  (keys as `ViewDraws`)."""
   draw = augment.draw_view(aug, seed)
   brightness, saturation, contrast, hue = draw.color.strengths
-  return ViewDraws(
-      blur=draw.blur, sigma=tf.cast(draw.sigma, tf.float32), flip=draw.flip,
-      jitter=draw.color.jitter, brightness=brightness, saturation=saturation,
-      contrast=contrast, hue=hue, gray=draw.color.gray,
-      rc_kernel=drawn_rc_kernel(aug.rc_kernel_sizes, draw.rc_seed) if random_conv else None)
+  draws = dict(blur=draw.blur, sigma=draw.sigma, flip=draw.flip,
+               jitter=draw.color.jitter, brightness=brightness, saturation=saturation,
+               contrast=contrast, hue=hue, gray=draw.color.gray)
+  if random_conv:
+    draws['rc_kernel'] = drawn_rc_kernel(aug.rc_kernel_sizes, draw.rc_seed)
+  return draws
 
 
 # ---------------------------------------------------------------------------
@@ -202,17 +200,17 @@ def apply_view(x_TxHxWx3: jax.Array, draws: ViewDraws, *, blur: bool = True) -> 
   [0, 1], blur (kernel = view size / 10), flip, colour jitter + clip, greyscale, and random
   convolution when the draws carry a kernel (broad RGB views). `augment.apply_view`'s twin."""
   if blur:  # The scaling to [0, 1] is folded into the blur's taps, as on the host.
-    blurred = gaussian_blur(x_TxHxWx3, draws.sigma,
+    blurred = gaussian_blur(x_TxHxWx3, draws['sigma'],
                             augment.blur_kernel_size(int(x_TxHxWx3.shape[2])), 1.0 / 255.0)
-    x = jnp.where(draws.blur, blurred, to_unit_range(x_TxHxWx3))
+    x = jnp.where(draws['blur'], blurred, to_unit_range(x_TxHxWx3))
   else:
     x = to_unit_range(x_TxHxWx3)
-  x = random_flip(x, draws.flip)
-  x = jnp.where(draws.jitter, color_jitter(x, draws.brightness, draws.saturation,
-                                           draws.contrast, draws.hue), x)
-  x = jnp.where(draws.gray, to_grayscale(x), x)
-  if draws.rc_kernel is not None:
-    x = random_convolve(x, draws.rc_kernel)
+  x = random_flip(x, draws['flip'])
+  x = jnp.where(draws['jitter'], color_jitter(x, draws['brightness'], draws['saturation'],
+                                              draws['contrast'], draws['hue']), x)
+  x = jnp.where(draws['gray'], to_grayscale(x), x)
+  if 'rc_kernel' in draws:
+    x = random_convolve(x, draws['rc_kernel'])
   return x
 
 
