@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from brave_jax import config_base
 from brave_jax import evaluate
 from brave_jax import published
 from brave_jax.eval import backbone
@@ -56,6 +57,14 @@ def test_schedule_warms_up_scales_with_batch_and_decays(config):
   assert float(schedule(0)) == 0.0
   assert float(schedule(10)) == pytest.approx(0.05)  # 0.1 at batch 64 -> 0.05 at 32.
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_batch_that_does_not_split_over_the_devices_is_refused_by_its_field(config):
+  config.finetune.batch_size = 2 * jax.local_device_count() + 1
+  with pytest.raises(config_base.ConfigError, match=r'^config\.finetune\.batch_size: global batch'):
+    finetune.check_batch_splits(config)
+  config.finetune.batch_size = 2 * jax.local_device_count()
+  finetune.check_batch_splits(config)
 
 
 def test_loop_initial_variables_replace_fresh_ones(config, tmp_path):

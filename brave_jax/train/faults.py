@@ -8,7 +8,6 @@ checkpoint and says that a rerun resumes from it (docs/training.md).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import numpy as np
