@@ -79,11 +79,12 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   """Trains (resuming from workdir), then evaluates if the config asks; returns the TrainState."""
   from brave_jax.eval import knn  # pylint: disable=g-import-not-at-top
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from brave_jax.train import pretrain  # pylint: disable=g-import-not-at-top
   config_base.validate(config, jax.process_count(), jax.local_device_count())
   loop.check_workdir(config, workdir)  # Before the (maybe minutes-long) synthetic data generation.
   tf_startup.import_tensorflow()  # Its start-up banners once, before the data code imports it.
-  train_state = loop.train(config, workdir, make_batch_iterator_fn(config),
-                           hooks=knn.monitor_hooks(config, workdir))
+  train_state = pretrain.train(config, workdir, make_batch_iterator_fn(config),
+                               hooks=knn.monitor_hooks(config, workdir))
   if config.eval.run_after_training:
     from brave_jax.eval import linear  # pylint: disable=g-import-not-at-top
     linear.evaluate_after_training(config, workdir, train_state)

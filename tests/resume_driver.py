@@ -1,7 +1,7 @@
 """One training process for tests/test_resume_data.py (started, and killed, by the test).
 
 Runs brave_jax's own training path (main.make_batch_iterator_fn: the real
-shard index, order, decoding and augmentation; train.loop.train with its
+shard index, order, decoding and augmentation; train.pretrain.train with its
 checkpoints) and records, per step, a digest of the batch it was fed, and at
 the end digests of the final parameters. --model=double swaps the BraVe model
 for the test double (same loop, seconds to compile) so the kill test fits the
@@ -17,7 +17,7 @@ from absl import flags
 import jax
 
 from brave_jax import main as brave_main
-from brave_jax.train import loop
+from brave_jax.train import pretrain
 from brave_jax.train import step as step_lib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +48,7 @@ def main(argv):
   model = None
   if _MODEL.value == 'double':
     model = train_test_double.build_test_double_model('i')
-  host = step_lib.unreplicate(loop.train(config, workdir, recording, model=model))
+  host = step_lib.unreplicate(pretrain.train(config, workdir, recording, model=model))
   with open(os.path.join(workdir, 'final.json'), 'w') as f:
     json.dump({'step': int(host.step), 'params': digest(host.params),
                'state': digest(host.state), 'opt_state': digest(host.opt_state)}, f)

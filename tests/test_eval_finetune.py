@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from brave_jax import config_base
 from brave_jax import evaluate
 from brave_jax import published
 from brave_jax.eval import backbone
@@ -58,10 +59,18 @@ def test_schedule_warms_up_scales_with_batch_and_decays(config):
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_batch_that_does_not_split_over_the_devices_is_refused_by_its_field(config):
+  config.finetune.batch_size = 2 * jax.local_device_count() + 1
+  with pytest.raises(config_base.ConfigError, match=r'^config\.finetune\.batch_size: global batch'):
+    finetune.check_batch_splits(config)
+  config.finetune.batch_size = 2 * jax.local_device_count()
+  finetune.check_batch_splits(config)
+
+
 def test_loop_initial_variables_replace_fresh_ones(config, tmp_path):
-  """train(initial_variables=...) starts from them; a mismatch in shape is refused by name."""
-  config.training.update(batch_size=4, num_steps=1, checkpoint_every=1, log_every=1)
-  config.optimizer.warmup_steps = 0
+  """loop.train(initial_variables=...) starts from them; a mismatch in shape is refused by name."""
+  settings = loop.Settings(num_steps=1, batch_size=4, log_every=1, checkpoint_every=1,
+                           keep_checkpoints=2, plot_every=0, seed=0)
   model = train_test_double.build_test_double_model('i')
   make = train_test_double.make_batch_iterator_fn(4, jax.local_device_count())
   fresh_params, fresh_state = train_test_double.build_test_double_model(None).init(
@@ -69,15 +78,15 @@ def test_loop_initial_variables_replace_fresh_ones(config, tmp_path):
   given = jax.tree.map(lambda x: np.full(x.shape, 0.25, x.dtype),
                        backbone.only_root((fresh_params, fresh_state), 'narrow_video_embedding'))
   frozen = optax.chain(optax.sgd(0.1), optax.scale(0.0))  # No update: the state shows the start.
-  ts = loop.train(config, str(tmp_path / 'ok'), make, model, optimizer=frozen,
-                  initial_variables=given)
+  ts = loop.train(settings, str(tmp_path / 'ok'), config, make_batch_iterator=make, model=model,
+                  optimizer=frozen, initial_variables=given)
   host = step_lib.unreplicate(ts)
   chex.assert_trees_all_equal(backbone.only_root(host.params, 'narrow_video_embedding'), given[0])
   assert not np.allclose(host.params['predictor']['w'], 0.25)  # Untouched: fresh init.
   bad = (jax.tree.map(lambda x: np.zeros(x.shape + (1,), x.dtype), given[0]), {})
   with pytest.raises(ValueError, match="narrow_video_embedding/.*has shape"):
-    loop.train(config, str(tmp_path / 'bad'), make, model, optimizer=frozen,
-               initial_variables=bad)
+    loop.train(settings, str(tmp_path / 'bad'), config, make_batch_iterator=make, model=model,
+               optimizer=frozen, initial_variables=bad)
 
 
 def test_classifier_names_match_pretraining_backbone(config):

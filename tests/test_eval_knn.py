@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from brave_jax.eval import knn
-from brave_jax.train import loop
+from brave_jax.train import pretrain
 from brave_jax.train import step as step_lib
 import eval_test_utils
 import train_test_double
@@ -66,8 +66,9 @@ def test_loop_runs_hooks_and_writes_their_scalars(tiny_va_config, tmp_path, caps
   c.optimizer.warmup_steps = 1
   c.optimizer.base_learning_rate = 2.0  # The test double diverges at the tiny config's peak LR.
   hook = _CountingHook()
-  loop.train(c, str(tmp_path), train_test_double.make_batch_iterator_fn(4, jax.local_device_count()),
-             train_test_double.build_test_double_model('i'), hooks=[hook])
+  make = train_test_double.make_batch_iterator_fn(4, jax.local_device_count())
+  pretrain.train(c, str(tmp_path), make, train_test_double.build_test_double_model('i'),
+                 hooks=[hook])
   assert hook.calls == [(2, 2), (4, 4), (5, 5)] and hook.closed  # Every 2 steps and the last.
   records = {r['step']: r for r in map(json.loads, open(tmp_path / 'metrics.jsonl'))}
   assert sorted(records) == [2, 4, 5]  # Step 2 is written for the hook although log_every is 4.

@@ -23,8 +23,10 @@ import pytest
 from brave_jax import errors
 from brave_jax import files
 from brave_jax.train import checkpointing
+from brave_jax.train import faults
 from brave_jax.train import loop
 from brave_jax.train import metrics as metrics_lib
+from brave_jax.train import pretrain
 from brave_jax.train import step as step_lib
 import train_test_double
 
@@ -56,8 +58,8 @@ def _iter_fn(on_step=None, delay_after=None):
 
 
 def _train(config, workdir, **kwargs):
-  return step_lib.unreplicate(loop.train(config, str(workdir), _iter_fn(**kwargs),
-                                         train_test_double.build_test_double_model('i')))
+  return step_lib.unreplicate(pretrain.train(config, str(workdir), _iter_fn(**kwargs),
+                                             train_test_double.build_test_double_model('i')))
 
 
 @pytest.fixture(scope='module')
@@ -277,7 +279,7 @@ def test_full_disk_under_a_checkpoint_save_names_that_checkpoint(tmp_path):
     raise errors.CheckpointSaveError('saving checkpoint step 4 failed', path=str(
         tmp_path / 'checkpoints' / '4')) from OSError(errno.ENOSPC, 'No space left on device')
   except errors.CheckpointSaveError as error:
-    explained = loop._explain_stop(error, 5, str(tmp_path), ckpt)  # pylint: disable=protected-access
+    explained = faults.explain_stop(error, 5, str(tmp_path), ckpt)
   ckpt.close()
   assert isinstance(explained, errors.DiskFullError)
   assert str(explained).startswith(

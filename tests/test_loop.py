@@ -1,4 +1,4 @@
-"""train(): resume is bit-identical, non-finite loss stops before saving, outputs written."""
+"""Pretraining through the loop: resume is bit-identical, a non-finite loss stops before saving."""
 import json
 import os
 
@@ -7,7 +7,8 @@ import jax
 import pytest
 
 from brave_jax.train import checkpointing
-from brave_jax.train import loop
+from brave_jax.train import faults
+from brave_jax.train import pretrain
 from brave_jax.train import step as step_lib
 import train_test_double
 
@@ -37,11 +38,11 @@ def _host(ts):
 
 
 def test_stop_and_resume_is_bit_identical(config, tmp_path):
-  straight = _host(loop.train(config, str(tmp_path / 'a'), _iter_fn(), _model()))
+  straight = _host(pretrain.train(config, str(tmp_path / 'a'), _iter_fn(), _model()))
 
-  loop.train(config, str(tmp_path / 'b'), _iter_fn(), _model(), stop_at_step=4)
+  pretrain.train(config, str(tmp_path / 'b'), _iter_fn(), _model(), stop_at_step=4)
   assert checkpointing.Checkpointer(str(tmp_path / 'b' / 'checkpoints'), 5).latest_step() == 4
-  resumed = _host(loop.train(config, str(tmp_path / 'b'), _iter_fn(), _model()))
+  resumed = _host(pretrain.train(config, str(tmp_path / 'b'), _iter_fn(), _model()))
 
   assert int(straight.step) == int(resumed.step) == 6
   chex.assert_trees_all_equal(resumed.params, straight.params)
@@ -59,7 +60,7 @@ def test_stop_and_resume_is_bit_identical(config, tmp_path):
 
 def test_crash_then_resume_is_bit_identical(config, tmp_path):
   """A run killed by its input pipeline resumes from the last checkpoint to the same params."""
-  straight = _host(loop.train(config, str(tmp_path / 'a'), _iter_fn(), _model()))
+  straight = _host(pretrain.train(config, str(tmp_path / 'a'), _iter_fn(), _model()))
   make = _iter_fn()
 
   def crashing(start_step):
@@ -69,21 +70,21 @@ def test_crash_then_resume_is_bit_identical(config, tmp_path):
       yield batch
 
   with pytest.raises(RuntimeError, match='input pipeline died'):
-    loop.train(config, str(tmp_path / 'b'), crashing, _model())
+    pretrain.train(config, str(tmp_path / 'b'), crashing, _model())
   ckpt_dir = str(tmp_path / 'b' / 'checkpoints')
   assert checkpointing.Checkpointer(ckpt_dir, 5).latest_step() in (2, 4)
-  resumed = _host(loop.train(config, str(tmp_path / 'b'), _iter_fn(), _model()))
+  resumed = _host(pretrain.train(config, str(tmp_path / 'b'), _iter_fn(), _model()))
   chex.assert_trees_all_equal(resumed.params, straight.params)
 
 
 def test_non_finite_loss_raises_and_keeps_last_checkpoint(config, tmp_path):
-  with pytest.raises(loop.NonFiniteError, match=r'non-finite loss = nan at step 4'):
-    loop.train(config, str(tmp_path / 'w'), _iter_fn(nan_at_step=3), _model())
+  with pytest.raises(faults.NonFiniteError, match=r'non-finite loss = nan at step 4'):
+    pretrain.train(config, str(tmp_path / 'w'), _iter_fn(nan_at_step=3), _model())
   ckpt = checkpointing.Checkpointer(str(tmp_path / 'w' / 'checkpoints'), 5)
   assert ckpt.all_steps() == [2]  # Step 4 was never written.
   # Step 2 is intact: it restores to exactly the state of a clean two-step run.
   config.training.num_steps = 2
-  clean = _host(loop.train(config, str(tmp_path / 'clean'), _iter_fn(), _model()))
+  clean = _host(pretrain.train(config, str(tmp_path / 'clean'), _iter_fn(), _model()))
   restored, _ = ckpt.restore(clean, step=2)
   chex.assert_trees_all_equal(restored.params, clean.params)
   chex.assert_trees_all_equal(restored.opt_state, clean.opt_state)
@@ -96,13 +97,13 @@ def test_uneven_batch_from_iterator_refused(config, tmp_path):
       yield jax.tree.map(lambda x: x[None], train_test_double.make_global_batch(0, BATCH))
 
   with pytest.raises(ValueError, match='devices=2'):
-    loop.train(config, str(tmp_path / 'w'), bad, _model())
+    pretrain.train(config, str(tmp_path / 'w'), bad, _model())
 
 
 def test_says_it_is_compiling_before_the_first_step(config, tmp_path, capsys):
   """Before: minutes of silence before step 10 while XLA compiled. Now a line says so first."""
   config.training.num_steps = 2
-  loop.train(config, str(tmp_path / 'w'), _iter_fn(), _model())
+  pretrain.train(config, str(tmp_path / 'w'), _iter_fn(), _model())
   out = capsys.readouterr().out
   compiling = out.index('Compiling the training step')
   compiled = out.index('Compiled the training step in')

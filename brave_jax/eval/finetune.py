@@ -1,9 +1,10 @@
 """The fine-tuning protocol: the narrow backbone plus a linear head, trained end to end on labels.
 
-Trained by the pretraining machinery itself (train/loop.py: the pmapped update
-of train/step.py with cross-replica batch norm over every device of every
+Trained by the pretraining loop itself (train/loop.py: the pmapped update of
+train/step.py with cross-replica batch norm over every device of every
 process, Orbax checkpoints in the output directory that a rerun resumes,
-metrics.jsonl, TensorBoard, loss.png, the progress line), with its own model
+metrics.jsonl, TensorBoard, loss.png, the progress line), with its own
+settings (config.finetune's steps and intervals), model
 (models/classifier.py), optimizer and data:
 
 - model: the backbone (pretrained weights from a workdir or a published .npy,
@@ -38,6 +39,7 @@ from brave_jax.eval import linear
 from brave_jax.eval import report
 from brave_jax.eval import splits as splits_lib
 from brave_jax.eval import svm
+from brave_jax.train import loop
 
 REFERENCE_BATCH = 64  # config.finetune.base_learning_rate is the peak LR at this global batch.
 TRAIN_ACCURACY_TAIL = 0.1  # Train top-1 = mean logged batch accuracy over the last 10% of steps.
@@ -45,9 +47,10 @@ TRAIN_ACCURACY_TAIL = 0.1  # Train top-1 = mean logged batch accuracy over the l
 
 def training_config(config: ml_collections.ConfigDict,
                     model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config train.loop runs: config.finetune's batch, steps and logging as `training`.
+  """The config a fine-tuning run records: config.finetune's batch, steps and logging as `training`.
 
-  Written to <output_dir>/config.json, so the run can be read back (and resumed).
+  Written to <output_dir>/config.json, so the run can be read back, and a
+  rerun is compared with it before it resumes.
   """
   c = copy.deepcopy(config)
   f = c.finetune
@@ -58,10 +61,30 @@ def training_config(config: ml_collections.ConfigDict,
     c.training.update(batch_size=int(f.batch_size), num_steps=int(f.num_steps),
                       log_every=int(f.log_every), checkpoint_every=int(f.checkpoint_every),
                       keep_checkpoints=int(f.keep_checkpoints), plot_every=0)
-    c.optimizer.warmup_steps = int(f.warmup_steps)  # What validate() checks against num_steps.
+    c.optimizer.warmup_steps = int(f.warmup_steps)
     c.eval.run_after_training = False
     c.knn_monitor.every_steps = 0
   return c
+
+
+def settings(config: ml_collections.ConfigDict,
+             stop_at_step: int | None = None) -> loop.Settings:
+  """config.finetune's length and intervals (no periodic loss.png: it is drawn at the end)."""
+  f = config.finetune
+  return loop.Settings(
+      num_steps=int(f.num_steps), batch_size=int(f.batch_size), log_every=int(f.log_every),
+      checkpoint_every=int(f.checkpoint_every), keep_checkpoints=int(f.keep_checkpoints),
+      plot_every=0, seed=int(config.seed), stop_at_step=stop_at_step, progress_fields=('top1',))
+
+
+def check_batch_splits(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config.finetune.batch_size that does not split over every device of every process."""
+  batch, processes, devices = (int(config.finetune.batch_size), jax.process_count(),
+                               jax.local_device_count())
+  if batch % (processes * devices):
+    raise config_base.ConfigError(
+        f'config.finetune.batch_size: global batch {batch} does not split evenly over '
+        f'{processes} process(es) x {devices} device(s); use a multiple of {processes * devices}')
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -167,10 +190,10 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
   """
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from brave_jax.models import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
-  from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
   from brave_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from brave_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   config_base.validate(config)
+  check_batch_splits(config)
   if train_source is None or test_source is None:
     train_source, test_source, class_names = splits_lib.resolve(config, train_source, test_source)
   num_classes = len(class_names) if class_names else count_classes(train_source, config)
@@ -190,9 +213,10 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
   print(f'fine-tuning the {source.kind} narrow backbone ({num_classes} classes) in {output_dir}',
         flush=True)
   train_state = loop.train(
-      ft_config, output_dir, make_batch_iterator, model=classifier, stop_at_step=stop_at_step,
+      settings(config, stop_at_step), output_dir, ft_config,
+      make_batch_iterator=make_batch_iterator, model=classifier,
       optimizer=make_optimizer(ft_config, root), schedule=make_schedule(ft_config),
-      initial_variables=initial, progress_fields=('top1',))
+      initial_variables=initial)
   done = int(step_lib.unreplicate(train_state.step))
   if jax.process_index() != 0 or done < int(config.finetune.num_steps):
     return {}
