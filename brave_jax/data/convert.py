@@ -53,6 +53,11 @@ counts clips per source (`clips_per_source`). Memory: one video's JPEG frames
 and waveform, then its serialized clips (each frame freed once no later clip
 holds it): 1.9 GB peak RSS for the 596 s Big Buck Bunny at 256 px (as one
 whole-video record: 4.2 GB).
+
+This module runs the worker pool and the CLI; the work itself is split by job:
+`media` decodes and aligns, `listing` lists files, labels and splits,
+`clip_cutting` cuts clips, `convert_file` turns one file into its records and
+`convert_summary` counts what happened.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -98,10 +98,11 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
                 max_held_fraction: float | None = None) -> Result:
   """Converts one file to a serialized SequenceExample; failures come back as Result.error.
 
-  With `flow_method` the clip also gets one flow JPEG per frame (brave_jax.data.convert's docstring);
-  with `audio_only` it holds only the waveform (`convert_audio_one`); with
-  `clip_seconds` the file is cut into clips (`clip_cutting.cut_clips`), returned in Result.clips,
-  and clips whose audio ends early are dropped or padded (`clip_cutting.fit_clip_audio`).
+  With `flow_method` the clip also gets one flow JPEG per frame (brave_jax.data.convert's
+  docstring); with `audio_only` it holds only the waveform (`convert_audio_one`); with
+  `clip_seconds` the file is cut into clips (`clip_cutting.cut_clips`), returned in
+  Result.clips, and clips whose audio ends early are dropped or padded
+  (`clip_cutting.fit_clip_audio`).
   Records more than `max_held_fraction` held frames are left out (None keeps all).
   """
   if audio_only:
@@ -110,23 +111,16 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
     return convert_audio_one(path, label_index, label_text, video_id, audio_rate, max_seconds)
   video_id = video_id or os.path.basename(path)
   try:
-    encoded_flow = None
-    if flow_method:
-      flow_encoder = flow_lib.StreamingFlowEncoder(flow_method, jpeg_quality)
-      video = media.decode_video(path, fps, short_side, max_seconds, frame_fn=flow_encoder.add)
-      encoded_flow = flow_encoder.encoded_flow(video.frames)
-      video.frames = [f.jpeg for f in video.frames]
-    else:
-      video = media.decode_video(path, fps, short_side, max_seconds,
-                           frame_fn=lambda f: dmvr_format.encode_jpeg(f, jpeg_quality))
+    video, encoded_flow = _decode_frames(path, fps, short_side, max_seconds, jpeg_quality,
+                                         flow_method)
     warnings = list(video.warnings)
     waveform, short_audio = None, False
     audio = media.decode_audio(path, audio_rate, max_seconds)
     warnings += media.truncation_note(video, audio, path)
     if audio is not None:
       warnings += audio.warnings
-      waveform, short_audio, notes = media.align_audio(audio, video.start_s, video.duration_s, path,
-                                                 tolerance_s=1.0 / fps)
+      waveform, short_audio, notes = media.align_audio(audio, video.start_s, video.duration_s,
+                                                       path, tolerance_s=1.0 / fps)
       warnings += notes
     counts = collections.Counter()
 
@@ -146,31 +140,18 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
     record_seconds = []
     if clip_seconds:
       ranges = clip_cutting.clip_frame_ranges(len(video.frames), fps, clip_seconds, clip_stride)
-      clips = []
-      for i, cut in enumerate(clip_cutting.cut_clips(clip, ranges, audio_rate)):
-        start, end = ranges[i]
-        kept, action = clip_cutting.fit_clip_audio(cut, end - start, audio_rate, short_audio_clips)
-        counts[action] += 1
-        if kept is not None and not too_held(start, end):
-          clips.append(dmvr_format.encode_clip(kept, jpeg_quality))
-          record_seconds.append((end - start) / fps)
-        # Frames before the next clip are in no later record: free them (memory ~ one copy).
-        del cut, kept
-        next_start = ranges[i + 1][0] if i + 1 < len(ranges) else len(video.frames)
-        for k in range(ranges[i][0], next_start):
-          video.frames[k] = None
-          if encoded_flow is not None:
-            encoded_flow[k] = None
+      clips, record_seconds = _encode_cut_clips(
+          clip, video, encoded_flow, ranges, audio_rate=audio_rate, jpeg_quality=jpeg_quality,
+          short_audio_clips=short_audio_clips, too_held=too_held, counts=counts)
       if not clips:
         raise media.ConvertError(
             empty_clips_message(path, counts, ranges, fps, waveform, audio_rate),
-            reason=('held frames' if counts['dropped_held'] else
-                                   'audio ends early'))
+            reason='held frames' if counts['dropped_held'] else 'audio ends early')
     elif too_held(0, len(video.frames)):
-      raise media.ConvertError(f'{path}: {100 * video.held_fraction():.0f}% of its frames are held '
-                         f'(repeated over stretches that did not decode), above '
-                         f'--max_held_fraction={max_held_fraction:g}; left out',
-                         reason='held frames')
+      raise media.ConvertError(
+          f'{path}: {100 * video.held_fraction():.0f}% of its frames are held (repeated over '
+          f'stretches that did not decode), above --max_held_fraction={max_held_fraction:g}; '
+          'left out', reason='held frames')
     else:
       serialized = dmvr_format.encode_clip(clip, jpeg_quality)
       record_seconds.append(len(video.frames) / fps)
@@ -186,6 +167,48 @@ def convert_one(path: str, label_index: int | list[int] | None = None,
                 clips_dropped_short_audio=counts['dropped'],
                 clips_padded_short_audio=counts['padded'], mostly_held=counts['mostly_held'],
                 dropped_held=counts['dropped_held'], record_seconds=record_seconds)
+
+
+def _decode_frames(path: str, fps: float, short_side: int, max_seconds: float | None,
+                   jpeg_quality: int, flow_method: str | None
+                   ) -> tuple[media.DecodedVideo, list[bytes] | None]:
+  """The file's frames as JPEGs and, with `flow_method`, the flow JPEGs between them."""
+  if not flow_method:
+    video = media.decode_video(path, fps, short_side, max_seconds,
+                               frame_fn=lambda f: dmvr_format.encode_jpeg(f, jpeg_quality))
+    return video, None
+  flow_encoder = flow_lib.StreamingFlowEncoder(flow_method, jpeg_quality)
+  video = media.decode_video(path, fps, short_side, max_seconds, frame_fn=flow_encoder.add)
+  encoded_flow = flow_encoder.encoded_flow(video.frames)
+  video.frames = [f.jpeg for f in video.frames]
+  return video, encoded_flow
+
+
+def _encode_cut_clips(clip: dmvr_format.Clip, video: media.DecodedVideo,
+                      encoded_flow: list[bytes] | None, ranges: Sequence[tuple[int, int]], *,
+                      audio_rate: int, jpeg_quality: int, short_audio_clips: str,
+                      too_held: Callable[[int, int], bool], counts: collections.Counter
+                      ) -> tuple[list[bytes], list[float]]:
+  """The serialized clips of `ranges` and their lengths (s), counting what was left out.
+
+  Each frame is freed once no later clip holds it, so memory stays about one copy of
+  the video's JPEGs however many clips overlap.
+  """
+  records, record_seconds = [], []
+  for i, cut in enumerate(clip_cutting.cut_clips(clip, ranges, audio_rate)):
+    start, end = ranges[i]
+    kept, action = clip_cutting.fit_clip_audio(cut, end - start, audio_rate, short_audio_clips)
+    counts[action] += 1
+    if kept is not None and not too_held(start, end):
+      records.append(dmvr_format.encode_clip(kept, jpeg_quality))
+      record_seconds.append((end - start) / clip.fps)
+    del cut, kept  # Frames before the next clip are in no later record: free them.
+    next_start = ranges[i + 1][0] if i + 1 < len(ranges) else len(video.frames)
+    for k in range(start, next_start):
+      video.frames[k] = None
+      if encoded_flow is not None:
+        encoded_flow[k] = None
+  return records, record_seconds
 
 
 def empty_clips_message(path: str, counts: collections.Counter, ranges: Sequence[tuple[int, int]],
