@@ -49,6 +49,7 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 from brave_jax.data import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
+from brave_jax.data import convert_summary  # pylint: disable=g-import-not-at-top,wrong-import-position
 from brave_jax.data import dmvr_format  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIG = os.path.join(REPO_ROOT, 'configs', 'brave_rgb_audio.py') + ':demo'
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   t = time.perf_counter()
   clips_dir = os.path.join(args.workdir, 'clips')
-  summary_file = convert.summary_path(clips_dir, 'clips')
+  summary_file = convert_summary.summary_path(clips_dir, 'clips')
   if not os.path.isfile(summary_file):
     summary = convert.convert(media_dir, clips_dir, prefix='clips', short_side=args.short_side,
                               clip_seconds=args.clip_seconds, workers=args.workers,

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from brave_jax.data import clip_cutting
 from brave_jax.data import convert
+from brave_jax.data import convert_file
+from brave_jax.data import convert_summary
 from brave_jax.data import dmvr_format
+from brave_jax.data import listing
+from brave_jax.data import media
+
+import media_writers
 
 H, W = 48, 64
 RATE = 48000
@@ -68,7 +75,7 @@ def test_mp4_h264_aac_round_trip_matches_source(tmp_path):
   src.parent.mkdir(parents=True)
   frames = _frames(50)
   sine = _sine(seconds)
-  convert.write_test_video(str(src), frames, fps=25, codec='libx264', audio=sine,
+  media_writers.write_test_video(str(src), frames, fps=25, codec='libx264', audio=sine,
                            audio_codec='aac')
   out = tmp_path / 'shards'
   rc = convert.main([f'--videos={tmp_path / "videos"}', f'--output_dir={out}', '--prefix=train',
@@ -91,8 +98,8 @@ def test_mp4_h264_aac_round_trip_matches_source(tmp_path):
 
 
 def test_30fps_source_resamples_to_25fps_by_timestamp(tmp_path):
-  path = convert.write_test_video(str(tmp_path / 'v30.mp4'), _frames(60), fps=30)
-  video = convert.decode_video(path, fps=25, short_side=0)
+  path = media_writers.write_test_video(str(tmp_path / 'v30.mp4'), _frames(60), fps=30)
+  video = media.decode_video(path, fps=25, short_side=0)
   assert len(video.frames) == 50 and video.duration_s == pytest.approx(2.0)
   assert video.source_fps == pytest.approx(30) and video.num_decoded == 60
   # Output time k/25 shows the latest source frame with pts <= k/25: index floor(k*30/25).
@@ -102,9 +109,9 @@ def test_30fps_source_resamples_to_25fps_by_timestamp(tmp_path):
 
 def test_variable_frame_rate_picks_latest_frame_before_each_output_time(tmp_path):
   timestamps = [0.0, 0.1, 0.13, 0.3, 0.31, 0.32, 0.6, 0.7]
-  path = convert.write_test_video(str(tmp_path / 'vfr.mkv'), _frames(8, step=30), fps=25,
+  path = media_writers.write_test_video(str(tmp_path / 'vfr.mkv'), _frames(8, step=30), fps=25,
                                   timestamps_s=timestamps)
-  video = convert.decode_video(path, fps=25, short_side=0)
+  video = media.decode_video(path, fps=25, short_side=0)
   # The last frame lasts its recorded duration (or the previous gap): the video ends in
   # (0.7, 0.8] s, and every output time k/25 before the end gets a frame.
   assert 0.7 < video.duration_s <= 0.8
@@ -116,9 +123,9 @@ def test_variable_frame_rate_picks_latest_frame_before_each_output_time(tmp_path
 
 
 def test_huge_timestamp_gap_is_closed_not_filled(tmp_path):
-  path = convert.write_test_video(str(tmp_path / 'gap.mkv'), _frames(4), fps=25,
+  path = media_writers.write_test_video(str(tmp_path / 'gap.mkv'), _frames(4), fps=25,
                                   timestamps_s=[0.0, 0.04, 100.0, 100.04])
-  video = convert.decode_video(path, fps=25, short_side=0)
+  video = media.decode_video(path, fps=25, short_side=0)
   assert len(video.frames) == 4
   assert any('gap.mkv' in w and 'jump' in w for w in video.warnings)
 
@@ -140,9 +147,9 @@ def test_containers_and_codecs_round_trip(tmp_path, name, codec):
   except av.FFmpegError:
     pytest.skip(f'encoder {codec} not in this FFmpeg build')
   sine = _sine(1.0)
-  path = convert.write_test_video(str(tmp_path / name), _frames(25, step=8), fps=25,
+  path = media_writers.write_test_video(str(tmp_path / name), _frames(25, step=8), fps=25,
                                   codec=codec, audio=sine)
-  result = convert.convert_one(path, label_index=3, label_text='x', short_side=0)
+  result = convert_file.convert_one(path, label_index=3, label_text='x', short_side=0)
   assert result.error is None, result.error
   assert result.num_frames == 25 and result.has_audio
   [ex] = _read_and_write(tmp_path, result.serialized)
@@ -162,9 +169,9 @@ def test_no_audio_unopenable_and_truncated_files_in_one_run(tmp_path):
   """Bad files are reported by name and skipped; the good ones still convert."""
   root = tmp_path / 'videos'
   (root / 'cls').mkdir(parents=True)
-  convert.write_test_video(str(root / 'cls' / 'silent.mp4'), _frames(10), fps=25)
+  media_writers.write_test_video(str(root / 'cls' / 'silent.mp4'), _frames(10), fps=25)
   (root / 'cls' / 'garbage.mp4').write_bytes(b'this is not a video' * 100)
-  full = convert.write_test_video(str(tmp_path / 'full.mkv'), _frames(50), fps=25,
+  full = media_writers.write_test_video(str(tmp_path / 'full.mkv'), _frames(50), fps=25,
                                   audio=_sine(2.0))
   data = open(full, 'rb').read()
   (root / 'cls' / 'truncated.mkv').write_bytes(data[:int(len(data) * 0.6)])
@@ -194,7 +201,7 @@ def test_labels_are_indices_into_sorted_class_names(tmp_path):
   for split, classes in [('train', ['zebra', 'apple', 'mango']), ('test', ['mango', 'zebra'])]:
     for cls in classes:
       (tmp_path / split / cls).mkdir(parents=True)
-      convert.write_test_video(str(tmp_path / split / cls / f'{cls}.avi'), _frames(3),
+      media_writers.write_test_video(str(tmp_path / split / cls / f'{cls}.avi'), _frames(3),
                                fps=25, codec='mpeg4')
   def labels(split, **kw):
     convert.convert(str(tmp_path / split), str(tmp_path / 'out'), prefix=split,
@@ -213,7 +220,7 @@ def test_labels_are_indices_into_sorted_class_names(tmp_path):
 def test_csv_input_with_relative_paths_and_parallel_workers(tmp_path):
   (tmp_path / 'v').mkdir()
   for i in range(3):
-    convert.write_test_video(str(tmp_path / 'v' / f'{i}.mp4'), _frames(4), fps=25)
+    media_writers.write_test_video(str(tmp_path / 'v' / f'{i}.mp4'), _frames(4), fps=25)
   csv_path = tmp_path / 'list.csv'
   csv_path.write_text('path,label\nv/0.mp4,b\nv/1.mp4,a\nv/2.mp4\n')
   summary = convert.convert(str(csv_path), str(tmp_path / 'out'), num_shards=2, workers=2,
@@ -231,12 +238,12 @@ def test_ucf_and_hmdb_split_files_select_videos(tmp_path):
       'ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g08_c01.avi 101\n')
   (tmp_path / 'testlist01.txt').write_text(
       'ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\nYoYo/v_YoYo_g01_c01.avi\nYoYo/v_missing.avi\n')
-  kept, missing = convert.apply_split(
-      ucf_videos, convert.read_split_files([str(tmp_path / 'trainlist01.txt')], None))
+  kept, missing = listing.apply_split(
+      ucf_videos, listing.read_split_files([str(tmp_path / 'trainlist01.txt')], None))
   assert [v[1] for v in kept] == ['ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi',
                                   'YoYo/v_YoYo_g08_c01.avi'] and not missing
-  kept, missing = convert.apply_split(
-      ucf_videos, convert.read_split_files([str(tmp_path / 'testlist01.txt')], None))
+  kept, missing = listing.apply_split(
+      ucf_videos, listing.read_split_files([str(tmp_path / 'testlist01.txt')], None))
   assert [v[2] for v in kept] == ['ApplyEyeMakeup', 'YoYo'] and missing == ['YoYo/v_missing.avi']
 
   hmdb_videos = [(f'/h/brush_hair/{n}.avi', f'brush_hair/{n}.avi', 'brush_hair')
@@ -244,28 +251,28 @@ def test_ucf_and_hmdb_split_files_select_videos(tmp_path):
   (tmp_path / 'brush_hair_test_split1.txt').write_text('a.avi 1\nb.avi 2\nc.avi 0\n')
   pattern = str(tmp_path / '*_test_split1.txt')
   with pytest.raises(ValueError, match='hmdb_split'):
-    convert.read_split_files([pattern], None)
+    listing.read_split_files([pattern], None)
   for split, want in [('train', 'brush_hair/a.avi'), ('test', 'brush_hair/b.avi')]:
-    kept, _ = convert.apply_split(hmdb_videos, convert.read_split_files([pattern], split))
+    kept, _ = listing.apply_split(hmdb_videos, listing.read_split_files([pattern], split))
     assert [(v[1], v[2]) for v in kept] == [(want, 'brush_hair')]
 
 
 def test_align_audio_shifts_to_first_frame_and_reports_short_audio():
-  audio = convert.DecodedAudio(np.ones([1500], np.float32), rate=1000, start_s=0.5)
-  waveform, short, notes = convert.align_audio(audio, video_start_s=0.0, video_duration_s=2.0)
+  audio = media.DecodedAudio(np.ones([1500], np.float32), rate=1000, start_s=0.5)
+  waveform, short, notes = media.align_audio(audio, video_start_s=0.0, video_duration_s=2.0)
   assert waveform.size == 2000 and not waveform[:500].any() and not short  # Padded at the start.
-  audio = convert.DecodedAudio(np.arange(3000, dtype=np.float32), rate=1000, start_s=0.0)
-  waveform, short, _ = convert.align_audio(audio, video_start_s=0.25, video_duration_s=2.0)
+  audio = media.DecodedAudio(np.arange(3000, dtype=np.float32), rate=1000, start_s=0.0)
+  waveform, short, _ = media.align_audio(audio, video_start_s=0.25, video_duration_s=2.0)
   assert waveform.size == 2000 and waveform[0] == 250 and not short  # Cut at both ends.
-  audio = convert.DecodedAudio(np.ones([500], np.float32), rate=1000, start_s=0.0)
-  _, short, notes = convert.align_audio(audio, 0.0, 2.0, path='x.mp4')
+  audio = media.DecodedAudio(np.ones([500], np.float32), rate=1000, start_s=0.0)
+  _, short, notes = media.align_audio(audio, 0.0, 2.0, path='x.mp4')
   assert short and 'x.mp4' in notes[0]
 
 
 def test_max_seconds_bounds_the_clip(tmp_path):
-  path = convert.write_test_video(str(tmp_path / 'long.mp4'), _frames(50), fps=25,
+  path = media_writers.write_test_video(str(tmp_path / 'long.mp4'), _frames(50), fps=25,
                                   audio=_sine(2.0))
-  result = convert.convert_one(path, short_side=0, max_seconds=1.0)
+  result = convert_file.convert_one(path, short_side=0, max_seconds=1.0)
   assert result.num_frames == 25 and result.audio_s == pytest.approx(1.0)
   assert not result.warnings
 
@@ -324,7 +331,7 @@ def test_clip_cutter_click_track_lands_on_the_flash_frames(tmp_path, source_fps)
     audio[round(k / source_fps * RATE):][:96] = click
   src = tmp_path / 'videos' / 'long.mp4'
   src.parent.mkdir()
-  convert.write_test_video(str(src), frames, fps=source_fps, audio=audio, audio_codec='aac')
+  media_writers.write_test_video(str(src), frames, fps=source_fps, audio=audio, audio_codec='aac')
   out = tmp_path / 'clips'
   rc = convert.main([f'--videos={src.parent}', f'--output_dir={out}', '--short_side=0',
                      '--clip_seconds=2', '--clip_stride=1.5', '--no_progress'])
@@ -354,14 +361,14 @@ def test_clip_cutter_click_track_lands_on_the_flash_frames(tmp_path, source_fps)
 
 
 def test_clip_frame_ranges_and_flag_errors(tmp_path):
-  assert convert.clip_frame_ranges(100, 25, 2.0) == [(0, 50), (50, 100)]
-  assert convert.clip_frame_ranges(99, 25, 2.0) == [(0, 50)]  # The short tail is dropped.
-  assert convert.clip_frame_ranges(30, 25, 2.0) == [(0, 30)]  # Shorter than a clip: whole.
-  assert convert.clip_frame_ranges(100, 25, 2.0, 1.0) == [(0, 50), (25, 75), (50, 100)]
+  assert clip_cutting.clip_frame_ranges(100, 25, 2.0) == [(0, 50), (50, 100)]
+  assert clip_cutting.clip_frame_ranges(99, 25, 2.0) == [(0, 50)]  # The short tail is dropped.
+  assert clip_cutting.clip_frame_ranges(30, 25, 2.0) == [(0, 30)]  # Shorter than a clip: whole.
+  assert clip_cutting.clip_frame_ranges(100, 25, 2.0, 1.0) == [(0, 50), (25, 75), (50, 100)]
   with pytest.raises(ValueError, match='clip_seconds'):
-    convert.clip_frame_ranges(100, 25, 0.01)
+    clip_cutting.clip_frame_ranges(100, 25, 0.01)
   (tmp_path / 'v').mkdir()
-  convert.write_test_video(str(tmp_path / 'v' / 'a.mp4'), _frames(10))
+  media_writers.write_test_video(str(tmp_path / 'v' / 'a.mp4'), _frames(10))
   videos, out = str(tmp_path / 'v'), str(tmp_path / 'o')
   with pytest.raises(ValueError, match='needs --clip_seconds'):
     convert.convert(videos, out, progress=False, clip_stride=1.0)
@@ -373,8 +380,8 @@ def test_clip_frame_ranges_and_flag_errors(tmp_path):
 
 
 def test_clips_carry_their_own_flow_frames(tmp_path):
-  path = convert.write_test_video(str(tmp_path / 'f.mp4'), _frames(50))
-  result = convert.convert_one(path, short_side=0, flow_method='farneback', clip_seconds=1.0)
+  path = media_writers.write_test_video(str(tmp_path / 'f.mp4'), _frames(50))
+  result = convert_file.convert_one(path, short_side=0, flow_method='farneback', clip_seconds=1.0)
   assert result.error is None and result.serialized is None and len(result.clips) == 2
   for serialized in result.clips:
     seq = tf.train.SequenceExample.FromString(serialized)
@@ -395,7 +402,7 @@ def test_audio_outlasting_video_is_not_called_truncated(tmp_path, name, codec, a
   src = tmp_path / 'v' / name
   src.parent.mkdir()
   t = np.arange(int(3.0 * rate)) / rate
-  convert.write_test_video(str(src), _frames(50), fps=25, codec=codec, audio_codec=audio_codec,
+  media_writers.write_test_video(str(src), _frames(50), fps=25, codec=codec, audio_codec=audio_codec,
                            audio=(0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32),
                            audio_rate=rate)
   summary = convert.convert(str(tmp_path / 'v'), str(tmp_path / 'out'), num_shards=1,
@@ -409,14 +416,14 @@ def test_audio_outlasting_video_is_not_called_truncated(tmp_path, name, codec, a
 def test_truncation_note_compares_the_container_length_with_the_audio():
   """A video stream without a length of its own: only a file whose audio stops short of the
   container's length too is called cut short (negative control for the test above)."""
-  video = convert.DecodedVideo(frames=[0] * 50, fps=25, duration_s=2.0, start_s=0.0,
+  video = media.DecodedVideo(frames=[0] * 50, fps=25, duration_s=2.0, start_s=0.0,
                                source_fps=25, num_decoded=50, container_duration_s=3.29)
-  ran_on = convert.DecodedAudio(np.zeros(int(3.29 * RATE), np.float32), RATE, 0.0)
-  cut = convert.DecodedAudio(np.zeros(2 * RATE, np.float32), RATE, 0.0)
-  assert convert.truncation_note(video, ran_on, 'x.flv') == []
-  [note] = convert.truncation_note(video, cut, 'x.flv')
+  ran_on = media.DecodedAudio(np.zeros(int(3.29 * RATE), np.float32), RATE, 0.0)
+  cut = media.DecodedAudio(np.zeros(2 * RATE, np.float32), RATE, 0.0)
+  assert media.truncation_note(video, ran_on, 'x.flv') == []
+  [note] = media.truncation_note(video, cut, 'x.flv')
   assert 'x.flv: decoded 2.00s of video but the file declares 3.29s' in note
-  assert 'truncated' in convert.truncation_note(video, None, 'x.flv')[0]
+  assert 'truncated' in media.truncation_note(video, None, 'x.flv')[0]
 
 
 @pytest.mark.parametrize('policy', ['drop', 'pad'])
@@ -426,7 +433,7 @@ def test_clips_whose_audio_ends_early_are_dropped_or_padded(tmp_path, policy):
   or padded with silence (--short_audio_clips=pad), and the summary says how many."""
   src = tmp_path / 'v' / 'tail.mp4'
   src.parent.mkdir()
-  convert.write_test_video(str(src), _frames(125), fps=25, audio=_sine(3.0))  # 5 s, audio 3 s.
+  media_writers.write_test_video(str(src), _frames(125), fps=25, audio=_sine(3.0))  # 5 s, audio 3 s.
   out = tmp_path / 'out'
   rc = convert.main([f'--videos={src.parent}', f'--output_dir={out}', '--clip_seconds=1',
                      '--short_side=32', '--no_progress', f'--short_audio_clips={policy}'])
@@ -450,8 +457,8 @@ def test_clips_all_without_audio_are_skipped_by_name(tmp_path):
   option keeping them, and the other video of the run still converts."""
   root = tmp_path / 'v'
   root.mkdir()
-  convert.write_test_video(str(root / 'early.mp4'), _frames(50), fps=25, audio=_sine(0.3))
-  convert.write_test_video(str(root / 'fine.mp4'), _frames(50), fps=25, audio=_sine(2.0))
+  media_writers.write_test_video(str(root / 'early.mp4'), _frames(50), fps=25, audio=_sine(0.3))
+  media_writers.write_test_video(str(root / 'fine.mp4'), _frames(50), fps=25, audio=_sine(2.0))
   summary = convert.convert(str(root), str(tmp_path / 'out'), clip_seconds=1.0, progress=False,
                             short_side=32)
   assert summary.converted == 1 and summary.records == 2
@@ -467,11 +474,11 @@ def test_files_with_unlisted_extensions_are_named_with_the_flag(tmp_path, capsys
   Now each left-out file is named with its reason and the flag that adds it."""
   root = tmp_path / 'v'
   (root / 'cls').mkdir(parents=True)
-  convert.write_test_video(str(root / 'cls' / 'a.mp4'), _frames(25), fps=25)
-  convert.write_test_video(str(root / 'cls' / 'b.m1v'), _frames(25), fps=25, codec='mpeg1video')
+  media_writers.write_test_video(str(root / 'cls' / 'a.mp4'), _frames(25), fps=25)
+  media_writers.write_test_video(str(root / 'cls' / 'b.m1v'), _frames(25), fps=25, codec='mpeg1video')
   (root / 'cls' / 'c.rm').write_bytes(b'.RMF' + bytes(60))
   (root / 'cls' / 'd.swf').write_bytes(b'FWS' + bytes(60))
-  convert.write_test_audio(str(root / 'cls' / 'e.wav'), _sine(0.2))
+  media_writers.write_test_audio(str(root / 'cls' / 'e.wav'), _sine(0.2))
   (root / '.DS_Store').write_bytes(b'\0' * 8)  # Hidden: ignored without a word.
   out = tmp_path / 'out'
   assert convert.main([f'--videos={root}', f'--output_dir={out}', '--short_side=32',
@@ -499,7 +506,7 @@ def test_slightly_clipped_audio_is_counted_loud_clipping_named(tmp_path):
   root.mkdir()
   for name, peak in (('slight1.wav', 1.02), ('slight2.wav', 1.05), ('loud.wav', 1.6),
                      ('fine.wav', 0.5)):
-    convert.write_test_audio(str(root / name), np.full(4800, peak, np.float32) *
+    media_writers.write_test_audio(str(root / name), np.full(4800, peak, np.float32) *
                              np.sign(np.sin(np.arange(4800) / 7.0)).astype(np.float32),
                              codec='pcm_f32le')
   summary = convert.convert(str(root), str(tmp_path / 'out'), audio_only=True, progress=False)
@@ -517,7 +524,7 @@ def test_text_file_named_wav_is_called_not_an_audio_file(tmp_path):
   root = tmp_path / 'a'
   root.mkdir()
   (root / 'page.wav').write_text('<!DOCTYPE html><html>404 Not Found</html>\n')
-  convert.write_test_audio(str(root / 'good.wav'), _sine(0.3))
+  media_writers.write_test_audio(str(root / 'good.wav'), _sine(0.3))
   summary = convert.convert(str(root), str(tmp_path / 'out'), audio_only=True, progress=False)
   assert summary.converted == 1
   [skipped] = summary.skipped
@@ -535,7 +542,7 @@ def _held_video(path: str) -> str:
   """4 s at 25 fps whose frames 1.0-3.0 s never decode (a 2 s timestamp gap): the decoder holds
   the last frame over the gap, as with Theora packets that fail."""
   times = [i / 25 for i in range(25)] + [3.0 + i / 25 for i in range(25)]
-  return convert.write_test_video(path, _frames(50), fps=25, timestamps_s=times, audio=_sine(4.0))
+  return media_writers.write_test_video(path, _frames(50), fps=25, timestamps_s=times, audio=_sine(4.0))
 
 
 def test_clips_of_held_frames_are_counted_and_dropped_over_the_threshold(tmp_path):
@@ -544,7 +551,7 @@ def test_clips_of_held_frames_are_counted_and_dropped_over_the_threshold(tmp_pat
   root = tmp_path / 'v'
   root.mkdir()
   _held_video(str(root / 'held.mp4'))
-  video = convert.decode_video(str(root / 'held.mp4'), 25, 32)
+  video = media.decode_video(str(root / 'held.mp4'), 25, 32)
   assert video.held_fraction(0, 25) == 0 and video.held_fraction(25, 75) > 0.9
   assert video.held_fraction(75, 100) == 0
   kept = convert.convert(str(root), str(tmp_path / 'kept'), clip_seconds=1.0, progress=False,
@@ -566,9 +573,9 @@ def test_clips_of_held_frames_are_counted_and_dropped_over_the_threshold(tmp_pat
 
 def test_summary_counts_short_records_that_the_pipelines_loop():
   """Videos shorter than one clip are kept whole; the summary counts them (they get looped)."""
-  summary = convert.Summary(prefix='p', clip_seconds=2.0)
-  summary.add(convert.Result('short.mp4', None, clips=[b'x'], record_seconds=[0.8]))
-  summary.add(convert.Result('long.mp4', None, clips=[b'x', b'y'], record_seconds=[2.0, 2.0]))
+  summary = convert_summary.Summary(prefix='p', clip_seconds=2.0)
+  summary.add(convert_file.Result('short.mp4', None, clips=[b'x'], record_seconds=[0.8]))
+  summary.add(convert_file.Result('long.mp4', None, clips=[b'x', b'y'], record_seconds=[2.0, 2.0]))
   assert summary.looped_short_records == 1 and summary.shortest_record_seconds == 0.8
   assert summary.records == 3 and summary.converted == 2
   text = summary.text()

@@ -21,6 +21,8 @@ from brave_jax.data import pipeline
 from brave_jax.data import reader
 from brave_jax.data import tfrecord
 
+import media_writers
+
 T, H, W = 12, 24, 32
 
 
@@ -62,7 +64,7 @@ def _offsets(path):
 def _video(path, seed=0):
   path.parent.mkdir(parents=True, exist_ok=True)
   frames = np.random.default_rng(seed).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
-  return convert.write_test_video(str(path), frames, fps=25)
+  return media_writers.write_test_video(str(path), frames, fps=25)
 
 
 def _tree(folder):

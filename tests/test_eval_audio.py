@@ -10,9 +10,11 @@ from brave_jax import evaluate
 from brave_jax import published
 from brave_jax.data import convert
 from brave_jax.data import dmvr_format
+from brave_jax.data import listing
 from brave_jax.data import pipeline
 from brave_jax.eval import audio
 import eval_test_utils
+import media_writers
 
 RATE = 48000
 
@@ -28,7 +30,7 @@ def test_convert_audio_only_files_with_multi_labels(tmp_path):
   files = {'a.wav': _tone(440, 0.5), 'b.flac': _tone(660, 0.3), 'c.mp3': _tone(880, 0.4),
            'd.ogg': _tone(330, 0.4)}
   for name, wave in files.items():
-    convert.write_test_audio(str(media / name), wave)
+    media_writers.write_test_audio(str(media / name), wave)
   csv_path = tmp_path / 'meta.csv'
   csv_path.write_text('YTID,labels,extra\n' + '\n'.join(
       [f'{n},{l},x' for n, l in zip(files, ['dog;bark', 'cat', 'dog', 'bark;cat;dog'])]) + '\n')
@@ -52,10 +54,10 @@ def test_convert_audio_only_files_with_multi_labels(tmp_path):
   assert abs(len(by_id['c.mp3'][1]) / RATE - 0.4) < 0.06  # mp3/opus pad by a frame or so.
   # A folder of audio files: labels from sub-folders; video-only listing ignores them.
   (media / 'dog').mkdir()
-  convert.write_test_audio(str(media / 'dog' / 'x.wav'), _tone(500, 0.2))
-  assert [l for _, _, l in convert.list_folder(str(media), convert.AUDIO_EXTENSIONS)] == \
+  media_writers.write_test_audio(str(media / 'dog' / 'x.wav'), _tone(500, 0.2))
+  assert [l for _, _, l in listing.list_folder(str(media), listing.AUDIO_EXTENSIONS)] == \
       [None, None, None, None, 'dog']
-  assert not [p for p, _, _ in convert.list_folder(str(media)) if p.endswith('.wav')]
+  assert not [p for p, _, _ in listing.list_folder(str(media)) if p.endswith('.wav')]
 
 
 def _audio_shards(directory, clips):
@@ -210,7 +212,7 @@ def _nested_speech(tmp_path):
       for ki, name in enumerate(('k.ogg', 'm.ogg')):
         rel = f'{lang}/{word}/{name}'
         (media / lang / word).mkdir(parents=True, exist_ok=True)
-        convert.write_test_audio(str(media / rel), _tone(300 + 100 * li + 37 * ki, 0.3))
+        media_writers.write_test_audio(str(media / rel), _tone(300 + 100 * li + 37 * ki, 0.3))
         fold = str(1 + (li + wi + ki) % 3)
         folds[rel] = fold
         rows.append(f'{rel},{fold},{lang}')

@@ -13,6 +13,7 @@ from brave_jax.data import convert
 from brave_jax.eval import retrieval
 
 import eval_test_utils
+import media_writers
 
 
 def _unit(x):
@@ -68,7 +69,7 @@ def clip_setup(tmp_path_factory):
     frames = np.clip(level + 30 * rng.normal(size=(100, 40, 48, 3)), 0, 255).astype(np.uint8)
     t = np.arange(4 * 48000) / 48000
     wave = (0.4 * np.sin(2 * np.pi * pitch * (1 + 0.1 * t) * t)).astype(np.float32)
-    convert.write_test_video(str(root / 'videos' / f'v{v}.mp4'), frames, audio=wave)
+    media_writers.write_test_video(str(root / 'videos' / f'v{v}.mp4'), frames, audio=wave)
   summary = convert.convert(str(root / 'videos'), str(root / 'clips'), prefix='test',
                             short_side=40, clip_seconds=1.6, progress=False)
   assert summary.clips_per_source == {'v0.mp4': 2, 'v1.mp4': 2}
@@ -136,7 +137,7 @@ def test_audio_only_shards_fail_fast_saying_they_hold_no_frames(tmp_path, capsys
   (tmp_path / 'audio').mkdir()
   for i in range(3):
     t = np.arange(24000) / 48000
-    convert.write_test_audio(str(tmp_path / 'audio' / f'{i}.wav'),
+    media_writers.write_test_audio(str(tmp_path / 'audio' / f'{i}.wav'),
                              (0.3 * np.sin(2 * np.pi * 300 * (i + 1) * t)).astype(np.float32))
   shards = convert.convert(str(tmp_path / 'audio'), str(tmp_path / 'shards'), prefix='speech',
                            audio_only=True, progress=False).shards

@@ -17,7 +17,9 @@ from brave_jax.data import pipeline
 from brave_jax.data import reader
 from brave_jax.models import brave
 from brave_jax.train import optimizer as optimizer_lib
+
 from conftest import config_path
+import media_writers
 
 H, W = 48, 64
 QUANT_PX = dmvr_format.FLOW_CLIP_PX / 127.5  # One stored flow level in pixels.
@@ -236,7 +238,7 @@ def test_convert_flow_writes_one_flow_frame_per_frame_with_method(tmp_path):
   frames = np.stack([np.roll(_texture(H, W), 2 * k, axis=1) for k in range(t)])
   src = tmp_path / 'videos' / 'moving' / 'clip.mp4'
   src.parent.mkdir(parents=True)
-  convert.write_test_video(str(src), np.clip(frames, 0, 255).astype(np.uint8), fps=25)
+  media_writers.write_test_video(str(src), np.clip(frames, 0, 255).astype(np.uint8), fps=25)
   out = tmp_path / 'shards'
   rc = convert.main([f'--videos={tmp_path / "videos"}', f'--output_dir={out}', '--prefix=train',
                      '--short_side=0', '--flow', '--flow_method=dis', '--no_progress'])

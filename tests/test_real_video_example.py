@@ -14,6 +14,7 @@ import pytest
 from brave_jax.data import convert
 
 import conftest
+import media_writers
 
 
 def _load_example():
@@ -102,7 +103,7 @@ def test_cut_generated_videos_and_write_the_split(tmp_path):
   for name, seconds in (('a.mp4', 8), ('b.mp4', 4)):
     frames = rng.integers(0, 255, size=(25 * seconds, 32, 40, 3), dtype=np.uint8)
     wave = (0.3 * np.sin(np.arange(48000 * seconds) / 20)).astype(np.float32)
-    convert.write_test_video(str(tmp_path / 'media' / name), frames, audio=wave)
+    media_writers.write_test_video(str(tmp_path / 'media' / name), frames, audio=wave)
   convert.convert(str(tmp_path / 'media'), str(tmp_path / 'clips'), prefix='clips',
                   short_side=32, clip_seconds=1.0, progress=False)
   clips = example.read_clips(str(tmp_path / 'clips'))
@@ -125,7 +126,7 @@ def test_main_runs_every_stage_on_local_media(tmp_path, monkeypatch):
   (tmp_path / 'media').mkdir()
   frames = rng.integers(0, 255, size=(25 * 10, 32, 40, 3), dtype=np.uint8)
   wave = (0.3 * np.sin(np.arange(48000 * 10) / 20)).astype(np.float32)
-  convert.write_test_video(str(tmp_path / 'media' / 'a.mp4'), frames, audio=wave)
+  media_writers.write_test_video(str(tmp_path / 'media' / 'a.mp4'), frames, audio=wave)
   commands = []
 
   def fake_run(cmd, what):

@@ -230,11 +230,6 @@ def color_jitter(x_TxHxWx3: tf.Tensor, brightness_delta: tf.Tensor, saturation_f
                            hue_delta, no)
 
 
-def to_grayscale(x_TxHxWx3: tf.Tensor) -> tf.Tensor:
-  """tf.image.rgb_to_grayscale tiled to three channels (the published colour drop)."""
-  return _flip_gray(x_TxHxWx3, tf.constant(False))
-
-
 class ColorDraw(NamedTuple):
   """One clip's colour draws: jitter?, its four strengths, greyscale?"""
   jitter: tf.Tensor

@@ -18,27 +18,17 @@ None of this holds if the shard files, the process count or data.* change
 between the runs; a data source other than these TFRecord shards (e.g. TFDS)
 is exact only if it, too, makes the batch a pure function of the step.
 
-Bad data. A record that fails its CRC, does not parse, has a frame that does
-not decode, or lacks audio/flow the config needs raises inside its slot's
-one-element dataset; the error is caught there and the slot yields a flagged
-placeholder instead, so batches stay aligned to slots (and all-bad data still
-yields, rather than spinning), and the batch's bad rows are replaced by
-copies of its good rows (BraVe's loss is per example, so a copy only weighs
-that clip twice). `DataIterator` counts bad slots, warns (rate-limited) naming
-file and record, and stops the run with `reader.BadDataError` naming the
-shards once more than config.data.max_bad_record_fraction of the records, or
-more than config.data.max_consecutive_bad_records in a row, failed (or every
-record of a batch did). Damage found while indexing (a cut-short last
-record, a corrupted stretch) counts toward the same budget.
+Every builder (training, evaluation, fine-tuning, audio evaluation, TFDS) runs
+the same chain, `_batches`: a stream of slots -> each slot's example, made in
+parallel -> bad records handled -> batches -> (devices) -> prefetch. Each
+builder only supplies its slots, its per-example function and how bad records
+are handled (`bad_records`: the budget, its warnings and the iterators).
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
-import time
-import weakref
 from typing import Any, Callable
 
 import ml_collections
@@ -46,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from brave_jax.data import augment
+from brave_jax.data import bad_records
 from brave_jax.data import decode
 from brave_jax.data import reader
 from brave_jax.data import sampling
@@ -53,179 +44,9 @@ from brave_jax.data import spectrogram
 from brave_jax.data import tfds_reader
 from brave_jax.data import tfrecord
 
-_INDEX = '_index'  # The example's slot: position in the (train) or this (eval) record stream.
-_ENTRY = '_entry'  # Its record: position in the ShardIndex.
-_VALID = '_valid'  # False for a placeholder of a slot whose record failed.
-_PRIVATE = (_INDEX, _ENTRY, _VALID)
 _NEVER = 1 << 62  # End of the endless training slot range.
 Source = reader.ShardSpec | tfds_reader.TfdsSplit  # Labelled clips for evaluation, fine-tuning.
 _DEFAULT_PARALLELISM = max(4, 2 * (os.cpu_count() or 1))  # Examples in flight (AUTOTUNE: -1).
-_MIN_RECORDS_FOR_FRACTION = 100  # The fraction budget allows fraction * max(read, this) failures.
-_WARN_FIRST = 10  # Bad records warned about one by one; later ones in a summary line ...
-_WARN_EVERY_S = 60.0  # ... at most this often.
-
-
-class _BadRecordMonitor:
-  """Counts bad records, warns about them (rate-limited, naming file and record), applies the budget."""
-
-  def __init__(self, index: reader.ShardIndex, reasons: dict[int, str], *, what: str,
-               max_fraction: float, max_consecutive: int, needs: dict[str, str]):
-    self._index = index
-    self._reasons = reasons
-    self._what = what
-    self._max_fraction = max_fraction
-    self._max_consecutive = max_consecutive
-    self._needs = needs
-    self.read = 0
-    self.bad = 0
-    self.consecutive = 0
-    self._bad_files: dict[str, int] = {}
-    self._examples: list[str] = []
-    self._unreported = 0
-    self._last_report = time.monotonic()
-
-  def reason(self, entry: int) -> str:
-    """Why record `entry` failed: the read error, else a diagnosis of its bytes."""
-    if entry in self._reasons:
-      return self._reasons[entry]
-    rd = self._index.reader()
-    try:
-      serialized = self._index.read(rd, entry)
-    except tfrecord.RecordError as e:
-      return str(e)
-    finally:
-      rd.close()
-    try:
-      example = tf.train.SequenceExample.FromString(serialized)
-    except Exception:  # pylint: disable=broad-except
-      return 'bytes do not parse as a tf.train.SequenceExample'
-    lists = example.feature_lists.feature_list
-    for name, key in dict(video='image/encoded', **self._needs).items():
-      if not lists[key].feature:
-        return f'no {name} ({key}) in the record'
-    return 'a sampled frame did not decode (corrupt JPEG?)'
-
-  def observe(self, rows: list[tuple[bool, int]]) -> None:
-    """Counts records in stream order as (ok, entry) and applies the budget."""
-    for ok, entry in rows:
-      self.read += 1
-      if ok:
-        self.consecutive = 0
-        continue
-      self.bad += 1
-      self.consecutive += 1
-      path = self._index.files[int(self._index.file_id[entry])]
-      self._bad_files[path] = self._bad_files.get(path, 0) + 1
-      if self.bad <= _WARN_FIRST:
-        line = f'{self._index.describe(entry)}: {self.reason(entry)}'
-        self._examples.append(line)
-        logging.warning('skipped bad %s record (%d so far): %s', self._what, self.bad, line)
-      else:
-        self._unreported += 1
-    now = time.monotonic()
-    if self._unreported and now - self._last_report > _WARN_EVERY_S:
-      logging.warning('%d more bad %s records skipped (%d of %d read so far, in %d shard(s))',
-                      self._unreported, self._what, self.bad, self.read, len(self._bad_files))
-      self._unreported, self._last_report = 0, now
-    self.check()
-
-  def check(self) -> None:
-    """Raises BadDataError when the failures so far (and damage found indexing) are over budget."""
-    lost = self._index.lost_records
-    bad, read = self.bad + lost, self.read + lost
-    over_fraction = bad > self._max_fraction * max(read, _MIN_RECORDS_FOR_FRACTION)
-    over_run = self.consecutive > self._max_consecutive
-    if over_fraction or over_run:
-      self.fail(f'{bad} of {read} {self._what} records failed'
-                + (f', {self.consecutive} in a row' if over_run else '')
-                + f' (budget: more than data.max_bad_record_fraction='
-                f'{self._max_fraction:g} of them, or more than '
-                f'data.max_consecutive_bad_records={self._max_consecutive} in a row)')
-
-  def fail(self, headline: str) -> None:
-    worst = sorted(self._bad_files.items(), key=lambda kv: -kv[1])
-    files = ', '.join(f'{p} ({n})' for p, n in worst[:5])
-    more = f' and {len(worst) - 5} more' if len(worst) > 5 else ''
-    damage = '; '.join(d.describe() for d in self._index.damage[:3])
-    examples = ' | '.join(self._examples[:3])
-    raise reader.BadDataError(
-        f'{headline}. Shards with failures (count): {files or "none"}{more}. '
-        + (f'Damage found when indexing: {damage}. ' if damage else '')
-        + (f'First failures: {examples}. ' if examples else '')
-        + 'Fix or remove these shards (reconvert the videos), or raise the budget in config.data.')
-
-
-class DataIterator:
-  """Iterator of numpy batches that also reports how many records were skipped as bad."""
-
-  def __init__(self, dataset: tf.data.Dataset, monitor: _BadRecordMonitor, *,
-               first_slot: int = 0, total_slots: int | None = None,
-               entry_of_slot: Callable[[int], int] | None = None):
-    self.dataset = dataset
-    self._iterator = iter(dataset)
-    _LIVE_ITERATORS.add(self)
-    self._monitor = monitor
-    self._lost_at_index = monitor._index.lost_records  # pylint: disable=protected-access
-    self._next_slot = first_slot  # Eval: slots missing before this one were dropped.
-    self._total_slots = total_slots
-    self._entry_of_slot = entry_of_slot
-
-  def __iter__(self) -> 'DataIterator':
-    return self
-
-  def __next__(self) -> dict[str, Any]:
-    if self._iterator is None:
-      raise StopIteration
-    try:
-      batch = tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
-    except StopIteration:
-      if self._total_slots is not None and self._next_slot < self._total_slots:
-        self._dropped_until(self._total_slots, 0)  # Bad records after the last good one.
-      raise
-    slots = batch.pop(_INDEX).reshape(-1)
-    entries = batch.pop(_ENTRY).reshape(-1)
-    valid = batch.pop(_VALID, None)
-    if valid is not None:  # Training: every slot is present, bad ones flagged.
-      valid = valid.reshape(-1)
-      self._monitor.observe([(bool(v), int(e)) for v, e in zip(valid, entries)])
-      if not valid.any():
-        self._monitor.fail(f'all {valid.size} records of the batch at slots {int(slots[0])}..'
-                           f'{int(slots[-1])} failed, so it has nothing to fill them from')
-    else:  # Evaluation: dropped slots are the gaps between the ones that arrive.
-      for slot in np.unique(slots):
-        self._dropped_until(int(slot), 1)
-    return batch
-
-  def _dropped_until(self, slot: int, ok: int) -> None:
-    if slot < self._next_slot:
-      return  # Another row (crop) of a record already counted.
-    rows = [(False, self._entry_of_slot(m)) for m in range(self._next_slot, slot)]
-    self._monitor.observe(rows + [(True, -1)] * ok)
-    self._next_slot = max(self._next_slot, slot + 1)
-
-  def close(self) -> None:
-    """Stops the pipeline's threads now (also done for every live iterator at exit)."""
-    self._iterator = None
-
-  def skipped_records(self) -> int:
-    """Records dropped so far (unreadable, unparseable, undecodable, missing needed audio/flow)."""
-    return self._monitor.bad + self._lost_at_index
-
-
-_LIVE_ITERATORS: 'weakref.WeakSet[DataIterator]' = weakref.WeakSet()
-
-
-@atexit.register
-def _close_live_iterators() -> None:
-  """Closes pipelines before the interpreter finalizes.
-
-  Records are read by Python (tf.numpy_function) on tf.data's threads; an
-  iterator still alive at interpreter shutdown (e.g. held by the traceback of
-  the error that ended the run) would wait for a thread that can no longer
-  take the GIL, and the process would hang instead of exiting.
-  """
-  for iterator in list(_LIVE_ITERATORS):
-    iterator.close()
 
 
 def _seed_ints(*parts: int) -> tuple[int, int]:
@@ -375,27 +196,13 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
                                            win['looped_frames'])
         broad[m] = tf.ensure_shape(spectrogram.from_config(wave, d),
                                    [audio_num_frames(config), d.audio.num_mel_bins])
-    return {'narrow': {'video': narrow}, 'broad': broad, 'label': ex['label'], _INDEX: index}
+    return {'narrow': {'video': narrow}, 'broad': broad, 'label': ex['label'],
+            bad_records.INDEX: index}
   return fn
 
 
 # ---------------------------------------------------------------------------
-# Training.
-
-def _budget_monitor(config: ml_collections.ConfigDict, index: reader.ShardIndex, what: str,
-                    reasons: dict[int, str], needs: dict[str, str]) -> _BadRecordMonitor:
-  monitor = _BadRecordMonitor(index, reasons, what=what,
-                              max_fraction=float(config.data.max_bad_record_fraction),
-                              max_consecutive=int(config.data.max_consecutive_bad_records),
-                              needs=needs)
-  monitor.check()  # Damage found while indexing may already be over budget.
-  return monitor
-
-
-def _needed_features(modalities) -> dict[str, str]:
-  keys = {'audio': 'WAVEFORM/feature/floats', 'flow': 'flow/encoded'}
-  return {m: keys[m] for m in modalities if m in keys}
-
+# The chain every builder shares.
 
 def _record_reader(index: reader.ShardIndex) -> tuple[Callable[[tf.Tensor], tf.Tensor],
                                                       dict[int, str]]:
@@ -424,6 +231,14 @@ def _record_reader(index: reader.ShardIndex) -> tuple[Callable[[tf.Tensor], tf.T
   return read, reasons
 
 
+def _read_with_budget(config: ml_collections.ConfigDict, index: reader.ShardIndex, what: str,
+                      needs: dict[str, str]
+                      ) -> tuple[Callable[[tf.Tensor], tf.Tensor], bad_records.BadRecordMonitor]:
+  """The record reader of an indexed shard set and the budget its failures count against."""
+  read, reasons = _record_reader(index)
+  return read, bad_records.budget_monitor(config, index, what, reasons, needs)
+
+
 def _slot_to_entry(num_records: int, shuffle_seed: tf.Tensor) -> Callable[[tf.Tensor], tf.Tensor]:
   """Slot g -> index entry: position g mod N in epoch g // N's permutation (a pure function)."""
   n = tf.constant(num_records, tf.int64)
@@ -434,42 +249,102 @@ def _slot_to_entry(num_records: int, shuffle_seed: tf.Tensor) -> Callable[[tf.Te
   return entry
 
 
-def _example_or_placeholder(example: Callable[[tf.Tensor], dict[str, Any]],
-                            entry_of: Callable[[tf.Tensor], tf.Tensor]):
-  """slot -> a one-element dataset: the slot's example, or if it raised, a flagged placeholder.
+def _to_devices(num_local_devices: int, per_device: int) -> Callable[[dict[str, Any]], Any]:
+  """[per_host, ...] -> [local_devices, per_device, ...] per feature; bookkeeping keys stay flat."""
+  def to_devices(batch):
+    def reshape(x):
+      return tf.reshape(x, tf.concat([[num_local_devices, per_device], tf.shape(x)[1:]], 0))
+    out = tf.nest.map_structure(
+        reshape, {k: v for k, v in batch.items() if k not in bad_records.PRIVATE})
+    out.update({k: batch[k] for k in bad_records.PRIVATE if k in batch})
+    return out
+  return to_devices
 
-  Catching the error per slot (rather than dropping failures from the whole
-  stream) keeps each batch aligned to its slots, and a stream in which every
-  record fails still yields (placeholders) instead of spinning forever.
+
+def _batches(config: ml_collections.ConfigDict, slots: tf.data.Dataset,
+             example: Callable[..., dict[str, Any]], *, batch_size: int,
+             entry_of: Callable[[tf.Tensor], tf.Tensor] | None = None, log_bad: bool = False,
+             unbatch: bool = False, devices: tuple[int, int] | None = None,
+             prefetch: int = 2) -> tf.data.Dataset:
+  """slots -> examples (in parallel, in order) -> bad records handled -> batches -> prefetch.
+
+  With `entry_of` (the endless shard streams) a slot whose record fails yields a
+  flagged placeholder and its row is refilled from the batch's good rows
+  (`bad_records.fill_bad_rows`); without it the failing slot is dropped
+  (`log_bad`: tf.data logs it, for TFDS streams, which have no record to
+  name), and `unbatch` flattens examples that give several rows (test crops,
+  audio windows). `devices` (local devices, per device) shapes each batch for
+  pmap, dropping a last partial batch.
   """
-  def one(slot):
-    good = tf.data.Dataset.from_tensors(slot).map(example).ignore_errors()
-    spec = good.element_spec
+  parallel = _parallel(config)
+  if entry_of is not None:
+    cycle = _DEFAULT_PARALLELISM if parallel == tf.data.AUTOTUNE else parallel
+    ds = slots.interleave(bad_records.example_or_placeholder(example, entry_of), block_length=1,
+                          cycle_length=cycle, num_parallel_calls=parallel, deterministic=True)
+  else:
+    ds = slots.map(example, num_parallel_calls=parallel, deterministic=True)
+    ds = ds.ignore_errors(log_warning=log_bad)  # Shard streams: DataIterator names the record.
+    if unbatch:
+      ds = ds.unbatch()
+  ds = ds.batch(batch_size, drop_remainder=devices is not None)
+  if entry_of is not None:
+    ds = ds.map(bad_records.fill_bad_rows)
+  if devices is not None:
+    ds = ds.map(_to_devices(*devices))
+  return _options(ds.prefetch(prefetch))
 
-    def placeholder(slot):
-      out = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
-      out.update({_INDEX: slot, _ENTRY: entry_of(slot)})
-      return dict(out, **{_VALID: tf.constant(False)})
-    good = good.map(lambda element: dict(element, **{_VALID: tf.constant(True)}))
-    return good.concatenate(tf.data.Dataset.from_tensors(slot).map(placeholder)).take(1)
-  return one
+
+def _endless_shard_batches(config: ml_collections.ConfigDict, index: reader.ShardIndex, *,
+                           what: str, needs: dict[str, str],
+                           example_fn: Callable[[tf.Tensor, tf.Tensor], dict[str, Any]],
+                           shuffle_seed: tf.Tensor, per_host: int, per_device: int,
+                           num_local_devices: int, start_step: int) -> bad_records.DataIterator:
+  """Training and fine-tuning from shards: slot g reads the record `_slot_to_entry` picks."""
+  read, monitor = _read_with_budget(config, index, what, needs)
+  entry_of = _slot_to_entry(len(index), shuffle_seed)
+
+  def example(slot):
+    entry = entry_of(slot)
+    return dict(example_fn(slot, read(entry)), **{bad_records.ENTRY: entry})
+
+  first_slot = start_step * per_host
+  ds = _batches(config, tf.data.Dataset.range(first_slot, _NEVER), example, batch_size=per_host,
+                entry_of=entry_of, devices=(num_local_devices, per_device),
+                prefetch=config.data.prefetch)
+  return bad_records.DataIterator(ds, monitor, first_slot=first_slot)
 
 
-def _fill_bad_rows(batch: dict[str, Any]) -> dict[str, Any]:
-  """Replaces the rows of failed slots by copies of the batch's good rows (cycling through them)."""
-  valid = batch[_VALID]
-  num_valid = tf.reduce_sum(tf.cast(valid, tf.int32))
-  size = tf.size(valid)
+def _finite_shard_iterator(ds: tf.data.Dataset, monitor: bad_records.BadRecordMonitor,
+                           num_records: int, passes: int = 1) -> bad_records.DataIterator:
+  """Evaluation streams: slot m is record m mod N; missing slots were dropped as bad."""
+  return bad_records.DataIterator(ds, monitor, total_slots=num_records * passes,
+                                  entry_of_slot=lambda slot: slot % num_records)
 
-  def fill():
-    good = tf.cast(tf.where(valid)[:, 0], tf.int32)
-    bad_rank = tf.cumsum(1 - tf.cast(valid, tf.int32)) - 1
-    source = tf.where(valid, tf.range(size), tf.gather(good, bad_rank % num_valid))
-    return {k: (v if k in _PRIVATE else tf.nest.map_structure(lambda x: tf.gather(x, source), v))
-            for k, v in batch.items()}
-  # All good: no copy. None good: left as is; DataIterator stops the run.
-  return tf.cond(tf.logical_and(num_valid > 0, num_valid < size), fill, lambda: batch)
 
+def per_host_and_device(batch_size: int, process_count: int, num_local_devices: int,
+                        field: str) -> tuple[int, int]:
+  """(per-host, per-device) shares of a global batch; ValueError naming `field` if uneven.
+
+  The one place the data pipelines check that a batch splits over processes and devices.
+  """
+  shards = process_count * num_local_devices
+  if batch_size % shards:
+    raise ValueError(f'{field}={batch_size} does not split evenly over {process_count} '
+                     f'process(es) x {num_local_devices} device(s); use a multiple of {shards}')
+  per_host = batch_size // process_count
+  return per_host, per_host // num_local_devices
+
+
+def _local_device_count(num_local_devices: int | None) -> int:
+  """`num_local_devices`, else JAX's local device count (JAX imported only when needed)."""
+  if num_local_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    num_local_devices = jax.local_device_count()
+  return num_local_devices
+
+
+# ---------------------------------------------------------------------------
+# Training.
 
 def warn_if_smaller_than_batch(num_records: int, per_host_batch: int,
                                files: list[str]) -> bool:
@@ -492,7 +367,7 @@ def warn_if_smaller_than_batch(num_records: int, per_host_batch: int,
 def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSpec, *,
                        process_index: int = 0, process_count: int = 1,
                        num_local_devices: int | None = None, seed: int | None = None,
-                       start_step: int = 0) -> DataIterator:
+                       start_step: int = 0) -> bad_records.DataIterator:
   """Endless iterator of this host's training batches, shaped [local_devices, per_device, ...].
 
   The batch for step s is a pure function of (seed, process layout, shards, s)
@@ -502,54 +377,20 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
   the hosts fails immediately, naming the path.
   """
   limit_tf_op_threads(config.data.tf_intra_op_threads)
-  if num_local_devices is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    num_local_devices = jax.local_device_count()
-  global_batch = config.training.batch_size
-  if global_batch % process_count:
-    raise ValueError(f'config.training.batch_size={global_batch} does not split over '
-                     f'{process_count} processes; use a multiple of {process_count}')
-  per_host = global_batch // process_count
-  if per_host % num_local_devices:
-    raise ValueError(f'config.training.batch_size={global_batch} gives {per_host} per host, '
-                     f'not divisible by {num_local_devices} local devices')
-  per_device = per_host // num_local_devices
+  num_local_devices = _local_device_count(num_local_devices)
+  per_host, per_device = per_host_and_device(config.training.batch_size, process_count,
+                                             num_local_devices, 'config.training.batch_size')
   files = reader.split_for_process(reader.list_shards(shards), process_index, process_count)
   index = reader.index_shards(files)
   warn_if_smaller_than_batch(len(index), per_host, files)
   modalities = config.data.broad_modalities
   reader.check_features(index, flow='flow' in modalities, audio='audio' in modalities)
-  seed = config.seed if seed is None else seed
-  host_seed = seed + process_index
-  shuffle_seed = tf.constant(_seed_ints(host_seed, 1), tf.int64)
-  example_seed = tf.constant(_seed_ints(host_seed, 2), tf.int64)
-  read, reasons = _record_reader(index)
-  monitor = _budget_monitor(config, index, 'training', reasons, _needed_features(modalities))
-  entry_of = _slot_to_entry(len(index), shuffle_seed)
-  example_fn = _make_train_example_fn(config, example_seed)
-
-  def example(slot):
-    entry = entry_of(slot)
-    return dict(example_fn(slot, read(entry)), **{_ENTRY: entry})
-
-  first_slot = start_step * per_host
-  ds = tf.data.Dataset.range(first_slot, _NEVER)
-  parallel = _parallel(config)
-  ds = ds.interleave(_example_or_placeholder(example, entry_of), block_length=1,
-                     cycle_length=_DEFAULT_PARALLELISM if parallel == tf.data.AUTOTUNE else parallel,
-                     num_parallel_calls=parallel, deterministic=True)
-  ds = ds.batch(per_host, drop_remainder=True)
-  ds = ds.map(_fill_bad_rows)
-
-  def to_devices(batch):
-    def reshape(x):
-      return tf.reshape(x, tf.concat([[num_local_devices, per_device], tf.shape(x)[1:]], 0))
-    out = tf.nest.map_structure(reshape, {k: v for k, v in batch.items() if k not in _PRIVATE})
-    out.update({k: batch[k] for k in _PRIVATE})
-    return out
-  ds = ds.map(to_devices)
-  ds = ds.prefetch(config.data.prefetch)
-  return DataIterator(_options(ds), monitor, first_slot=first_slot)
+  host_seed = (config.seed if seed is None else seed) + process_index
+  return _endless_shard_batches(
+      config, index, what='training', needs=bad_records.needed_features(modalities),
+      example_fn=_make_train_example_fn(config, tf.constant(_seed_ints(host_seed, 2), tf.int64)),
+      shuffle_seed=tf.constant(_seed_ints(host_seed, 1), tf.int64), per_host=per_host,
+      per_device=per_device, num_local_devices=num_local_devices, start_step=start_step)
 
 
 # ---------------------------------------------------------------------------
@@ -571,7 +412,8 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
     start, idx = sampling.random_window(n, e.num_frames, e.frame_step, s_win)
     out = {'video': _rgb_view(tf.gather(ex['video'], idx), e.image_size, d.augment, s_view,
                               blur=False, random_conv=False),
-           'label': ex['label'], 'video_index': tf.cast(video_index, tf.int32), _INDEX: index}
+           'label': ex['label'], 'video_index': tf.cast(video_index, tf.int32),
+           bad_records.INDEX: index}
     if include_audio:
       wave = sampling.audio_window(ex['audio'], start, num_samples, video_fps=d.video_fps,
                                    audio_sample_rate=d.audio_sample_rate)
@@ -603,7 +445,7 @@ def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool,
     out = {'video': augment.to_unit_range(crops),
            'label': tf.fill([rows], ex['label']),
            'video_index': tf.fill([rows], tf.cast(index, tf.int32)),
-           _INDEX: index}
+           bad_records.INDEX: index}
     if include_audio:
       waves = tf.map_fn(
           lambda s: sampling.audio_window(ex['audio'], s, num_samples, video_fps=d.video_fps,
@@ -617,7 +459,8 @@ def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool,
 
 def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
                       mode: str, batch_size: int | None = None, include_audio: bool = False,
-                      seed: int | None = None) -> 'DataIterator | TfdsIterator':
+                      seed: int | None = None
+                      ) -> bad_records.DataIterator | bad_records.TfdsIterator:
   """Finite iterator of flat eval batches {'video' [N,T,H,W,3], 'label', 'video_index'[, 'audio']}.
 
   mode 'train': config.eval.train_passes augmented passes (one random clip per
@@ -641,77 +484,34 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
   reader.check_features(index, video=True, audio=include_audio,
                         what=f'evaluation ({mode} split)')  # Not every record, one by one.
   num_records = len(index)
-  read, reasons = _record_reader(index)
-  monitor = _budget_monitor(config, index, f'eval {mode}', reasons,
-                            _needed_features(['audio'] if include_audio else []))
-  passes = config.eval.train_passes if mode == 'train' else 1
-
+  read, monitor = _read_with_budget(config, index, f'eval {mode}',
+                                    bad_records.needed_features(['audio'] if include_audio else []))
   if mode == 'train':
     seed = config.seed if seed is None else seed
-    base_seed = tf.constant(_seed_ints(seed, 3), tf.int64)
-    train_fn = _make_eval_train_fn(config, base_seed, include_audio)
+    train_fn = _make_eval_train_fn(config, tf.constant(_seed_ints(seed, 3), tf.int64),
+                                   include_audio)
 
-    def example(stream_index, entry):
-      return dict(train_fn(stream_index, (entry, read(entry))), **{_ENTRY: entry})
-    ds = tf.data.Dataset.range(num_records).repeat(passes).enumerate()
-    ds = ds.map(example, num_parallel_calls=_parallel(config), deterministic=True)
-    ds = ds.ignore_errors(log_warning=False)  # DataIterator warns, naming file and record.
-  else:
-    test_fn = _make_eval_test_fn(config, include_audio)
-    rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
+    def train_example(stream_index, entry):
+      return dict(train_fn(stream_index, (entry, read(entry))), **{bad_records.ENTRY: entry})
+    passes = config.eval.train_passes
+    slots = tf.data.Dataset.range(num_records).repeat(passes).enumerate()
+    ds = _batches(config, slots, train_example, batch_size=batch_size)
+    return _finite_shard_iterator(ds, monitor, num_records, passes)
+  test_fn = _make_eval_test_fn(config, include_audio)
+  rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
 
-    def example(entry):
-      out = dict(test_fn(entry, read(entry)))
-      out[_INDEX] = tf.fill([rows], entry)
-      out[_ENTRY] = tf.fill([rows], entry)
-      return out
-    ds = tf.data.Dataset.range(num_records)
-    ds = ds.map(example, num_parallel_calls=_parallel(config), deterministic=True)
-    ds = ds.ignore_errors(log_warning=False)
-    ds = ds.unbatch()
-  ds = ds.batch(batch_size).prefetch(2)
-  return DataIterator(_options(ds), monitor, total_slots=num_records * passes,
-                      entry_of_slot=lambda slot: slot % num_records)
+  def test_example(entry):
+    out = dict(test_fn(entry, read(entry)))
+    out[bad_records.INDEX] = tf.fill([rows], entry)
+    out[bad_records.ENTRY] = tf.fill([rows], entry)
+    return out
+  ds = _batches(config, tf.data.Dataset.range(num_records), test_example, batch_size=batch_size,
+                unbatch=True)
+  return _finite_shard_iterator(ds, monitor, num_records)
 
 
 # ---------------------------------------------------------------------------
 # TFDS datasets (evaluation and fine-tuning): TFDS's own reader, not the shard index.
-
-class TfdsIterator:
-  """Numpy batches of a TFDS pipeline; examples that fail are dropped and counted.
-
-  TFDS examples are not indexed by file offset, so this is the one place
-  without DataIterator's budget and exact resume: a gap in the stream's
-  positions is a dropped example, reported by `skipped_records()`.
-  """
-
-  def __init__(self, dataset: tf.data.Dataset, total: int | None = None):
-    self.dataset = dataset
-    self._iterator = iter(dataset)
-    self._next = 0
-    self._total = total
-    self._skipped = 0
-
-  def __iter__(self) -> 'TfdsIterator':
-    return self
-
-  def __next__(self) -> dict[str, Any]:
-    try:
-      batch = tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
-    except StopIteration:
-      if self._total is not None:
-        self._skipped += max(self._total - self._next, 0)
-        self._total = None
-      raise
-    positions = np.unique(batch.pop(_INDEX).reshape(-1))
-    for position in positions:
-      self._skipped += max(int(position) - self._next, 0)
-      self._next = max(self._next, int(position) + 1)
-    return batch
-
-  def skipped_records(self) -> int:
-    """Examples dropped so far (frames that do not decode, audio missing, no label)."""
-    return self._skipped
 
 
 def _check_tfds_audio_rate(config: ml_collections.ConfigDict, source: Source) -> None:
@@ -729,7 +529,7 @@ def _check_tfds_audio_rate(config: ml_collections.ConfigDict, source: Source) ->
 
 def _tfds_eval_dataset(config: ml_collections.ConfigDict, source: tfds_reader.TfdsSplit, *,
                        mode: str, batch_size: int, include_audio: bool,
-                       seed: int | None) -> TfdsIterator:
+                       seed: int | None) -> bad_records.TfdsIterator:
   """make_eval_dataset for a TFDS split: the same per-example functions on TFDS's elements."""
   if include_audio:
     _check_tfds_audio_rate(config, source)
@@ -740,22 +540,19 @@ def _tfds_eval_dataset(config: ml_collections.ConfigDict, source: tfds_reader.Tf
     seed = config.seed if seed is None else seed
     train_fn = _make_eval_train_fn(config, tf.constant(_seed_ints(seed, 3), tf.int64),
                                    include_audio, tfds_reader.parse)
-    ds = records.enumerate().repeat(passes).enumerate()
-    ds = ds.map(train_fn, num_parallel_calls=_parallel(config), deterministic=True)
-    ds = ds.ignore_errors(log_warning=True)
-    total *= passes
-  else:
-    test_fn = _make_eval_test_fn(config, include_audio, tfds_reader.parse)
-    rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
+    ds = _batches(config, records.enumerate().repeat(passes).enumerate(), train_fn,
+                  batch_size=batch_size, log_bad=True)
+    return bad_records.TfdsIterator(ds, total * passes)
+  test_fn = _make_eval_test_fn(config, include_audio, tfds_reader.parse)
+  rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
 
-    def example(index, element):
-      out = dict(test_fn(index, element))
-      out[_INDEX] = tf.fill([rows], index)
-      return out
-    ds = records.enumerate().map(example, num_parallel_calls=_parallel(config),
-                                 deterministic=True)
-    ds = ds.ignore_errors(log_warning=True).unbatch()
-  return TfdsIterator(_options(ds.batch(batch_size).prefetch(2)), total)
+  def test_example(index, element):
+    out = dict(test_fn(index, element))
+    out[bad_records.INDEX] = tf.fill([rows], index)
+    return out
+  ds = _batches(config, records.enumerate(), test_example, batch_size=batch_size, log_bad=True,
+                unbatch=True)
+  return bad_records.TfdsIterator(ds, total)
 
 
 # ---------------------------------------------------------------------------
@@ -772,14 +569,15 @@ def _finetune_example_fn(config: ml_collections.ConfigDict, example_seed: tf.Ten
         out['label'], message='record has no clip/label/index; fine-tuning needs labels')
     with tf.control_dependencies([check]):
       label = tf.identity(out['label'])
-    return {'video': out['video'], 'label': label, _INDEX: slot}
+    return {'video': out['video'], 'label': label, bad_records.INDEX: slot}
   return fn
 
 
 def make_finetune_dataset(config: ml_collections.ConfigDict, source: Source, *,
                           batch_size: int, process_index: int = 0, process_count: int = 1,
                           num_local_devices: int | None = None, seed: int | None = None,
-                          start_step: int = 0) -> 'DataIterator | TfdsIterator':
+                          start_step: int = 0
+                          ) -> bad_records.DataIterator | bad_records.TfdsIterator:
   """Endless labelled training clips, [local_devices, per_device, ...] {'video', 'label'}.
 
   Each clip is made as the linear protocol's train clips are
@@ -792,55 +590,26 @@ def make_finetune_dataset(config: ml_collections.ConfigDict, source: Source, *,
   TFDS's shuffled reader, not exact on resume.
   """
   limit_tf_op_threads(config.data.tf_intra_op_threads)
-  if num_local_devices is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    num_local_devices = jax.local_device_count()
-  if batch_size % process_count or (batch_size // process_count) % num_local_devices:
-    raise ValueError(f'fine-tuning batch {batch_size} does not split over {process_count} '
-                     f'process(es) x {num_local_devices} device(s); use a multiple of '
-                     f'{process_count * num_local_devices} (config.finetune.batch_size)')
-  per_host = batch_size // process_count
-  per_device = per_host // num_local_devices
+  num_local_devices = _local_device_count(num_local_devices)
+  per_host, per_device = per_host_and_device(batch_size, process_count, num_local_devices,
+                                             'config.finetune.batch_size')
   host_seed = (config.seed if seed is None else seed) + process_index
-  shuffle_seed = tf.constant(_seed_ints(host_seed, 11), tf.int64)
   example_seed = tf.constant(_seed_ints(host_seed, 12), tf.int64)
-
-  def to_devices(batch):
-    def reshape(x):
-      return tf.reshape(x, tf.concat([[num_local_devices, per_device], tf.shape(x)[1:]], 0))
-    out = {k: reshape(batch[k]) for k in ('video', 'label')}
-    out.update({k: batch[k] for k in _PRIVATE if k in batch})
-    return out
-
   if tfds_reader.is_tfds(source):
-    example_fn = _finetune_example_fn(config, example_seed, tfds_reader.parse)
     ds = tfds_reader.records(source, process_index=process_index, process_count=process_count,
                              shuffle_files=True, seed=_seed_ints(host_seed, start_step, 13)[0])
     ds = ds.shuffle(_TFDS_SHUFFLE_BUFFER, seed=_seed_ints(host_seed, start_step, 14)[0])
-    ds = ds.repeat().enumerate(start_step * per_host)
-    ds = ds.map(example_fn, num_parallel_calls=_parallel(config), deterministic=True)
-    ds = ds.ignore_errors(log_warning=True).batch(per_host, drop_remainder=True)
-    return TfdsIterator(_options(ds.map(to_devices).prefetch(config.data.prefetch)))
-
+    ds = _batches(config, ds.repeat().enumerate(start_step * per_host),
+                  _finetune_example_fn(config, example_seed, tfds_reader.parse),
+                  batch_size=per_host, log_bad=True, devices=(num_local_devices, per_device),
+                  prefetch=config.data.prefetch)
+    return bad_records.TfdsIterator(ds)
   files = reader.split_for_process(reader.list_shards(source), process_index, process_count)
-  index = reader.index_shards(files)
-  read, reasons = _record_reader(index)
-  monitor = _budget_monitor(config, index, 'fine-tuning', reasons, {})
-  entry_of = _slot_to_entry(len(index), shuffle_seed)
-  example_fn = _finetune_example_fn(config, example_seed, reader.parse_example)
-
-  def example(slot):
-    entry = entry_of(slot)
-    return dict(example_fn(slot, read(entry)), **{_ENTRY: entry})
-
-  first_slot = start_step * per_host
-  parallel = _parallel(config)
-  ds = tf.data.Dataset.range(first_slot, _NEVER)
-  ds = ds.interleave(_example_or_placeholder(example, entry_of), block_length=1,
-                     cycle_length=_DEFAULT_PARALLELISM if parallel == tf.data.AUTOTUNE else parallel,
-                     num_parallel_calls=parallel, deterministic=True)
-  ds = ds.batch(per_host, drop_remainder=True).map(_fill_bad_rows).map(to_devices)
-  return DataIterator(_options(ds.prefetch(config.data.prefetch)), monitor, first_slot=first_slot)
+  return _endless_shard_batches(
+      config, reader.index_shards(files), what='fine-tuning', needs={},
+      example_fn=_finetune_example_fn(config, example_seed, reader.parse_example),
+      shuffle_seed=tf.constant(_seed_ints(host_seed, 11), tf.int64), per_host=per_host,
+      per_device=per_device, num_local_devices=num_local_devices, start_step=start_step)
 
 
 _TFDS_SHUFFLE_BUFFER = 256  # Examples TFDS fine-tuning shuffles over (besides its file order).
@@ -851,8 +620,9 @@ _TFDS_SHUFFLE_BUFFER = 256  # Examples TFDS fine-tuning shuffles over (besides i
 
 def make_audio_eval_dataset(config: ml_collections.ConfigDict, source: Source, *,
                             batch_size: int, num_windows: int = 1,
-                            num_classes: int | None = None) -> 'DataIterator | TfdsIterator':
-  """Finite iterator of log-mel windows of every record, in record order (audio-only records welcome).
+                            num_classes: int | None = None
+                            ) -> bad_records.DataIterator | bad_records.TfdsIterator:
+  """Finite iterator of log-mel windows of every record, in record order (audio-only records too).
 
   Each record gives `num_windows` windows of the model's broad audio window
   (`audio_num_samples`: 64 x 4 frames at 25 fps = 10.24 s at full size),
@@ -890,7 +660,7 @@ def make_audio_eval_dataset(config: ml_collections.ConfigDict, source: Source, *
            'video_index': tf.fill([num_windows], tf.cast(index, tf.int32)),
            'clip_id': tf.fill([num_windows], ex['clip_id']),
            'num_samples': tf.fill([num_windows], length),
-           _INDEX: tf.fill([num_windows], tf.cast(index, tf.int64))}
+           bad_records.INDEX: tf.fill([num_windows], tf.cast(index, tf.int64))}
     if num_classes:
       labels_L = ex['labels']
       check = tf.debugging.assert_less(
@@ -903,19 +673,15 @@ def make_audio_eval_dataset(config: ml_collections.ConfigDict, source: Source, *
     return out
 
   if is_tfds:
-    ds = tfds_reader.records(source, audio=True).enumerate()
-    ds = ds.map(windows, num_parallel_calls=_parallel(config), deterministic=True)
-    ds = ds.ignore_errors(log_warning=True).unbatch().batch(batch_size).prefetch(2)
-    return TfdsIterator(_options(ds), tfds_reader.num_examples(source))
+    ds = _batches(config, tfds_reader.records(source, audio=True).enumerate(), windows,
+                  batch_size=batch_size, log_bad=True, unbatch=True)
+    return bad_records.TfdsIterator(ds, tfds_reader.num_examples(source))
   index = reader.index_shards(reader.list_shards(source))
-  num_records = len(index)
-  read, reasons = _record_reader(index)
-  monitor = _budget_monitor(config, index, 'audio eval', reasons, _needed_features(['audio']))
+  read, monitor = _read_with_budget(config, index, 'audio eval',
+                                    bad_records.needed_features(['audio']))
 
   def example(entry):
-    return dict(windows(entry, read(entry)), **{_ENTRY: tf.fill([num_windows], entry)})
-  ds = tf.data.Dataset.range(num_records)
-  ds = ds.map(example, num_parallel_calls=_parallel(config), deterministic=True)
-  ds = ds.ignore_errors(log_warning=False).unbatch().batch(batch_size).prefetch(2)
-  return DataIterator(_options(ds), monitor, total_slots=num_records,
-                      entry_of_slot=lambda slot: slot)
+    return dict(windows(entry, read(entry)), **{bad_records.ENTRY: tf.fill([num_windows], entry)})
+  ds = _batches(config, tf.data.Dataset.range(len(index)), example, batch_size=batch_size,
+                unbatch=True)
+  return _finite_shard_iterator(ds, monitor, len(index))

@@ -49,12 +49,10 @@ FLOW_METHOD = 'farneback'
 GRATING_TINT = 0.04  # Std of the background gratings' colour amplitude (texture nuisance).
 HUM_LEVEL = 0.05  # Max amplitude of a per-video hum tone (audio nuisance, below the class tone).
 
-# Mirror-symmetric shapes only: horizontal flip (an augmentation) then never turns one
-# class into another. Rotation is a nuisance, so e.g. a diamond is just a square.
-SHAPES = ('disk', 'square', 'triangle', 'cross', 'ring', 'star', 'bar', 'semicircle')
 # Classes are motions: what a small video net learns from the sound and a random one cannot
 # read linearly (its pooled features mostly keep colour and layout). At 32 px a width-0.25
-# TSM net barely told shapes apart, so the shape is a per-video nuisance drawn from these.
+# TSM net barely told shapes apart, so the shape is a per-video nuisance drawn from these
+# (mirror-symmetric, so a horizontal flip never changes what is drawn).
 NUISANCE_SHAPES = ('disk', 'square')
 ANY_SHAPE = 'any'  # class_factors' shape: drawn per video from NUISANCE_SHAPES.
 # Flip-invariant motions (a mirror pair, e.g. left/right drift, is one class with a random
@@ -101,34 +99,14 @@ def _shape_sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return r - 1.0
   if shape == 'square':
     return np.maximum(np.abs(u), np.abs(v)) - 0.8
-  if shape == 'triangle':
-    d = None
-    for k in range(3):
-      a = 2 * math.pi * k / 3 + math.pi / 2
-      half = u * math.cos(a) + v * math.sin(a) - 0.5
-      d = half if d is None else np.maximum(d, half)
-    return d
-  if shape == 'cross':
-    arm_h = np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.33)
-    arm_v = np.maximum(np.abs(u) - 0.33, np.abs(v) - 1.0)
-    return np.minimum(arm_h, arm_v)
-  if shape == 'ring':
-    return np.abs(r - 0.8) - 0.25
-  if shape == 'star':
-    phi = np.arctan2(v, u)
-    return r - 0.75 * (1.0 + 0.45 * np.cos(5 * phi))
-  if shape == 'bar':
-    return np.maximum(np.abs(u) - 1.0, np.abs(v) - 0.3)
-  if shape == 'semicircle':
-    return np.maximum(r - 1.0, -v - 0.0)
-  raise ValueError(f'unknown shape {shape!r}; known: {SHAPES}')
+  raise ValueError(f'unknown shape {shape!r}; known: {NUISANCE_SHAPES}')
 
 
 def _shape_areas() -> dict[str, float]:
   grid = np.linspace(-1.5, 1.5, 301)
   u, v = np.meshgrid(grid, grid)
   cell = (grid[1] - grid[0]) ** 2
-  return {s: float((_shape_sdf(s, u, v) < 0).sum() * cell) for s in SHAPES}
+  return {s: float((_shape_sdf(s, u, v) < 0).sum() * cell) for s in NUISANCE_SHAPES}
 
 
 _AREAS = _shape_areas()
