@@ -79,11 +79,8 @@ def embed_clips(config: ml_collections.ConfigDict, source: backbone_lib.Source, 
   if num_classes:
     rows['targets'] = rows.pop('labels')
     rows['labels'] = rows['targets'].argmax(axis=1)  # Unused for multi-label; kept for grouping.
-  clips, first, group = np.unique(rows['video_index'], return_index=True, return_inverse=True)
-  counts = np.bincount(group).astype(np.float64)
-  feats = np.zeros((len(clips), rows['feats'].shape[1]), np.float64)
-  np.add.at(feats, group, rows['feats'])
-  out = {'feats': (feats / counts[:, None]).astype(np.float32),
+  clips, feats, first = embeddings_lib.average_per_video(rows['feats'], rows['video_index'])
+  out = {'feats': feats.astype(np.float32),
          'labels': rows['labels'][first], 'video_index': clips,
          'clip_id': np.array([c.decode() if isinstance(c, bytes) else str(c)
                               for c in rows['clip_id'][first]]),

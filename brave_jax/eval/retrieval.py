@@ -34,18 +34,16 @@ framed in green).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from brave_jax import files
 from brave_jax.eval import backbone as backbone_lib
+from brave_jax.eval import embeddings as embeddings_lib
 
 JSON_FILE = 'retrieval.json'
 PLOT_FILE = 'retrieval.png'
@@ -134,9 +132,9 @@ def _normalise(x_NxK: np.ndarray) -> np.ndarray:
   return x_NxK / np.maximum(np.linalg.norm(x_NxK, axis=-1, keepdims=True), 1e-12)
 
 
-def _make_forward(model: Any):
-  """jit: (variables, video, audio) -> normalised (z_narrow, h_narrow, z_audio, h_audio)."""
-  def forward(variables, video, audio):
+def _embed_fn(model: Any):
+  """(variables, video, audio) -> unit vectors {'z_narrow', 'h_narrow', 'z_audio', 'h_audio'}."""
+  def embed(variables, video, audio):
     params, state = variables
     z_n, h_n = model.project['narrow'](params, state, model.embed_narrow(params, state, video))
     z_a, h_a = model.project['audio'](params, state,
@@ -144,8 +142,9 @@ def _make_forward(model: Any):
 
     def unit(x):
       return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return unit(z_n), unit(h_n), unit(z_a), unit(h_a)
-  return jax.jit(forward)
+    return {'z_narrow': unit(z_n), 'h_narrow': unit(h_n), 'z_audio': unit(z_a),
+            'h_audio': unit(h_a)}
+  return embed
 
 
 def _thumbnail(frame_HxWx3: np.ndarray) -> np.ndarray:
@@ -163,41 +162,32 @@ def embed_clips(config: ml_collections.ConfigDict, source: backbone_lib.Source, 
   if 'audio' not in source.model.embed_broad:
     raise RetrievalError(f'retrieval needs a model with an audio backbone (V/A, V/FA); this '
                          f'{source.kind} model has broad views {sorted(source.model.embed_broad)}')
-  forward = _make_forward(source.model)
-  variables = jax.device_put((source.params, source.state))
-  size = int(config.retrieval.batch_size)
   limit = int(config.retrieval.max_clips) or None
-  rows: dict[str, list[np.ndarray]] = {k: [] for k in ('z_narrow', 'h_narrow', 'z_audio', 'h_audio',
-                                                       'video_index')}
   thumbs: dict[int, np.ndarray] = {}
-  with tqdm.tqdm(desc=desc, unit='batch', dynamic_ncols=True) as bar:
+
+  def batches_keeping_thumbnails():
     for batch in clip_batches(config, data):
-      index_B = np.asarray(batch['video_index']).reshape(-1)
-      n = len(index_B)
-      video, audio = (np.asarray(batch[k]) for k in ('video', 'audio'))
-      if n < size:  # Pad to one shape: one compilation.
-        video, audio = (np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)]) for x in (video, audio))
-      out = forward(variables, video, audio)
-      for key, value in zip(('z_narrow', 'h_narrow', 'z_audio', 'h_audio'), out):
-        rows[key].append(np.asarray(value)[:n])
-      rows['video_index'].append(index_B)
-      for i, clip in enumerate(index_B):
+      for i, clip in enumerate(np.asarray(batch['video_index']).reshape(-1)):
         if int(clip) not in thumbs:
           thumbs[int(clip)] = _thumbnail(np.asarray(batch['video'][i, batch['video'].shape[1] // 2]))
-      bar.update(1)
-      bar.set_postfix(clips=len(thumbs))
+      yield batch
       if limit and len(thumbs) > limit:
-        break
-  if not rows['video_index']:
-    raise RetrievalError(f'no clips with frames and audio in {data!r}')
-  flat = {k: np.concatenate(v) for k, v in rows.items()}
-  clips, group = np.unique(flat['video_index'], return_inverse=True)
+        return
+
+  try:
+    rows = embeddings_lib.compute_embeddings(
+        _embed_fn(source.model), batches_keeping_thumbnails(),
+        variables=(source.params, source.state), input_key=('video', 'audio'),
+        pad_to=int(config.retrieval.batch_size), desc=desc)
+  except ValueError:
+    if thumbs:
+      raise
+    raise RetrievalError(f'no clips with frames and audio in {data!r}') from None
   keep = slice(0, limit)
   out = {}
   for key in ('z_narrow', 'h_narrow', 'z_audio', 'h_audio'):
-    summed = np.zeros((len(clips), flat[key].shape[1]), np.float64)
-    np.add.at(summed, group, flat[key])
-    out[key] = _normalise(summed).astype(np.float32)[keep]
+    clips, means, _ = embeddings_lib.average_per_video(rows[key], rows['video_index'])
+    out[key] = _normalise(means).astype(np.float32)[keep]
   out['video_index'] = clips[keep]
   out['thumbnails'] = np.stack([thumbs[int(c)] for c in out['video_index']])
   return out
@@ -232,16 +222,9 @@ def clip_names(data: Any, entries: Sequence[int]) -> list[str]:
 
 def random_init_like(config: ml_collections.ConfigDict, source: backbone_lib.Source,
                      calibration_data: Any) -> backbone_lib.Source:
-  """An untrained model of the source's architecture (seed config.seed + RANDOM_INIT_SEED_OFFSET),
-  BN statistics re-estimated on calibration clips with both views fed."""
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.data.broad_modalities = tuple(source.broad_modalities)
-  rng = jax.random.PRNGKey(int(config.seed) + backbone_lib.RANDOM_INIT_SEED_OFFSET)
-  params, state = jax.jit(source.model.init)(rng, backbone_lib.init_batch(c))
-  fresh = dataclasses.replace(source, params=jax.device_get(params), state=jax.device_get(state),
-                              step=None, kind='random_init')
-  return calibrate(config, fresh, calibration_data)
+  """backbone.random_init of the source's architecture, BN statistics re-estimated on
+  calibration clips with both views fed."""
+  return calibrate(config, backbone_lib.random_init(config, like=source), calibration_data)
 
 
 def calibrate(config: ml_collections.ConfigDict, source: backbone_lib.Source,

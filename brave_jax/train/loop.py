@@ -29,7 +29,6 @@ what happened, the last good checkpoint, and that a rerun resumes from it.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import queue
@@ -46,6 +45,7 @@ import optax
 from brave_jax import config_base
 from brave_jax import errors
 from brave_jax import files
+from brave_jax import saved_config
 from brave_jax.train import checkpointing
 from brave_jax.train import metrics as metrics_lib
 from brave_jax.train import optimizer as optimizer_lib
@@ -55,7 +55,6 @@ from brave_jax.train import step as step_lib
 PyTree = Any
 BatchIteratorFn = Callable[[int], Iterator[PyTree]]
 CHECKPOINT_SUBDIR = 'checkpoints'
-CONFIG_FILE = resume.CONFIG_FILE
 # Collective/coordination failures that mean another process of the run is gone.
 _PEER_LOST_SIGNS = ('Gloo', 'Connection reset by peer', 'Connection closed', 'heartbeat',
                     'coordination service', 'CoordinationService', 'Socket closed',
@@ -136,14 +135,6 @@ def resolve_workdir(workdir: str) -> str:
   if '://' in workdir:
     return workdir.rstrip('/')
   return os.path.abspath(os.path.expanduser(workdir))
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the resolved config (after overrides) atomically, so the workdir says what it holds."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if jax.process_index() == 0:
-    files.write_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
-  return path
 
 
 def _scalars(metrics_D: PyTree) -> dict[str, float]:
@@ -324,7 +315,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   failure: BaseException | None = None
   try:
     if not start_step:
-      write_config(config, workdir)
+      saved_config.write(config, workdir)
     if model is None:
       from brave_jax.models import brave  # pylint: disable=g-import-not-at-top
       model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
@@ -346,8 +337,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       restored, meta = ckpt.restore(init.host_template(init_rng, first_batch), start_step)
       train_state = step_lib.replicate(restored, devices)
       changes = resume.check_config_matches(config, workdir, start_step)
-      if changes or resume.read_saved_config(workdir) is None:
-        write_config(config, workdir)  # Only now: the checkpoint fits this config.
+      if changes or saved_config.read_dict(workdir) is None:
+        saved_config.write(config, workdir)  # Only now: the checkpoint fits this config.
       print(f'Resumed from {ckpt_dir} at step {meta["step"]}.'
             + (f' Changed on resume: {"; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)}.'
                if changes else ''), flush=True)
@@ -439,8 +430,3 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       raise failure
     raise explained from failure
   return train_state
-
-
-def read_config(workdir: str) -> dict[str, Any]:
-  """The config.json a run wrote, as a plain dict."""
-  return json.loads(epath.Path(workdir, CONFIG_FILE).read_text())
