@@ -9,6 +9,7 @@ import pytest
 
 from brave_jax import config_base
 from brave_jax import evaluate
+from brave_jax import saved_config
 from brave_jax.data import convert
 from brave_jax.eval import retrieval
 
@@ -79,7 +80,7 @@ def clip_setup(tmp_path_factory):
   params, state = eval_test_utils.random_variables(model, config)
   workdir = root / 'workdir'
   workdir.mkdir()
-  loop.write_config(config, str(workdir))
+  saved_config.write(config, str(workdir))
   ckpt = checkpointing.Checkpointer(str(workdir / loop.CHECKPOINT_SUBDIR), keep=2, async_save=False)
   ckpt.save(step_lib.TrainState(np.int32(60), params, state,
                                 optimizer_lib.make_optimizer(config).init(params),

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from brave_jax import errors
 from brave_jax import files
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
@@ -354,4 +355,37 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, test_dat
                  title=f'{tag}: audio<->video retrieval over {num_clips} test clips '
                        '(frames show the clip each video or audio came from; green: true partner)')
   files.write_json(os.path.join(output_dir, JSON_FILE), record)
+  return record
+
+
+def run_request(config: ml_collections.ConfigDict, request: Any,
+                output_dir: str) -> dict[str, Any]:
+  """The protocol's entry (eval/protocols.py): checks the shards and the model's views, then `run`.
+
+  Test clips: request.test_shards, else config.data.test_shards, else the
+  embedded test split; request.train_shards (if any) calibrate random init's BN.
+  """
+  if request.tfds:
+    raise errors.UsageError('retrieval reads DMVR shards with audio (--test_shards), not --tfds')
+  named = request.test_shards or config.data.test_shards
+  if named:  # The shards hold what retrieval needs? Checked once, before any model is built.
+    from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
+    reader.check_shard_features(named, video=True, audio=True, what='--protocol=retrieval')
+  source = None
+  if request.checkpoint or request.train_state is not None:  # The model says what it holds.
+    source = request.source(config)
+    modalities = source.broad_modalities
+  else:
+    modalities = tuple(config.data.broad_modalities)
+  if 'audio' not in modalities:
+    raise errors.UsageError(f'retrieval needs a model with an audio backbone (V/A, V/FA); this '
+                            f'one has broad views {modalities}')
+  source = source or request.source(config)
+  test = named
+  if not test:  # The embedded dataset's test split (it has audio).
+    _, test, _ = request.splits(config)
+  record = run(config, source, test, output_dir, calibration_data=request.train_shards or None)
+  print(format_table(record))
+  print(f'{record["num_clips"]} clips; wrote {os.path.join(output_dir, JSON_FILE)} '
+        f'and {PLOT_FILE}')
   return record

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
+from etils import epath
 import ml_collections
 
 from brave_jax import errors
