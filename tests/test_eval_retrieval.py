@@ -11,6 +11,7 @@ from brave_jax import config_base
 from brave_jax import evaluate
 from brave_jax import saved_config
 from brave_jax.data import convert
+from brave_jax.eval import protocols
 from brave_jax.eval import retrieval
 
 import eval_test_utils
@@ -147,7 +148,7 @@ def test_audio_only_shards_fail_fast_saying_they_hold_no_frames(tmp_path, capsys
 
   def no_model(*args, **kwargs):
     raise AssertionError('the model was built before the shards were checked')
-  monkeypatch.setattr(evaluate, '_model_source', no_model)
+  monkeypatch.setattr(protocols.Request, 'source', no_model)
   spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
   with pytest.raises(SystemExit) as exit_info:
     evaluate.main(['--protocol=retrieval', '--random_init', f'--config={spec}',
