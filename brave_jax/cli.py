@@ -167,10 +167,12 @@ def define_config_flag() -> flags.FlagHolder:
   return flags.DEFINE_string('config', None, CONFIG_HELP)
 
 
-def absl_flags_parser(parsed: ParsedConfig) -> Callable[[Sequence[str]], list[str]]:
+def absl_flags_parser(parsed: ParsedConfig, *, default_spec: str | None = None,
+                      lock: bool = True) -> Callable[[Sequence[str]], list[str]]:
   """An absl `flags_parser` for app.run: --config.* read here, the other flags by absl.
 
-  Fills `parsed` (spec and locked config) before the program starts; every
+  Fills `parsed` (spec and config, locked unless `lock=False`) before the
+  program starts; without --config, `default_spec` (else an error). Every
   problem is one line and exit status 2.
   """
   def parse(argv: Sequence[str]) -> list[str]:
@@ -180,8 +182,8 @@ def absl_flags_parser(parsed: ParsedConfig) -> Callable[[Sequence[str]], list[st
         remaining = flags.FLAGS([argv[0]] + rest)
       except flags.Error as error:
         raise errors.UsageError(str(error).split('Pass --helpshort')[0].strip()) from None
-      parsed.spec = flags.FLAGS['config'].value
-      parsed.config = resolve(parsed.spec, overrides, lock=True)
+      parsed.spec = flags.FLAGS['config'].value or default_spec
+      parsed.config = resolve(parsed.spec, overrides, lock=lock)
     except errors.RunError as error:
       exit_with(error)
     return remaining

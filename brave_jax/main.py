@@ -1,7 +1,7 @@
 """Trains BraVe: python -m brave_jax.main --config=configs/brave_rgb_audio.py:demo [--workdir=W].
 
-Flags: --config=configs/<file>.py[:tiny|demo], overrides like --config.training.num_steps=100,
---workdir (default ./workdirs/<config file>[_<variant>]). Re-running with the same
+Flags: --config=configs/<file>.py[:tiny|demo], overrides like --config.training.num_steps=100
+(read by brave_jax/cli.py, as in brave_jax.evaluate and brave_jax.plan), --workdir (default ./workdirs/<config file>[_<variant>]). Re-running with the same
 workdir resumes from its latest checkpoint.
 
 Multi-host: every process runs this same command plus --coordinator_address=HOST:PORT

@@ -13,6 +13,10 @@ video, decoded once and kept in memory) with the current narrow backbone and
 reports leave-one-out kNN top-1 within that set (k = 20 by default) as
 `knn/top1` in metrics.jsonl, TensorBoard and the progress line, and redraws
 `knn.png`. `knn/seconds` is its own wall time, so its cost is on record.
+
+As an evaluation protocol (`run_request`; `python -m brave_jax.evaluate
+--protocol=knn`), every multi-crop test video is classified against the
+train split's clips (crop scores averaged per video).
 """
 from __future__ import annotations
 

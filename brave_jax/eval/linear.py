@@ -1,9 +1,9 @@
 """The linear protocol end to end: embed both splits with a frozen backbone, fit the SVM, report.
 
-`evaluate_backbone` serves the CLI (`python -m brave_jax.evaluate`, the
-default protocol) and the end of training (`evaluate_after_training`, called
-by main.py when config.eval.run_after_training), so both follow one protocol
-(docs/design.md, "Linear evaluation"): the train split seen
+`run_request` (the protocol's entry, eval/protocols.py) serves the CLI
+(`python -m brave_jax.evaluate`, the default protocol) and the end of training
+(`evaluate_after_training`, when config.eval.run_after_training), so both
+follow one protocol (docs/design.md, "Linear evaluation"): the train split seen
 config.eval.train_passes times with training augmentation, the test split as
 num_temporal_crops x num_spatial_crops crops per video, predictions averaged.
 The classifier math lives in eval/svm.py.

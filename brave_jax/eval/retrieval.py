@@ -221,13 +221,6 @@ def clip_names(data: Any, entries: Sequence[int]) -> list[str]:
 # ----------------------------------------------------------------------------- baseline
 
 
-def random_init_like(config: ml_collections.ConfigDict, source: backbone_lib.Source,
-                     calibration_data: Any) -> backbone_lib.Source:
-  """backbone.random_init of the source's architecture, BN statistics re-estimated on
-  calibration clips with both views fed."""
-  return calibrate(config, backbone_lib.random_init(config, like=source), calibration_data)
-
-
 def calibrate(config: ml_collections.ConfigDict, source: backbone_lib.Source,
               data: Any) -> backbone_lib.Source:
   """BN statistics re-estimated on `data`'s retrieval clips (video and audio both fed)."""
@@ -316,7 +309,8 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, test_dat
   models = {tag: calibrate(config, source, calibration_data) if source.kind == 'random_init'
             else source}
   if source.kind != 'random_init' and config.retrieval.compare_random_init:
-    models['random_init'] = random_init_like(config, source, calibration_data)
+    models['random_init'] = calibrate(config, backbone_lib.random_init(config, like=source),
+                                      calibration_data)
   record: dict[str, Any] = {'protocol': 'retrieval', 'headline_score': HEADLINE,
                             'score_definitions': {
                                 'both': 'cos(h_narrow, z_audio) + cos(h_audio, z_narrow)',
