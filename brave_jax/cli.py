@@ -39,11 +39,12 @@ _PARSERS = {
 }
 
 
-def split_overrides(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+def split_overrides(argv: Sequence[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
   """([(field path, text)] of the --config.* arguments, the other arguments in order).
 
   `--config.a.b=v` and `--config.a.b v` both set a.b; a bare `--config.a.b`
-  (followed by another flag) means true, as for absl boolean flags.
+  (followed by another flag) has text None: true for a boolean field, as for
+  absl boolean flags, and an error for any other.
   """
   overrides, rest = [], []
   i = 0
@@ -59,7 +60,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[tuple[str, str]], list[st
           i += 1
           text = argv[i]
         else:
-          text = 'true'
+          text = None
       overrides.append((key, text))
     else:
       rest.append(arg)
@@ -82,9 +83,13 @@ def _no_field(key: str, known: Sequence[str], missing: str) -> errors.UsageError
                            'the config file or brave_jax/config_base.py for the fields')
 
 
-def parse_value(config: ml_collections.ConfigDict, key: str, text: str) -> Any:
+def parse_value(config: ml_collections.ConfigDict, key: str, text: str | None) -> Any:
   """`text` read as the type of field `key` (a dotted path), as config_flags reads it."""
   field_type = config_path.get_type(key, config)
+  if text is None:  # A bare --config.a.b.
+    if field_type is bool:
+      return True
+    raise errors.UsageError(f'{OVERRIDE_PREFIX}{key} needs a value: {OVERRIDE_PREFIX}{key}=<value>')
   if field_type is bool:
     try:
       return _PARSERS[bool].parse(text)
@@ -105,7 +110,7 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: str) -> Any:
 
 
 def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Sequence[tuple[str, str]]) -> None:
+                    overrides: Sequence[tuple[str, str | None]]) -> None:
   """Sets each `--config.a.b=value`, refusing fields and sections the config does not have."""
   for key, text in overrides:
     node = config
@@ -126,7 +131,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
       raise errors.UsageError(f'{OVERRIDE_PREFIX}{key}={text}: {errors.one_line(error)}') from None
 
 
-def resolve(spec: str | None, overrides: Sequence[tuple[str, str]], *,
+def resolve(spec: str | None, overrides: Sequence[tuple[str, str | None]], *,
             base: ml_collections.ConfigDict | None = None,
             lock: bool = False) -> ml_collections.ConfigDict:
   """The config file `spec` names (else `base`), overrides applied, validated (device counts aside).

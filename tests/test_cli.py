@@ -18,7 +18,7 @@ def test_overrides_are_split_from_the_other_flags_in_every_spelling():
       ['--workdir=w', '--config.training.num_steps=5', '--config.eval.num_frames', '8',
        '--config.eval.compare_random_init', '--topology=v5e:2x2', '--', '--config.not.this=1'])
   assert overrides == [('training.num_steps', '5'), ('eval.num_frames', '8'),
-                       ('eval.compare_random_init', 'true')]
+                       ('eval.compare_random_init', None)]
   assert rest == ['--workdir=w', '--topology=v5e:2x2', '--', '--config.not.this=1']
 
 
@@ -35,6 +35,8 @@ def test_values_are_read_as_the_field_type():
   assert config.data.broad_modalities == ('audio',)
   assert config.data.train_shards == '123'  # A string field keeps digits as text.
   assert config.eval.svm_c == 'auto'
+  cli.apply_overrides(config, [('eval.compare_random_init', None)])  # A bare boolean flag.
+  assert config.eval.compare_random_init is True
   cli.apply_overrides(config, [('eval.svm_c', '0.5')])
   assert config.eval.svm_c == 0.5
 
@@ -46,6 +48,7 @@ def test_values_are_read_as_the_field_type():
     (('training.num_steps', 'abc'), '--config.training.num_steps=abc: invalid literal for int()'),
     (('eval.compare_random_init', 'maybe'), 'expected true or false'),
     (('training', '3'), 'is a section, not a field'),
+    (('training.num_steps', None), '--config.training.num_steps needs a value'),
 ])
 def test_bad_overrides_are_one_usage_error(override, message):
   with pytest.raises(errors.UsageError) as info:
