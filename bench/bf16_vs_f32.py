@@ -18,11 +18,10 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from brave_jax import config_base
+from brave_jax import cli
 from brave_jax import main as brave_main
 from brave_jax.models import brave
 from brave_jax.train import optimizer as optimizer_lib
@@ -72,12 +71,9 @@ def train_losses(config, batches: list, dtype: str, seed: int) -> np.ndarray:
 
 def main(argv):
   del argv
-  # --config (and --config.a.b=v overrides) is the flag brave_jax.main defines.
-  if flags.FLAGS.config is None:
-    config_name, config = DEFAULT_CONFIG, config_base.load(DEFAULT_CONFIG)
-  else:
-    config_name = config_flags.get_config_filename(flags.FLAGS['config'])
-    config = flags.FLAGS.config.copy_and_resolve_references()
+  # --config (and --config.a.b=v overrides) is the flag brave_jax.main defines, read by cli.py.
+  config_name = brave_main._PARSED.spec  # pylint: disable=protected-access
+  config = brave_main._PARSED.config.copy_and_resolve_references()  # pylint: disable=protected-access
   config.training.num_steps = _STEPS.value
   config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, _STEPS.value)
   iterator = brave_main.make_batch_iterator_fn(config)(0)
@@ -123,4 +119,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.absl_flags_parser(
+      brave_main._PARSED, default_spec=DEFAULT_CONFIG))  # pylint: disable=protected-access

@@ -30,10 +30,10 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from brave_jax import cli
 from brave_jax import config_base
 from brave_jax.data import pipeline
 from brave_jax.models import brave
@@ -41,7 +41,8 @@ from brave_jax.train import optimizer as optimizer_lib
 from brave_jax.train import step as step_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]')
+cli.define_config_flag()
+_PARSED = cli.ParsedConfig()
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after 2 warm-up steps).')
 _PEAK = flags.DEFINE_bool('peak', True, 'Measure matmul/conv peak FLOP/s in this run.')
 _MEMORY = flags.DEFINE_bool('memory', False, 'Compile only: peak memory per device with and '
@@ -206,7 +207,7 @@ def memory_report(config, devices) -> None:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = _PARSED.config
   if _PROFILE_OPS.value:  # Before the CPU backend starts: thunks then emit trace events.
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                ' --xla_cpu_enable_xprof_traceme=true').strip()
@@ -257,4 +258,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=cli.absl_flags_parser(_PARSED, lock=False))

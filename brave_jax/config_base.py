@@ -182,7 +182,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Eval (linear protocol, docs/design.md "Linear evaluation")
   c.eval = ml_collections.ConfigDict()
-  c.eval.run_after_training = False  # Linear-evaluate the narrow backbone when training ends.
+  c.eval.run_after_training = False  # Evaluate the trained model when training ends:
+  c.eval.protocols = ('linear',)  # with these protocols (brave_jax/eval/<name>.py), in order.
   c.eval.compare_random_init = False  # Also evaluate a randomly initialised backbone.
   c.eval.num_frames = 32
   c.eval.frame_step = 2
@@ -369,6 +370,10 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
            f"must be one of {FEATURE_TRANSFORMS}, got {config.eval.get('feature_transform')!r}")
   _require(config.eval.get('svm_c_cv_unit', 'video') in ('video', 'clip'), 'eval.svm_c_cv_unit',
            f"must be 'video' or 'clip', got {config.eval.get('svm_c_cv_unit')!r}")
+  from brave_jax.eval import protocols  # pylint: disable=g-import-not-at-top
+  unknown = [p for p in config.eval.get('protocols', ()) if p not in protocols.NAMES]
+  _require(not unknown, 'eval.protocols',
+           f'unknown protocol(s) {unknown}; the protocols are {", ".join(protocols.NAMES)}')
   svm_c = config.eval.svm_c
   _require(svm_c == 'auto' or (isinstance(svm_c, (int, float)) and svm_c > 0), 'eval.svm_c',
            f"must be a positive number or 'auto', got {svm_c!r}")

@@ -1,7 +1,7 @@
 """Trains BraVe: python -m brave_jax.main --config=configs/brave_rgb_audio.py:demo [--workdir=W].
 
-Flags: --config=configs/<file>.py[:tiny|demo], overrides like --config.training.num_steps=100,
---workdir (default ./workdirs/<config file>[_<variant>]). Re-running with the same
+Flags: --config=configs/<file>.py[:tiny|demo], overrides like --config.training.num_steps=100
+(read by brave_jax/cli.py, as in brave_jax.evaluate and brave_jax.plan), --workdir (default ./workdirs/<config file>[_<variant>]). Re-running with the same
 workdir resumes from its latest checkpoint.
 
 Multi-host: every process runs this same command plus --coordinator_address=HOST:PORT
@@ -22,15 +22,14 @@ from absl import flags
 from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from brave_jax import cli
 from brave_jax import config_base
 from brave_jax import errors
 from brave_jax import tf_startup
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]',
-                                          lock_config=True)
+cli.define_config_flag()
+_PARSED = cli.ParsedConfig()  # --config and its --config.* overrides, read before main().
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, metrics and plots; default '
                                './workdirs/<config name>.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 '
@@ -86,8 +85,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   train_state = pretrain.train(config, workdir, make_batch_iterator_fn(config),
                                hooks=knn.monitor_hooks(config, workdir))
   if config.eval.run_after_training:
-    from brave_jax.eval import linear  # pylint: disable=g-import-not-at-top
-    linear.evaluate_after_training(config, workdir, train_state)
+    from brave_jax.eval import protocols  # pylint: disable=g-import-not-at-top
+    protocols.after_training(config, workdir, train_state)
   return train_state
 
 
@@ -99,12 +98,12 @@ def main(argv):
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _CPU_COLLECTIVES.value,
                            heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)  # Before any device use.
-    config_spec = config_flags.get_config_filename(flags.FLAGS['config'])
+    config_spec = _PARSED.spec
     workdir = _WORKDIR.value or default_workdir(config_spec)
     if jax.process_index() == 0:  # Say something at once: the first step is minutes away.
       print(f'Training {config_spec} in {workdir}: '
             'loading TensorFlow and the data, then compiling the model...', flush=True)
-    run(_CONFIG.value, workdir)
+    run(_PARSED.config, workdir)
   except errors.RunError as error:
     errors.print_error(error)
     distributed.exit_now_if_multiprocess(error.exit_code)
@@ -117,4 +116,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.config_flags_parser(_CONFIG))
+  app.run(main, flags_parser=cli.absl_flags_parser(_PARSED))

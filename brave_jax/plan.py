@@ -700,11 +700,10 @@ def run(config: ml_collections.ConfigDict, config_spec: str, topology_name: str,
 def _main_with_flags() -> None:
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from brave_jax import cli  # pylint: disable=g-import-not-at-top
 
-  config_flag = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:variant]',
-                                                lock_config=True)
+  cli.define_config_flag()
+  parsed = cli.ParsedConfig()
   topology = flags.DEFINE_string('topology', None, f'Cloud TPU topology, e.g. {TOPOLOGY_EXAMPLES}.')
   batch = flags.DEFINE_integer('batch_per_chip', None, 'Clips per chip (default: the config\'s '
                                'training.batch_size over the chips).')
@@ -726,8 +725,7 @@ def _main_with_flags() -> None:
       raise PlanError(f'unexpected arguments {list(argv[1:])}; flags look like --topology=v5e:2x2')
     if not topology.value:
       raise PlanError(f'--topology is required, e.g. {TOPOLOGY_EXAMPLES}')
-    spec = config_flags.get_config_filename(flags.FLAGS['config'])
-    plan = run(config_flag.value, spec, topology.value, batch_per_chip=batch.value,
+    plan = run(parsed.config, parsed.spec, topology.value, batch_per_chip=batch.value,
                find_max=find_max.value, max_batch_limit=limit.value,
                utilisation=utilisation.value, cpu_ms_override=cpu_ms.value,
                cache_dir=cache_dir.value or None)
@@ -738,7 +736,7 @@ def _main_with_flags() -> None:
       print(f'plan written to {json_path.value}', flush=True)
 
   app.run(lambda argv: errors.run_cli(lambda: main(argv)),
-          flags_parser=cli.config_flags_parser(config_flag))
+          flags_parser=cli.absl_flags_parser(parsed))
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from brave_jax import cli
 from brave_jax import main as brave_main
 from brave_jax.train import distributed
 from brave_jax.train import optimizer as optimizer_lib
@@ -83,7 +84,7 @@ def main(argv):
   start = time.time()
   distributed.initialize(brave_main._COORDINATOR.value, brave_main._NUM_PROCESSES.value,  # pylint: disable=protected-access
                          brave_main._PROCESS_ID.value, brave_main._CPU_COLLECTIVES.value)  # pylint: disable=protected-access
-  config = brave_main._CONFIG.value  # pylint: disable=protected-access
+  config = brave_main._PARSED.config  # pylint: disable=protected-access
   if _MODE.value == 'train':
     run_train(config, brave_main._WORKDIR.value)  # pylint: disable=protected-access
   else:
@@ -93,4 +94,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'dump_dir'])
-  app.run(main)
+  app.run(main, flags_parser=cli.absl_flags_parser(brave_main._PARSED))  # pylint: disable=protected-access

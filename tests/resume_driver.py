@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 import jax
 
+from brave_jax import cli
 from brave_jax import main as brave_main
 from brave_jax.train import pretrain
 from brave_jax.train import step as step_lib
@@ -32,7 +33,7 @@ _STEP_DELAY = flags.DEFINE_float('step_delay', 0.0, 'Seconds to wait before feed
 
 def main(argv):
   del argv
-  config = brave_main._CONFIG.value  # pylint: disable=protected-access
+  config = brave_main._PARSED.config  # pylint: disable=protected-access
   workdir = brave_main._WORKDIR.value  # pylint: disable=protected-access
   make = brave_main.make_batch_iterator_fn(config)
   log_path = os.path.join(workdir, 'batches.jsonl')
@@ -56,4 +57,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=cli.absl_flags_parser(brave_main._PARSED))  # pylint: disable=protected-access

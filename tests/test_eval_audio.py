@@ -13,6 +13,7 @@ from brave_jax.data import dmvr_format
 from brave_jax.data import listing
 from brave_jax.data import pipeline
 from brave_jax.eval import audio
+from brave_jax.eval import protocols
 import eval_test_utils
 import media_writers
 
@@ -266,7 +267,7 @@ def _fails_before_the_model(monkeypatch, capsys, argv) -> str:
   """Runs the CLI expecting exit status 1 and one error line, with model building forbidden."""
   def no_model(*args, **kwargs):
     raise AssertionError('the model was built before the inputs were checked')
-  monkeypatch.setattr(evaluate, '_model_source', no_model)
+  monkeypatch.setattr(protocols.Request, 'source', no_model)
   with pytest.raises(SystemExit) as caught:
     evaluate.main(argv)
   err = capsys.readouterr().err.strip().splitlines()

@@ -9,6 +9,7 @@ import pytest
 
 from brave_jax import config_base
 from brave_jax import evaluate
+from brave_jax import saved_config
 from brave_jax.eval import backbone
 from brave_jax.eval import embeddings as embeddings_lib
 from brave_jax.eval import linear
@@ -142,7 +143,7 @@ def test_config_json_round_trip(config, tmp_path):
   """A workdir's config.json (as train.loop writes it) loads back with tuples and 'auto' intact."""
   config.eval.svm_c = 'auto'
   (tmp_path / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  loaded = evaluate.config_from_json(str(tmp_path / 'config.json'))
+  loaded = saved_config.read(str(tmp_path / 'config.json'))
   assert loaded.data.broad_modalities == ('audio',)
   assert loaded.optimizer.lr_multipliers == (('.*predictor.*', 10.0),)
   assert loaded.eval.svm_c == 'auto'
@@ -172,7 +173,7 @@ def tiny_setup(tmp_path_factory):
   params, state = eval_test_utils.random_variables(model, config)
   workdir = root / 'workdir'
   workdir.mkdir()
-  loop.write_config(config, str(workdir))
+  saved_config.write(config, str(workdir))
   opt_state = optimizer_lib.make_optimizer(config).init(params)
   ckpt = checkpointing.Checkpointer(str(workdir / loop.CHECKPOINT_SUBDIR), keep=2, async_save=False)
   ckpt.save(step_lib.TrainState(np.int32(60), params, state, opt_state,

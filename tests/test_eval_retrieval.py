@@ -9,7 +9,9 @@ import pytest
 
 from brave_jax import config_base
 from brave_jax import evaluate
+from brave_jax import saved_config
 from brave_jax.data import convert
+from brave_jax.eval import protocols
 from brave_jax.eval import retrieval
 
 import eval_test_utils
@@ -80,7 +82,7 @@ def clip_setup(tmp_path_factory):
   params, state = eval_test_utils.random_variables(model, config)
   workdir = root / 'workdir'
   workdir.mkdir()
-  loop.write_config(config, str(workdir))
+  saved_config.write(config, str(workdir))
   ckpt = checkpointing.Checkpointer(str(workdir / loop.CHECKPOINT_SUBDIR), keep=2, async_save=False)
   ckpt.save(step_lib.TrainState(np.int32(60), params, state,
                                 optimizer_lib.make_optimizer(config).init(params),
@@ -147,7 +149,7 @@ def test_audio_only_shards_fail_fast_saying_they_hold_no_frames(tmp_path, capsys
 
   def no_model(*args, **kwargs):
     raise AssertionError('the model was built before the shards were checked')
-  monkeypatch.setattr(evaluate, '_model_source', no_model)
+  monkeypatch.setattr(protocols.Request, 'source', no_model)
   spec = os.path.join(os.path.dirname(__file__), '..', 'configs', 'brave_rgb_audio.py:tiny')
   with pytest.raises(SystemExit) as exit_info:
     evaluate.main(['--protocol=retrieval', '--random_init', f'--config={spec}',

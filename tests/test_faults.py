@@ -22,6 +22,7 @@ import pytest
 
 from brave_jax import errors
 from brave_jax import files
+from brave_jax import saved_config
 from brave_jax.train import checkpointing
 from brave_jax.train import faults
 from brave_jax.train import loop
@@ -345,7 +346,7 @@ def test_main_cli_prints_config_and_workdir_errors_as_one_line(tmp_path, tiny_va
   a_file.write_text('x')
   workdir = tmp_path / 'work'  # config.json + one committed checkpoint of the tiny config.
   workdir.mkdir()
-  loop.write_config(tiny_va_config, str(workdir))
+  saved_config.write(tiny_va_config, str(workdir))
   ckpt = checkpointing.Checkpointer(str(workdir / 'checkpoints'), keep=1, async_save=False)
   ckpt.save(step_lib.TrainState(step=np.int32(20), params={}, state={}, opt_state=(),
                                 rng=np.zeros(2, np.uint32)))

@@ -79,11 +79,8 @@ def embed_clips(config: ml_collections.ConfigDict, source: backbone_lib.Source, 
   if num_classes:
     rows['targets'] = rows.pop('labels')
     rows['labels'] = rows['targets'].argmax(axis=1)  # Unused for multi-label; kept for grouping.
-  clips, first, group = np.unique(rows['video_index'], return_index=True, return_inverse=True)
-  counts = np.bincount(group).astype(np.float64)
-  feats = np.zeros((len(clips), rows['feats'].shape[1]), np.float64)
-  np.add.at(feats, group, rows['feats'])
-  out = {'feats': (feats / counts[:, None]).astype(np.float32),
+  clips, feats, first = embeddings_lib.average_per_video(rows['feats'], rows['video_index'])
+  out = {'feats': feats.astype(np.float32),
          'labels': rows['labels'][first], 'video_index': clips,
          'clip_id': np.array([c.decode() if isinstance(c, bytes) else str(c)
                               for c in rows['clip_id'][first]]),
@@ -465,3 +462,43 @@ def run_multilabel(config: ml_collections.ConfigDict, source: backbone_lib.Sourc
     plot_ap(os.path.join(output_dir, 'ap.png'), result['per_class_ap'], class_names,
             title=f'{tag}: test AP per class (mAP {result["mAP"]:.3f})')
   return record
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def run_request(config: ml_collections.ConfigDict, request: Any,
+                output_dir: str) -> dict[str, Any]:
+  """The protocol's entry (eval/protocols.py): AudioSet-style with request.multilabel, else
+  ESC-style folds (request.audio_shards + folds_csv, or the embedded ESC-style audio split)."""
+  from brave_jax.eval import splits as splits_lib  # pylint: disable=g-import-not-at-top
+  if request.multilabel:
+    train, test, class_names = request.splits(config)
+    num_classes = request.num_classes or (len(class_names) if class_names else None)
+    if not num_classes:
+      raise errors.UsageError('--multilabel needs --num_classes (no class list found beside the '
+                              'shards)')
+    return run_multilabel(config, request.source(config), train, test, num_classes, output_dir,
+                          class_names=class_names)
+  if request.tfds:
+    raise errors.UsageError('ESC-style folds need DMVR shards (--audio_shards) and --folds_csv; '
+                            'TFDS examples carry no file names to match the folds to')
+  if bool(request.audio_shards) != bool(request.folds_csv):
+    raise errors.UsageError('ESC-style audio evaluation needs both --audio_shards and --folds_csv '
+                            '(or neither: the embedded ESC-style audio split)')
+  if request.audio_shards:  # Every input the command names is checked before the model is built.
+    check_folds_cover(request.audio_shards, request.folds_csv, id_column=request.id_column,
+                      fold_column=request.fold_column)
+    class_names = splits_lib.shard_class_names(request.audio_shards)
+  source = request.source(config)
+  if request.audio_shards:
+    data, folds_csv = request.audio_shards, request.folds_csv
+  else:
+    from brave_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    a = config.audio_eval.synthetic
+    dataset = synthetic.ensure_audio_dataset(
+        config.data.synthetic, num_folds=int(a.num_folds), clips_per_fold=int(a.clips_per_fold),
+        seconds=float(a.seconds), snr_db=tuple(a.snr_db))
+    data, folds_csv, class_names = dataset['audio'], dataset['folds_csv'], dataset['class_names']
+  return run_folds(config, source, data, folds_csv, output_dir, class_names=class_names,
+                   id_column=request.id_column, fold_column=request.fold_column)

@@ -8,8 +8,8 @@ batch-norm statistics are re-estimated on data first (`calibrate_batch_norm`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -17,7 +17,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from brave_jax import config_base
 
 RANDOM_INIT_SEED_OFFSET = 1_000_003  # random_init: PRNGKey(config.seed + this), not training's.
 NARROW_ROOT = 'narrow_video_embedding'  # Haiku module root of the narrow (kept) backbone.
@@ -66,41 +65,6 @@ def embed_fn(model: Any, root: str = NARROW_ROOT) -> Callable[[Any, Any], Any]:
     params, state = variables
     return fn(params, state, x)
   return embed
-
-
-# ----------------------------------------------------------------------------- configs
-
-
-def _merge_json(base: ml_collections.ConfigDict, values: Mapping[str, Any]) -> None:
-  """Writes JSON values into `base`, turning lists back into tuples where the schema has tuples."""
-  for key, value in values.items():
-    if key in base and isinstance(base[key], ml_collections.ConfigDict) and isinstance(value, dict):
-      _merge_json(base[key], value)
-      continue
-    if isinstance(value, list):
-      value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    with base.unlocked():
-      if key in base and not isinstance(base[key], ml_collections.ConfigDict):
-        base[key] = value
-      else:
-        base[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-
-
-def config_from_json(path: str) -> ml_collections.ConfigDict:
-  """The resolved config a training run wrote (config.json), on top of today's schema defaults."""
-  from brave_jax import errors  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise errors.UsageError(f'{path} not found: --workdir must be a training workdir (main.py '
-                            'writes config.json there), or pass --config=configs/<file>.py[:variant]')
-  try:
-    with open(path) as f:
-      values = json.load(f)
-  except ValueError as error:
-    raise errors.UsageError(f'{path} is not valid JSON ({error}); pass '
-                            '--config=configs/<file>.py[:variant] instead') from error
-  config = config_base.base_config()
-  _merge_json(config, values)
-  return config
 
 
 # ----------------------------------------------------------------------------- sources
@@ -169,17 +133,37 @@ def from_published(path: str) -> Source:
                 loaded.state, None, 'published')
 
 
-def random_init(config: ml_collections.ConfigDict) -> Source:
-  """An untrained model of the config's architecture (seed config.seed + RANDOM_INIT_SEED_OFFSET).
+def random_init(config: ml_collections.ConfigDict, like: Source | None = None) -> Source:
+  """An untrained model (seed config.seed + RANDOM_INIT_SEED_OFFSET): every protocol's baseline.
 
-  Its batch-norm moving statistics are Haiku's initial ones; frozen-feature
-  protocols must re-estimate them first (`calibrate_batch_norm`).
+  The architecture is the config's, or `like`'s (e.g. a published checkpoint's,
+  whose broad views the config need not share). Its batch-norm moving
+  statistics are Haiku's initial ones; frozen-feature protocols must
+  re-estimate them first (`calibrate_batch_norm`).
   """
-  model = build_model(config)
-  rng = jax.random.PRNGKey(config.seed + RANDOM_INIT_SEED_OFFSET)
-  params, state = jax.jit(model.init)(rng, init_batch(config))
-  return Source(model, config.model, tuple(config.data.broad_modalities),
-                jax.device_get(params), jax.device_get(state), None, 'random_init')
+  if like is None:
+    model, model_config = build_model(config), config.model
+    modalities = tuple(config.data.broad_modalities)
+  else:
+    model, model_config, modalities = like.model, like.model_config, tuple(like.broad_modalities)
+  batch_config = config
+  if modalities != tuple(config.data.broad_modalities):  # The init batch must hold like's views.
+    batch_config = copy.deepcopy(config)
+    with batch_config.unlocked():
+      batch_config.data.broad_modalities = modalities
+  rng = jax.random.PRNGKey(int(config.seed) + RANDOM_INIT_SEED_OFFSET)
+  params, state = jax.jit(model.init)(rng, init_batch(batch_config))
+  return Source(model, model_config, modalities, jax.device_get(params), jax.device_get(state),
+                None, 'random_init')
+
+
+def from_train_state(config: ml_collections.ConfigDict, train_state: Any) -> Source:
+  """The model training just ended with (device 0's replica of the replicated TrainState)."""
+  from brave_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  params, state = step_lib.unreplicate((train_state.params, train_state.state))
+  step = int(step_lib.unreplicate(train_state.step))
+  return Source(build_model(config), config.model, tuple(config.data.broad_modalities), params,
+                state, step, 'workdir')
 
 
 def calibrate_batch_norm(config: ml_collections.ConfigDict, source: Source,

@@ -36,13 +36,13 @@ def _pad_rows(x_NxR: np.ndarray, rows: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _make_forward(embed_fn: EmbedFn, has_variables: bool, num_devices: int) -> Callable:
-  """One compiled `(variables, x) -> feats` over `num_devices` devices (pmap) or one (jit).
+  """One compiled `(variables, *inputs) -> feats` over `num_devices` devices (pmap) or one (jit).
 
   Cached per embed_fn, so the train and test splits of one evaluation share a compilation.
   """
-  def forward(variables, x):
-    feats = embed_fn(variables, x) if has_variables else embed_fn(x)
-    return jnp.asarray(feats, jnp.float32)
+  def forward(variables, *inputs):
+    feats = embed_fn(variables, *inputs) if has_variables else embed_fn(*inputs)
+    return jax.tree.map(lambda f: jnp.asarray(f, jnp.float32), feats)
   if num_devices == 1:
     return jax.jit(forward)
   return jax.pmap(forward, axis_name='i', devices=jax.local_devices()[:num_devices])
@@ -50,13 +50,18 @@ def _make_forward(embed_fn: EmbedFn, has_variables: bool, num_devices: int) -> C
 
 def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.ndarray]], *,
                        num_devices: int | None = None, variables: Any = None,
-                       input_key: str = 'video', pad_to: int = 0, total: int | None = None,
-                       desc: str = 'embedding', extra_keys: Sequence[str] = (),
+                       input_key: str | Sequence[str] = 'video', pad_to: int = 0,
+                       total: int | None = None, desc: str = 'embedding',
+                       extra_keys: Sequence[str] = (),
                        show_progress: bool = True) -> dict[str, np.ndarray]:
   """Runs `embed_fn` over every batch; returns {'feats' [N, D] f32, 'labels' [N], 'video_index' [N]}.
 
-  `extra_keys` are further batch fields returned alongside (e.g. 'clip_id',
-  multi-hot 'labels' of multi-label data, which then replace the label column).
+  The one embedding loop of every protocol and the kNN monitor. Several
+  `input_key`s are passed to `embed_fn` in that order (e.g. retrieval's video
+  and audio); an `embed_fn` that returns a dict of arrays gets one output
+  entry per key instead of 'feats'. `extra_keys` are further batch fields
+  returned alongside (e.g. 'clip_id', multi-hot 'labels' of multi-label data,
+  which then replace the label column).
 
   Batches are padded to the largest batch seen, at least `pad_to` (the
   iterator's batch size), rounded up to a multiple of the device count, so the
@@ -84,28 +89,34 @@ def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.nda
   padded_rows = -(-int(pad_to) // num_devices) * num_devices
   num_clips = 0
 
+  input_keys = (input_key,) if isinstance(input_key, str) else tuple(input_key)
+
   def collect(item):
     out, rows = item
-    out = np.asarray(out)
-    feats.append(out.reshape((-1,) + out.shape[2:])[:rows] if num_devices > 1 else out[:rows])
+
+    def keep(x):
+      x = np.asarray(x)
+      return x.reshape((-1,) + x.shape[2:])[:rows] if num_devices > 1 else x[:rows]
+    feats.append(jax.tree.map(keep, out))
 
   with tqdm.tqdm(total=total, desc=desc, unit='batch', dynamic_ncols=True,
                  disable=not show_progress) as bar:
     for batch in iterator:
-      if input_key not in batch:
-        raise KeyError(f'compute_embeddings: batch has no {input_key!r} (keys {sorted(batch)}); '
-                       'the eval iterator must yield it')
-      x = np.asarray(batch[input_key])
-      rows = len(x)
+      for key in input_keys:
+        if key not in batch:
+          raise KeyError(f'compute_embeddings: batch has no {key!r} (keys {sorted(batch)}); '
+                         'the eval iterator must yield it')
+      xs = [np.asarray(batch[key]) for key in input_keys]
+      rows = len(xs[0])
       if rows == 0:
         continue
       padded_rows = max(padded_rows, -(-rows // num_devices) * num_devices)
-      x = _pad_rows(x, padded_rows)
+      xs = [_pad_rows(x, padded_rows) for x in xs]
       if num_devices > 1:
-        x = x.reshape((num_devices, padded_rows // num_devices) + x.shape[1:])
+        xs = [x.reshape((num_devices, padded_rows // num_devices) + x.shape[1:]) for x in xs]
       if not num_clips and pending is None and show_progress:
         bar.write(f'{desc}: compiling the embedding function (XLA; up to minutes on CPU)...')
-      out = forward(variables, x)
+      out = forward(variables, *xs)
       if pending is not None:
         collect(pending)
       pending = (out, rows)
@@ -126,13 +137,32 @@ def compute_embeddings(embed_fn: EmbedFn, iterator: Iterable[Mapping[str, np.nda
 
   if not feats:
     raise ValueError('compute_embeddings: the iterator yielded no clips; check the shards')
-  out = {
-      'feats': np.concatenate(feats).astype(np.float32),
+  if isinstance(feats[0], dict):
+    out = {k: np.concatenate([f[k] for f in feats]).astype(np.float32) for k in feats[0]}
+  else:
+    out = {'feats': np.concatenate(feats).astype(np.float32)}
+  out.update({
       'labels': np.concatenate(labels).astype(np.int64),
       'video_index': np.concatenate(video_index).astype(np.int64),
-  }
+  })
   out.update({k: np.concatenate(v) for k, v in extras.items()})
   return out
+
+
+def average_per_video(values_NxD: np.ndarray,
+                      video_index_N: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(videos_V ascending, float64 mean of each video's rows [V, D], first row of each video [V]).
+
+  Every protocol that scores a video from several crops, windows or clips
+  averages them here, so a video counts once whatever its number of rows.
+  """
+  video_index_N = np.asarray(video_index_N).reshape(-1)
+  values_NxD = np.asarray(values_NxD)
+  videos_V, first_V, group_N, counts_V = np.unique(
+      video_index_N, return_index=True, return_inverse=True, return_counts=True)
+  sums_VxD = np.zeros((len(videos_V),) + values_NxD.shape[1:], np.float64)
+  np.add.at(sums_VxD, group_N, values_NxD.astype(np.float64))
+  return videos_V, sums_VxD / counts_V.reshape((-1,) + (1,) * (values_NxD.ndim - 1)), first_V
 
 
 def save_embeddings(path: str, splits: Mapping[str, Mapping[str, np.ndarray]],

@@ -243,3 +243,12 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
   print(report.format_table({f'finetune ({source.kind})': record}))
   print(f'wrote {os.path.join(output_dir, "eval.json")}, confusion.png and loss.png', flush=True)
   return record
+
+
+def run_request(config: ml_collections.ConfigDict, request: Any,
+                output_dir: str) -> dict[str, Any]:
+  """The protocol's entry (eval/protocols.py): `run` on the request's model and labelled splits."""
+  source = request.source(config)
+  train, test, class_names = request.splits(config)
+  return run(config, source, output_dir, train_source=train, test_source=test,
+             class_names=class_names)

@@ -13,6 +13,10 @@ video, decoded once and kept in memory) with the current narrow backbone and
 reports leave-one-out kNN top-1 within that set (k = 20 by default) as
 `knn/top1` in metrics.jsonl, TensorBoard and the progress line, and redraws
 `knn.png`. `knn/seconds` is its own wall time, so its cost is on record.
+
+As an evaluation protocol (`run_request`; `python -m brave_jax.evaluate
+--protocol=knn`), every multi-crop test video is classified against the
+train split's clips (crop scores averaged per video).
 """
 from __future__ import annotations
 
@@ -210,3 +214,31 @@ def monitor_hooks(config: ml_collections.ConfigDict, workdir: str) -> list[Monit
     return []
   from brave_jax.train import loop  # pylint: disable=g-import-not-at-top
   return [Monitor(config, loop.resolve_workdir(workdir))]
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def run_request(config: ml_collections.ConfigDict, request: Any,
+                output_dir: str) -> dict[str, Any]:
+  """The protocol's entry (eval/protocols.py): kNN of test videos against the train split's clips."""
+  from brave_jax.eval import linear  # pylint: disable=g-import-not-at-top
+  from brave_jax.eval import protocols  # pylint: disable=g-import-not-at-top
+  from brave_jax.eval import report  # pylint: disable=g-import-not-at-top
+  source = request.source(config)
+  train, test, class_names = request.splits(config)
+  if source.kind == 'random_init':
+    source = backbone_lib.calibrate_batch_norm(config, source,
+                                               linear.eval_iterator(config, train, 'train'))
+  tag = protocols.tag(source)
+  splits = linear.embed_splits(config, backbone_lib.embed_fn(source.model), train, test,
+                               variables=source.variables(backbone_lib.NARROW_ROOT), tag=tag)
+  m = config.knn_monitor
+  result = evaluate(splits['train'], splits['test'], k=int(m.k), temperature=float(m.temperature),
+                    num_classes=len(class_names) if class_names else None)
+  record = {'protocol': 'knn', 'backbone': tag, 'checkpoint_step': source.step, **result}
+  report.write_json(os.path.join(output_dir, 'knn.json'), record)
+  print(f'kNN ({tag}, k={result["k"]}): test top-1 {100 * result["top1"]:.1f}%, top-5 '
+        f'{100 * result["top5"]:.1f}% over {result["num_test_videos"]} videos; wrote '
+        f'{os.path.join(output_dir, "knn.json")}')
+  return record

@@ -1,9 +1,9 @@
 """The linear protocol end to end: embed both splits with a frozen backbone, fit the SVM, report.
 
-`evaluate_backbone` serves the CLI (`python -m brave_jax.evaluate`, the
-default protocol) and the end of training (`evaluate_after_training`, called
-by main.py when config.eval.run_after_training), so both follow one protocol
-(docs/design.md, "Linear evaluation"): the train split seen
+`run_request` (the protocol's entry, eval/protocols.py) serves the CLI
+(`python -m brave_jax.evaluate`, the default protocol) and the end of training
+(`evaluate_after_training`, when config.eval.run_after_training), so both
+follow one protocol (docs/design.md, "Linear evaluation"): the train split seen
 config.eval.train_passes times with training augmentation, the test split as
 num_temporal_crops x num_spatial_crops crops per video, predictions averaged.
 The classifier math lives in eval/svm.py.
@@ -120,11 +120,11 @@ def evaluate_source(config: ml_collections.ConfigDict, source: backbone_lib.Sour
   if source.kind == 'random_init':
     source = backbone_lib.calibrate_batch_norm(config, source,
                                                eval_iterator(config, train_source, 'train'))
+  from brave_jax.eval import protocols  # pylint: disable=g-import-not-at-top
   return evaluate_backbone(
       config, backbone_lib.embed_fn(source.model), train_source, test_source, outdir,
       variables=source.variables(backbone_lib.NARROW_ROOT), class_names=class_names,
-      checkpoint_step=source.step, tag=tag or {'workdir': 'pretrained'}.get(source.kind, source.kind),
-      **kwargs)
+      checkpoint_step=source.step, tag=tag or protocols.tag(source), **kwargs)
 
 
 def evaluate_after_training(config: ml_collections.ConfigDict, workdir: str,
@@ -137,18 +137,12 @@ def evaluate_after_training(config: ml_collections.ConfigDict, workdir: str,
   """
   if jax.process_index() != 0:
     return {}
-  from brave_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
-  root = backbone_lib.NARROW_ROOT
-  params, state = step_lib.unreplicate(
-      backbone_lib.only_root((train_state.params, train_state.state), root))
-  step = int(step_lib.unreplicate(train_state.step))
-  pretrained = backbone_lib.Source(backbone_lib.build_model(config), config.model,
-                                   tuple(config.data.broad_modalities), params, state, step,
-                                   'workdir')
+  pretrained = backbone_lib.from_train_state(config, train_state)
   train_source, test_source, class_names = splits_lib.resolve(config)
   variants = {'pretrained': pretrained}
   if config.eval.compare_random_init:  # Labelled with the step it is compared at.
-    variants['random_init'] = dataclasses.replace(backbone_lib.random_init(config), step=step)
+    variants['random_init'] = dataclasses.replace(backbone_lib.random_init(config),
+                                                  step=pretrained.step)
   results = {}
   for tag, source in variants.items():
     print(f'linear evaluation: {tag} narrow backbone')
@@ -159,3 +153,29 @@ def evaluate_after_training(config: ml_collections.ConfigDict, workdir: str,
   print(report.format_table(results))
   return results
 
+
+def run_request(config: ml_collections.ConfigDict, request: Any,
+                output_dir: str) -> dict[str, Any]:
+  """The protocol's entry (eval/protocols.py): a model on labelled splits, a re-fit of saved
+  embeddings (request.embeddings), or the end of pretraining (request.train_state)."""
+  from brave_jax.eval import protocols  # pylint: disable=g-import-not-at-top
+  if request.train_state is not None:
+    return evaluate_after_training(config, output_dir, request.train_state)
+  if request.embeddings:  # --workdir/--config then only supply the config.
+    splits, metadata = embeddings_lib.load_embeddings(request.embeddings)
+    if not {'train', 'test'} <= set(splits):
+      raise ValueError(f'{request.embeddings} holds splits {sorted(splits)}; it needs train and '
+                       'test')
+    record = fit_and_report(config, splits, output_dir, class_names=metadata.get('class_names'),
+                            checkpoint_step=metadata.get('checkpoint_step'),
+                            data=metadata.get('data'))
+    tag = 'refit'
+  else:
+    source = request.source(config)
+    train, test, class_names = request.splits(config)
+    tag = protocols.tag(source)
+    record = evaluate_source(config, source, train, test, output_dir, tag=tag,
+                             class_names=class_names, save_embeddings=request.save_embeddings)
+  print(report.format_table({tag: record}))
+  print(f'wrote {os.path.join(output_dir, "eval.json")} and confusion.png')
+  return record

@@ -34,18 +34,17 @@ framed in green).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
+from brave_jax import errors
 from brave_jax import files
 from brave_jax.eval import backbone as backbone_lib
+from brave_jax.eval import embeddings as embeddings_lib
 
 JSON_FILE = 'retrieval.json'
 PLOT_FILE = 'retrieval.png'
@@ -134,9 +133,9 @@ def _normalise(x_NxK: np.ndarray) -> np.ndarray:
   return x_NxK / np.maximum(np.linalg.norm(x_NxK, axis=-1, keepdims=True), 1e-12)
 
 
-def _make_forward(model: Any):
-  """jit: (variables, video, audio) -> normalised (z_narrow, h_narrow, z_audio, h_audio)."""
-  def forward(variables, video, audio):
+def _embed_fn(model: Any):
+  """(variables, video, audio) -> unit vectors {'z_narrow', 'h_narrow', 'z_audio', 'h_audio'}."""
+  def embed(variables, video, audio):
     params, state = variables
     z_n, h_n = model.project['narrow'](params, state, model.embed_narrow(params, state, video))
     z_a, h_a = model.project['audio'](params, state,
@@ -144,8 +143,9 @@ def _make_forward(model: Any):
 
     def unit(x):
       return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return unit(z_n), unit(h_n), unit(z_a), unit(h_a)
-  return jax.jit(forward)
+    return {'z_narrow': unit(z_n), 'h_narrow': unit(h_n), 'z_audio': unit(z_a),
+            'h_audio': unit(h_a)}
+  return embed
 
 
 def _thumbnail(frame_HxWx3: np.ndarray) -> np.ndarray:
@@ -163,41 +163,32 @@ def embed_clips(config: ml_collections.ConfigDict, source: backbone_lib.Source, 
   if 'audio' not in source.model.embed_broad:
     raise RetrievalError(f'retrieval needs a model with an audio backbone (V/A, V/FA); this '
                          f'{source.kind} model has broad views {sorted(source.model.embed_broad)}')
-  forward = _make_forward(source.model)
-  variables = jax.device_put((source.params, source.state))
-  size = int(config.retrieval.batch_size)
   limit = int(config.retrieval.max_clips) or None
-  rows: dict[str, list[np.ndarray]] = {k: [] for k in ('z_narrow', 'h_narrow', 'z_audio', 'h_audio',
-                                                       'video_index')}
   thumbs: dict[int, np.ndarray] = {}
-  with tqdm.tqdm(desc=desc, unit='batch', dynamic_ncols=True) as bar:
+
+  def batches_keeping_thumbnails():
     for batch in clip_batches(config, data):
-      index_B = np.asarray(batch['video_index']).reshape(-1)
-      n = len(index_B)
-      video, audio = (np.asarray(batch[k]) for k in ('video', 'audio'))
-      if n < size:  # Pad to one shape: one compilation.
-        video, audio = (np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)]) for x in (video, audio))
-      out = forward(variables, video, audio)
-      for key, value in zip(('z_narrow', 'h_narrow', 'z_audio', 'h_audio'), out):
-        rows[key].append(np.asarray(value)[:n])
-      rows['video_index'].append(index_B)
-      for i, clip in enumerate(index_B):
+      for i, clip in enumerate(np.asarray(batch['video_index']).reshape(-1)):
         if int(clip) not in thumbs:
           thumbs[int(clip)] = _thumbnail(np.asarray(batch['video'][i, batch['video'].shape[1] // 2]))
-      bar.update(1)
-      bar.set_postfix(clips=len(thumbs))
+      yield batch
       if limit and len(thumbs) > limit:
-        break
-  if not rows['video_index']:
-    raise RetrievalError(f'no clips with frames and audio in {data!r}')
-  flat = {k: np.concatenate(v) for k, v in rows.items()}
-  clips, group = np.unique(flat['video_index'], return_inverse=True)
+        return
+
+  try:
+    rows = embeddings_lib.compute_embeddings(
+        _embed_fn(source.model), batches_keeping_thumbnails(),
+        variables=(source.params, source.state), input_key=('video', 'audio'),
+        pad_to=int(config.retrieval.batch_size), desc=desc)
+  except ValueError:
+    if thumbs:
+      raise
+    raise RetrievalError(f'no clips with frames and audio in {data!r}') from None
   keep = slice(0, limit)
   out = {}
   for key in ('z_narrow', 'h_narrow', 'z_audio', 'h_audio'):
-    summed = np.zeros((len(clips), flat[key].shape[1]), np.float64)
-    np.add.at(summed, group, flat[key])
-    out[key] = _normalise(summed).astype(np.float32)[keep]
+    clips, means, _ = embeddings_lib.average_per_video(rows[key], rows['video_index'])
+    out[key] = _normalise(means).astype(np.float32)[keep]
   out['video_index'] = clips[keep]
   out['thumbnails'] = np.stack([thumbs[int(c)] for c in out['video_index']])
   return out
@@ -228,20 +219,6 @@ def clip_names(data: Any, entries: Sequence[int]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- baseline
-
-
-def random_init_like(config: ml_collections.ConfigDict, source: backbone_lib.Source,
-                     calibration_data: Any) -> backbone_lib.Source:
-  """An untrained model of the source's architecture (seed config.seed + RANDOM_INIT_SEED_OFFSET),
-  BN statistics re-estimated on calibration clips with both views fed."""
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.data.broad_modalities = tuple(source.broad_modalities)
-  rng = jax.random.PRNGKey(int(config.seed) + backbone_lib.RANDOM_INIT_SEED_OFFSET)
-  params, state = jax.jit(source.model.init)(rng, backbone_lib.init_batch(c))
-  fresh = dataclasses.replace(source, params=jax.device_get(params), state=jax.device_get(state),
-                              step=None, kind='random_init')
-  return calibrate(config, fresh, calibration_data)
 
 
 def calibrate(config: ml_collections.ConfigDict, source: backbone_lib.Source,
@@ -332,7 +309,8 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, test_dat
   models = {tag: calibrate(config, source, calibration_data) if source.kind == 'random_init'
             else source}
   if source.kind != 'random_init' and config.retrieval.compare_random_init:
-    models['random_init'] = random_init_like(config, source, calibration_data)
+    models['random_init'] = calibrate(config, backbone_lib.random_init(config, like=source),
+                                      calibration_data)
   record: dict[str, Any] = {'protocol': 'retrieval', 'headline_score': HEADLINE,
                             'score_definitions': {
                                 'both': 'cos(h_narrow, z_audio) + cos(h_audio, z_narrow)',
@@ -371,4 +349,37 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, test_dat
                  title=f'{tag}: audio<->video retrieval over {num_clips} test clips '
                        '(frames show the clip each video or audio came from; green: true partner)')
   files.write_json(os.path.join(output_dir, JSON_FILE), record)
+  return record
+
+
+def run_request(config: ml_collections.ConfigDict, request: Any,
+                output_dir: str) -> dict[str, Any]:
+  """The protocol's entry (eval/protocols.py): checks the shards and the model's views, then `run`.
+
+  Test clips: request.test_shards, else config.data.test_shards, else the
+  embedded test split; request.train_shards (if any) calibrate random init's BN.
+  """
+  if request.tfds:
+    raise errors.UsageError('retrieval reads DMVR shards with audio (--test_shards), not --tfds')
+  named = request.test_shards or config.data.test_shards
+  if named:  # The shards hold what retrieval needs? Checked once, before any model is built.
+    from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
+    reader.check_shard_features(named, video=True, audio=True, what='--protocol=retrieval')
+  source = None
+  if request.checkpoint or request.train_state is not None:  # The model says what it holds.
+    source = request.source(config)
+    modalities = source.broad_modalities
+  else:
+    modalities = tuple(config.data.broad_modalities)
+  if 'audio' not in modalities:
+    raise errors.UsageError(f'retrieval needs a model with an audio backbone (V/A, V/FA); this '
+                            f'one has broad views {modalities}')
+  source = source or request.source(config)
+  test = named
+  if not test:  # The embedded dataset's test split (it has audio).
+    _, test, _ = request.splits(config)
+  record = run(config, source, test, output_dir, calibration_data=request.train_shards or None)
+  print(format_table(record))
+  print(f'{record["num_clips"]} clips; wrote {os.path.join(output_dir, JSON_FILE)} '
+        f'and {PLOT_FILE}')
   return record

@@ -24,6 +24,7 @@ from sklearn import preprocessing
 from sklearn import svm
 
 from brave_jax import errors
+from brave_jax.eval import embeddings as embeddings_lib
 
 C_GRID = tuple(float(c) for c in np.logspace(-5, 1, 7))  # 1e-5 ... 1e1, for svm_c='auto'.
 CV_FOLDS = 5  # Folds for choosing C (fewer when the rarest class has fewer examples).
@@ -61,14 +62,11 @@ def group_crops(feats_NxD: np.ndarray, labels_N: np.ndarray,
     raise LinearEvalError(
         f'group_crops: {len(feats_NxD)} feature rows, {len(labels_N)} labels and '
         f'{len(video_index_N)} video indices; each crop needs one of each')
-  videos_V, group_N, counts_V = np.unique(video_index_N, return_inverse=True, return_counts=True)
-  sums_VxD = np.zeros((len(videos_V), feats_NxD.shape[1]), np.float64)
-  np.add.at(sums_VxD, group_N, feats_NxD.astype(np.float64))
-  feats_VxD = (sums_VxD / counts_V[:, None]).astype(np.result_type(feats_NxD.dtype, np.float32))
+  videos_V, means_VxD, first_V = embeddings_lib.average_per_video(feats_NxD, video_index_N)
+  feats_VxD = means_VxD.astype(np.result_type(feats_NxD.dtype, np.float32))
 
-  labels_V = np.empty(len(videos_V), labels_N.dtype)
-  labels_V[group_N] = labels_N  # Any crop's label; checked for agreement below.
-  mixed_N = labels_V[group_N] != labels_N
+  labels_V = labels_N[first_V]  # Any crop's label; checked for agreement below.
+  mixed_N = labels_V[np.searchsorted(videos_V, video_index_N)] != labels_N
   if mixed_N.any():
     bad = video_index_N[np.argmax(mixed_N)]
     found = sorted(set(labels_N[video_index_N == bad].tolist()))

@@ -34,7 +34,6 @@ what happened, the last good checkpoint, and that a rerun resumes from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -45,7 +44,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from brave_jax import files
+from brave_jax import saved_config
 from brave_jax.train import checkpointing
 from brave_jax.train import faults
 from brave_jax.train import metrics as metrics_lib
@@ -57,7 +56,6 @@ from brave_jax.train import step as step_lib
 PyTree = Any
 BatchIteratorFn = Callable[[int], Iterator[PyTree]]
 CHECKPOINT_SUBDIR = 'checkpoints'
-CONFIG_FILE = resume.CONFIG_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +98,6 @@ def resolve_workdir(workdir: str) -> str:
   if '://' in workdir:
     return workdir.rstrip('/')
   return os.path.abspath(os.path.expanduser(workdir))
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the resolved config (after overrides) atomically, so the workdir says what it holds."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if jax.process_index() == 0:
-    files.write_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
-  return path
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> int | None:
@@ -163,7 +153,7 @@ def train(settings: Settings, workdir: str, config: ml_collections.ConfigDict, *
   failure: BaseException | None = None
   try:
     if not start_step:
-      write_config(config, workdir)
+      saved_config.write(config, workdir)
     host_iterator = make_batch_iterator(start_step)
     batches = prefetch.DevicePrefetcher(host_iterator, devices, size=2)
     say('Reading the first batch...')
@@ -221,8 +211,8 @@ def _init_or_restore(seed: int, model: Any, optimizer: optax.GradientTransformat
     restored, meta = ckpt.restore(init.host_template(init_rng, first_batch), start_step)
     train_state = step_lib.replicate(restored, devices)
     changes = resume.check_config_matches(config, workdir, start_step)
-    if changes or resume.read_saved_config(workdir) is None:
-      write_config(config, workdir)  # Only now: the checkpoint fits this config.
+    if changes or saved_config.read_dict(workdir) is None:
+      saved_config.write(config, workdir)  # Only now: the checkpoint fits this config.
     print(f'Resumed from {ckpt.directory} at step {meta["step"]}.'
           + (f' Changed on resume: {"; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)}.'
              if changes else ''), flush=True)
@@ -369,8 +359,3 @@ def _close_all(closers: Sequence[Any], failure: BaseException | None) -> BaseExc
     except BaseException as error:  # pylint: disable=broad-except
       failure = failure or error
   return failure
-
-
-def read_config(workdir: str) -> dict[str, Any]:
-  """The config.json a run wrote, as a plain dict."""
-  return json.loads(epath.Path(workdir, CONFIG_FILE).read_text())

@@ -19,15 +19,14 @@ added to the schema, or after one was removed) are not compared.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Iterable
 
 from etils import epath
 import ml_collections
 
 from brave_jax import errors
+from brave_jax import saved_config
 
-CONFIG_FILE = 'config.json'
 RESUMABLE_FIELDS = (
     'training.num_steps',
     'training.log_every',
@@ -64,27 +63,10 @@ def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   return {prefix[:-1]: json.loads(json.dumps(tree))}  # Tuples -> lists, as config.json has them.
 
 
-def config_as_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config as config.json stores it (JSON types)."""
-  return json.loads(config.to_json_best_effort())
-
-
 def differences(saved: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """[(field, saved value, new value)] for fields present in both whose values differ."""
   old, new = flatten(saved), flatten(config)
   return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
-
-
-def read_saved_config(workdir: str) -> dict[str, Any] | None:
-  """workdir/config.json as a dict; None when it is missing or unreadable (torn by an old crash)."""
-  path = epath.Path(workdir, CONFIG_FILE)
-  if not path.exists():
-    return None
-  try:
-    value = json.loads(path.read_text())
-  except ValueError:
-    return None
-  return value if isinstance(value, dict) else None
 
 
 def _describe(changes: Iterable[tuple[str, Any, Any]], limit: int = 8) -> str:
@@ -103,17 +85,17 @@ def check_config_matches(config: ml_collections.ConfigDict, workdir: str,
   checkpoint has been restored). Without a readable config.json nothing can be
   compared here; the checkpoint's shapes are then checked at restore.
   """
-  saved = read_saved_config(workdir)
+  saved = saved_config.read_dict(workdir)
   if saved is None:
     return []
-  changes = differences(saved, config_as_dict(config))
+  changes = differences(saved, saved_config.as_dict(config))
   refused = [c for c in changes if not may_change_on_resume(c[0])]
   if refused:
     raise errors.WorkdirMismatchError(
         f'{workdir} holds checkpoints (latest: step {checkpoint_step}) of another config; this '
         f'run changes {len(refused)} field(s) that resuming cannot: {_describe(refused)}. Use a new '
         f'--workdir for this config, or rerun with the workdir\'s own config '
-        f'({os.path.join(workdir, CONFIG_FILE)}). Fields that may change on resume: '
+        f'({saved_config.path(workdir)}). Fields that may change on resume: '
         f'{", ".join(f.rstrip(".") + ("*" if f.endswith(".") else "") for f in RESUMABLE_FIELDS)}.')
   return changes
 
