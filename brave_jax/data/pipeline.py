@@ -26,7 +26,6 @@ are handled (`bad_records`: the budget, its warnings and the iterators).
 """
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from typing import Any, Callable
@@ -35,6 +34,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from brave_jax import log
 from brave_jax.data import augment
 from brave_jax.data import bad_records
 from brave_jax.data import decode
@@ -43,6 +43,8 @@ from brave_jax.data import sampling
 from brave_jax.data import spectrogram
 from brave_jax.data import tfds_reader
 from brave_jax.data import tfrecord
+
+_LOG = log.get_logger(__name__)
 
 _NEVER = 1 << 62  # End of the endless training slot range.
 Source = reader.ShardSpec | tfds_reader.TfdsSplit  # Labelled clips for evaluation, fine-tuning.
@@ -71,9 +73,9 @@ def limit_tf_op_threads(threads: int) -> None:
   try:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
   except RuntimeError:
-    logging.warning('TensorFlow is already running; data.tf_intra_op_threads=%d not applied '
-                    '(TF op threads stay at %d).', threads,
-                    tf.config.threading.get_intra_op_parallelism_threads())
+    _LOG.warning('TensorFlow is already running; data.tf_intra_op_threads=%d not applied '
+                 '(TF op threads stay at %d).', threads,
+                 tf.config.threading.get_intra_op_parallelism_threads())
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -356,7 +358,7 @@ def warn_if_smaller_than_batch(num_records: int, per_host_batch: int,
   """
   if num_records >= per_host_batch:
     return False
-  logging.warning(
+  _LOG.warning(
       'the training set has %d clip(s) (%d shard(s), first %s), fewer than one batch of %d per '
       'host: every batch repeats clips, about %.1f times each. Convert more videos or lower '
       'config.training.batch_size.', num_records, len(files), files[0] if files else None,
