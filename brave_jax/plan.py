@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from brave_jax import config_base
 from brave_jax import errors
 from brave_jax import log
 
@@ -671,7 +672,7 @@ def run(config: ml_collections.ConfigDict, config_spec: str, topology_name: str,
   cpu_ms, cpu_source = pipeline_cost(config_spec, cpu_ms_override)
   if batch_per_chip is None:
     global_batch = int(config.training.batch_size)
-    if global_batch % topology.chips:
+    if config_base.uneven_batch(global_batch, 1, topology.chips):
       raise PlanError(f'config.training.batch_size={global_batch} does not split over the '
                       f'{topology.chips} chips of {topology.name}: pass --batch_per_chip')
     batch_per_chip = global_batch // topology.chips

@@ -14,7 +14,6 @@ import time
 
 from absl import app
 from absl import flags
-import jax
 
 from brave_jax import cli
 from brave_jax import log

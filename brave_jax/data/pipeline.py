@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from brave_jax import config_base
 from brave_jax import log
 from brave_jax.data import augment
 from brave_jax.data import bad_records
@@ -327,12 +328,12 @@ def per_host_and_device(batch_size: int, process_count: int, num_local_devices: 
                         field: str) -> tuple[int, int]:
   """(per-host, per-device) shares of a global batch; ValueError naming `field` if uneven.
 
-  The one place the data pipelines check that a batch splits over processes and devices.
+  The one place the data pipelines check that a batch splits over processes and devices
+  (config_base.uneven_batch: the rule config validation and the plan apply too).
   """
-  shards = process_count * num_local_devices
-  if batch_size % shards:
-    raise ValueError(f'{field}={batch_size} does not split evenly over {process_count} '
-                     f'process(es) x {num_local_devices} device(s); use a multiple of {shards}')
+  uneven = config_base.uneven_batch(batch_size, process_count, num_local_devices)
+  if uneven:
+    raise ValueError(f'{field}={batch_size} {uneven}')
   per_host = batch_size // process_count
   return per_host, per_host // num_local_devices
 

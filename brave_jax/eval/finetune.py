@@ -84,10 +84,9 @@ def check_batch_splits(config: ml_collections.ConfigDict) -> None:
   """Refuses a config.finetune.batch_size that does not split over every device of every process."""
   batch, processes, devices = (int(config.finetune.batch_size), jax.process_count(),
                                jax.local_device_count())
-  if batch % (processes * devices):
-    raise config_base.ConfigError(
-        f'config.finetune.batch_size: global batch {batch} does not split evenly over '
-        f'{processes} process(es) x {devices} device(s); use a multiple of {processes * devices}')
+  uneven = config_base.uneven_batch(batch, processes, devices)
+  if uneven:
+    raise config_base.ConfigError(f'config.finetune.batch_size: global batch {batch} {uneven}')
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
