@@ -23,7 +23,6 @@ rc:    randomly convolved RGB frames as a modality of its own.
 flow:  optical flow, 2 channels in [-1, 1].
 audio: log-mel spectrogram of the mono waveform.
 """
-VIDEO_LIKE_MODALITIES = ('video', 'rc', 'flow')
 BROAD_STARTS = ('at_narrow', 'uniform_after_narrow')  # See config.data.broad_start.
 TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
@@ -267,6 +266,20 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def uneven_batch(batch_size: int, num_processes: int, num_local_devices: int) -> str | None:
+  """Why a global batch cannot be split over processes x local devices, or None when it can.
+
+  The one divisibility rule for every batch (training, fine-tuning, the data
+  pipelines, the plan's chips); callers put their own field's name in front of
+  the reason, so each error names the setting to change.
+  """
+  shards = num_processes * num_local_devices
+  if batch_size % shards:
+    return (f'does not split evenly over {num_processes} process(es) x {num_local_devices} '
+            f'device(s); use a multiple of {shards}')
+  return None
+
+
 def _require(condition: bool, field: str, message: str) -> None:
   if not condition:
     raise ConfigError(f'config.{field}: {message}')
@@ -361,10 +374,9 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
   _require(0 <= config.optimizer.warmup_steps <= config.training.num_steps, 'optimizer.warmup_steps',
            f'must be between 0 and training.num_steps ({config.training.num_steps}), '
            f'got {config.optimizer.warmup_steps}')
-  num_shards = num_processes * num_local_devices
-  _require(config.training.batch_size % num_shards == 0, 'training.batch_size',
-           f'global batch {config.training.batch_size} does not split evenly over '
-           f'{num_processes} process(es) x {num_local_devices} device(s); use a multiple of {num_shards}')
+  uneven = uneven_batch(config.training.batch_size, num_processes, num_local_devices)
+  _require(uneven is None, 'training.batch_size',
+           f'global batch {config.training.batch_size} {uneven}')
   _require(config.eval.get('feature_transform', 'standardize') in FEATURE_TRANSFORMS,
            'eval.feature_transform',
            f"must be one of {FEATURE_TRANSFORMS}, got {config.eval.get('feature_transform')!r}")

@@ -8,9 +8,11 @@ checkpoint a rerun resumes from). Anything else still gets its traceback.
 from __future__ import annotations
 
 import errno
-import sys
 from typing import Callable, TypeVar
 
+from brave_jax import log
+
+_LOG = log.get_logger(__name__)
 T = TypeVar('T')
 EXIT_RUN_ERROR = 1  # The run stopped; its message says how to go on.
 EXIT_USAGE = 2  # The command line or config cannot describe a run (argparse uses 2 too).
@@ -67,8 +69,9 @@ def first_line(error: BaseException, limit: int = 600) -> str:
 
 
 def print_error(error: BaseException) -> None:
-  """`error: <message>` on stderr, one line."""
-  print(f'error: {one_line(str(error), limit=2000)}', file=sys.stderr, flush=True)
+  """`error: <message>` on stderr, one line (the CLIs' handler, installed here if not yet)."""
+  log.configure_cli()
+  _LOG.error(one_line(str(error), limit=2000))
 
 
 def run_cli(main: Callable[[], T]) -> T:

@@ -48,9 +48,12 @@ import ml_collections
 from brave_jax import cli
 from brave_jax import config_base
 from brave_jax import errors
+from brave_jax import log
 from brave_jax import saved_config
 from brave_jax import tf_startup
 from brave_jax.eval import protocols
+
+_LOG = log.get_logger(__name__)
 
 # --flag -> config.eval field it overrides (shorthands for --config.eval.<field>=<value>).
 _EVAL_FLAGS = {
@@ -169,6 +172,7 @@ def request_from_args(args: argparse.Namespace) -> protocols.Request:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The CLI: a RunError (bad flag, config, workdir) is printed as one line, exit status 2 or 1."""
+  log.configure_cli()
   args = parse_args(argv)
 
   def run() -> int:

@@ -26,7 +26,10 @@ import ml_collections
 from brave_jax import cli
 from brave_jax import config_base
 from brave_jax import errors
+from brave_jax import log
 from brave_jax import tf_startup
+
+_LOG = log.get_logger(__name__)
 
 cli.define_config_flag()
 _PARSED = cli.ParsedConfig()  # --config and its --config.* overrides, read before main().
@@ -92,7 +95,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Progress and results are printed; INFO is noise.
+  log.configure_cli()  # brave_jax's progress and results: plain lines on stdout.
+  logging.set_verbosity(logging.WARNING)  # absl's (and Orbax's) INFO lines are noise here.
   from brave_jax.train import distributed  # pylint: disable=g-import-not-at-top
   try:
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -101,8 +105,8 @@ def main(argv):
     config_spec = _PARSED.spec
     workdir = _WORKDIR.value or default_workdir(config_spec)
     if jax.process_index() == 0:  # Say something at once: the first step is minutes away.
-      print(f'Training {config_spec} in {workdir}: '
-            'loading TensorFlow and the data, then compiling the model...', flush=True)
+      _LOG.info(f'Training {config_spec} in {workdir}: '
+                'loading TensorFlow and the data, then compiling the model...')
     run(_PARSED.config, workdir)
   except errors.RunError as error:
     errors.print_error(error)

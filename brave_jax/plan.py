@@ -35,14 +35,17 @@ import json
 import math
 import os
 import re
-import sys
 import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
+from brave_jax import config_base
 from brave_jax import errors
+from brave_jax import log
+
+_LOG = log.get_logger(__name__)
 
 GIB = 1024**3
 PLAN_FORMAT = 1  # Bump when the cached analysis changes meaning.
@@ -410,16 +413,15 @@ def _is_out_of_memory(error: BaseException) -> bool:
 class _Ticker:
   """Prints 'still compiling (N s)' every `every` seconds while a compile runs."""
 
-  def __init__(self, label: str, every: float, out):
-    self._label, self._every, self._out = label, every, out
+  def __init__(self, label: str, every: float):
+    self._label, self._every = label, every
     self._stop = threading.Event()
     self._start = time.perf_counter()
     self._thread = threading.Thread(target=self._run, daemon=True)
 
   def _run(self) -> None:
     while not self._stop.wait(self._every):
-      print(f'  ... still compiling {self._label} ({time.perf_counter() - self._start:.0f} s)',
-            file=self._out, flush=True)
+      _LOG.info(f'  ... still compiling {self._label} ({time.perf_counter() - self._start:.0f} s)')
 
   def __enter__(self):
     self._thread.start()
@@ -482,11 +484,11 @@ CompileFn = Callable[[ml_collections.ConfigDict, int], dict[str, Any]]
 
 def analyse(config: ml_collections.ConfigDict, topology: Topology, batch_per_chip: int,
             compile_fn: CompileFn, *, cache_dir: str | None,
-            version_info: Mapping[str, str], out=sys.stdout) -> dict[str, Any]:
+            version_info: Mapping[str, str]) -> dict[str, Any]:
   """The compiled step's numbers at one batch per chip: from the cache, or compiled and cached.
 
   compile_fn(config, batch_per_chip) does the compiling (compile_step on the topology's
-  devices in the CLI; a fake in tests). Progress goes to `out`.
+  devices in the CLI; a fake in tests). Progress lines are logged (INFO).
   """
   if batch_per_chip < 1:
     raise PlanError(f'--batch_per_chip must be at least 1, got {batch_per_chip}')
@@ -494,19 +496,18 @@ def analyse(config: ml_collections.ConfigDict, topology: Topology, batch_per_chi
                   version_info)
   cached = read_cache(cache_dir, key)
   if cached is not None:
-    print(f'{topology.name} at batch {batch_per_chip} per chip: from the cache '
-          f'({cache_path(cache_dir, key)}; compiled in {cached.get("compile_s", 0):.0f} s)',
-          file=out, flush=True)
+    _LOG.info(f'{topology.name} at batch {batch_per_chip} per chip: from the cache '
+              f'({cache_path(cache_dir, key)}; compiled in {cached.get("compile_s", 0):.0f} s)')
     return cached
   label = f'for {topology.name} at batch {batch_per_chip} per chip'
-  print(f'compiling {label} ...', file=out, flush=True)
-  with _Ticker(label, 60.0, out) as ticker:
+  _LOG.info(f'compiling {label} ...')
+  with _Ticker(label, 60.0) as ticker:
     result = dict(compile_fn(config, batch_per_chip))
   result.update(batch_per_chip=batch_per_chip, compile_s=round(ticker.elapsed, 1),
                 load_average=round(os.getloadavg()[0], 2), versions=dict(version_info))
   verdict = (f'peak {result["peak_bytes"] / GIB:.2f} GiB' if result['fits'] else
              'out of device memory')
-  print(f'compiled {label} in {ticker.elapsed:.0f} s: {verdict}', file=out, flush=True)
+  _LOG.info(f'compiled {label} in {ticker.elapsed:.0f} s: {verdict}')
   write_cache(cache_dir, key, result)
   return result
 
@@ -662,8 +663,8 @@ def format_report(plan: Mapping[str, Any]) -> str:
 def run(config: ml_collections.ConfigDict, config_spec: str, topology_name: str, *,
         batch_per_chip: int | None, find_max: bool, max_batch_limit: int,
         utilisation: float, cpu_ms_override: float | None, cache_dir: str | None,
-        compile_fn: CompileFn | None = None, version_info: Mapping[str, str] | None = None,
-        out=sys.stdout) -> dict[str, Any]:
+        compile_fn: CompileFn | None = None,
+        version_info: Mapping[str, str] | None = None) -> dict[str, Any]:
   """Makes the plan (compiling as needed) and returns its dict; see the module docstring."""
   topology = parse_topology(topology_name)
   if not 0 < utilisation <= 1:
@@ -671,12 +672,12 @@ def run(config: ml_collections.ConfigDict, config_spec: str, topology_name: str,
   cpu_ms, cpu_source = pipeline_cost(config_spec, cpu_ms_override)
   if batch_per_chip is None:
     global_batch = int(config.training.batch_size)
-    if global_batch % topology.chips:
+    if config_base.uneven_batch(global_batch, 1, topology.chips):
       raise PlanError(f'config.training.batch_size={global_batch} does not split over the '
                       f'{topology.chips} chips of {topology.name}: pass --batch_per_chip')
     batch_per_chip = global_batch // topology.chips
-    print(f'batch per chip {batch_per_chip}: the config\'s global batch {global_batch} over '
-          f'{topology.chips} chips (--batch_per_chip to change it)', file=out, flush=True)
+    _LOG.info(f'batch per chip {batch_per_chip}: the config\'s global batch {global_batch} over '
+              f'{topology.chips} chips (--batch_per_chip to change it)')
   if compile_fn is None:
     devices = topology_devices(topology)
 
@@ -686,7 +687,7 @@ def run(config: ml_collections.ConfigDict, config_spec: str, topology_name: str,
 
   def analyse_at(b: int) -> dict[str, Any]:
     return analyse(config, topology, b, compile_fn, cache_dir=cache_dir,
-                   version_info=version_info, out=out)
+                   version_info=version_info)
 
   kwargs = dict(utilisation=utilisation, cpu_ms_per_clip=cpu_ms, cpu_source=cpu_source)
   if not find_max:
@@ -721,6 +722,7 @@ def _main_with_flags() -> None:
                                   '"" disables the cache.')
 
   def main(argv: Sequence[str]) -> None:
+    log.configure_cli()
     if len(argv) > 1:
       raise PlanError(f'unexpected arguments {list(argv[1:])}; flags look like --topology=v5e:2x2')
     if not topology.value:
@@ -729,11 +731,11 @@ def _main_with_flags() -> None:
                find_max=find_max.value, max_batch_limit=limit.value,
                utilisation=utilisation.value, cpu_ms_override=cpu_ms.value,
                cache_dir=cache_dir.value or None)
-    print(format_report(plan), flush=True)
+    _LOG.info(format_report(plan))
     if json_path.value:
       from brave_jax import files  # pylint: disable=g-import-not-at-top
       files.write_atomic(json_path.value, json.dumps(plan, indent=2, sort_keys=True))
-      print(f'plan written to {json_path.value}', flush=True)
+      _LOG.info(f'plan written to {json_path.value}')
 
   app.run(lambda argv: errors.run_cli(lambda: main(argv)),
           flags_parser=cli.absl_flags_parser(parsed))

@@ -57,6 +57,6 @@ def import_tensorflow() -> ModuleType:
       os.close(saved)
       captured.seek(0)
       lines = distinct_lines(captured.read().decode('utf-8', 'replace'))
-      if lines:
+      if lines:  # TensorFlow's own output, passed on as it was written (not a brave_jax log line).
         print('\n'.join(lines), file=sys.stderr, flush=True)
   return tensorflow

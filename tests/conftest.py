@@ -18,6 +18,14 @@ TESTDATA = pathlib.Path(__file__).parent / 'testdata'
 REPO_ROOT = pathlib.Path(__file__).parent.parent
 
 
+@pytest.fixture(autouse=True)
+def cli_logging():
+  """brave_jax's log lines printed as the command-line tools print them, so capsys sees them;
+  records still reach the root logger, so caplog sees them too."""
+  from brave_jax import log  # pylint: disable=g-import-not-at-top
+  log.configure_cli(propagate=True)
+
+
 @pytest.fixture
 def testdata_dir() -> pathlib.Path:
   return TESTDATA

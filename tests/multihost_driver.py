@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from brave_jax import cli
+from brave_jax import log
 from brave_jax import main as brave_main
 from brave_jax.train import distributed
 from brave_jax.train import optimizer as optimizer_lib
@@ -81,6 +82,7 @@ def run_step(config) -> None:
 
 def main(argv):
   del argv
+  log.configure_cli()  # As brave_jax.main: progress lines and one-line errors in the log.
   start = time.time()
   distributed.initialize(brave_main._COORDINATOR.value, brave_main._NUM_PROCESSES.value,  # pylint: disable=protected-access
                          brave_main._PROCESS_ID.value, brave_main._CPU_COLLECTIVES.value)  # pylint: disable=protected-access

@@ -14,9 +14,9 @@ import time
 
 from absl import app
 from absl import flags
-import jax
 
 from brave_jax import cli
+from brave_jax import log
 from brave_jax import main as brave_main
 from brave_jax.train import pretrain
 from brave_jax.train import step as step_lib
@@ -33,6 +33,7 @@ _STEP_DELAY = flags.DEFINE_float('step_delay', 0.0, 'Seconds to wait before feed
 
 def main(argv):
   del argv
+  log.configure_cli()  # As brave_jax.main: the progress lines (and 'Resumed from') in the log.
   config = brave_main._PARSED.config  # pylint: disable=protected-access
   workdir = brave_main._WORKDIR.value  # pylint: disable=protected-access
   make = brave_main.make_batch_iterator_fn(config)

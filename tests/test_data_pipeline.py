@@ -1,5 +1,4 @@
 """Shard listing, host split, batch structure, determinism, bad-data counting, eval crops."""
-import os
 
 import numpy as np
 import pytest

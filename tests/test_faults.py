@@ -25,7 +25,6 @@ from brave_jax import files
 from brave_jax import saved_config
 from brave_jax.train import checkpointing
 from brave_jax.train import faults
-from brave_jax.train import loop
 from brave_jax.train import metrics as metrics_lib
 from brave_jax.train import pretrain
 from brave_jax.train import step as step_lib
@@ -256,7 +255,6 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
                                         state={}, opt_state=(), rng=np.zeros(2, np.uint32))
   ckpt.save(state(2))
   ckpt.wait_until_finished()
-  real_save_fn = ocp.JsonCheckpointHandler._save_fn  # pylint: disable=protected-access
 
   async def failing_save_fn(self, x, directory):
     raise OSError(errno.ENOSPC, 'No space left on device', str(directory))

@@ -151,7 +151,7 @@ def test_find_max_batch_against_the_chip_hbm_with_a_fake_compiler(tmp_path):
   result = plan.run(config, 'configs/brave_rgb_audio.py', 'v5e:2x2', batch_per_chip=8,
                     find_max=True, max_batch_limit=1024, utilisation=0.4, cpu_ms_override=None,
                     cache_dir=str(tmp_path), compile_fn=_fake_compile(0.5, 1.1, calls),
-                    version_info=VERSIONS, out=open(os.devnull, 'w'))
+                    version_info=VERSIONS)
   assert result['max_batch_per_chip'] == 14 and result['batch_per_chip'] == 14
   assert [b for _, b in calls] == [8, 14, 15]  # The linear guess lands on the answer.
   assert result['fits'] and result['memory_gib']['peak'] == pytest.approx(0.5 + 1.1 * 14)
@@ -169,8 +169,7 @@ def test_a_batch_that_does_not_compile_is_reported_as_not_fitting(tmp_path):
   oom = lambda c, b: {'fits': False, 'error': 'RESOURCE_EXHAUSTED: Ran out of memory in hbm'}
   result = plan.run(config, 'configs/brave_rgb_audio.py', 'v5e:2x2', batch_per_chip=64,
                     find_max=False, max_batch_limit=1024, utilisation=0.4, cpu_ms_override=None,
-                    cache_dir=str(tmp_path), compile_fn=oom, version_info=VERSIONS,
-                    out=open(os.devnull, 'w'))
+                    cache_dir=str(tmp_path), compile_fn=oom, version_info=VERSIONS)
   assert not result['fits'] and 'Ran out of memory' in result['error']
   assert 'does NOT fit' in plan.format_report(result)
 
@@ -181,7 +180,7 @@ def test_default_batch_is_the_configs_global_batch_over_the_chips(tmp_path):
   result = plan.run(config, 'configs/brave_rgb_audio.py', 'v4:4x4x4', batch_per_chip=None,
                     find_max=False, max_batch_limit=1024, utilisation=0.4, cpu_ms_override=None,
                     cache_dir=None, compile_fn=_fake_compile(0.5, 1.0, calls),
-                    version_info=VERSIONS, out=open(os.devnull, 'w'))
+                    version_info=VERSIONS)
   assert calls == [(False, 8)] and result['global_batch'] == 512
 
 
@@ -216,7 +215,7 @@ def test_second_call_is_served_from_the_cache(tiny_va_config, tmp_path):
   topology = plan.parse_topology('v5e:2x2')
   calls = []
   fake = _fake_compile(0.1, 0.2, calls)
-  args = dict(cache_dir=str(tmp_path), version_info=VERSIONS, out=open(os.devnull, 'w'))
+  args = dict(cache_dir=str(tmp_path), version_info=VERSIONS)
   first = plan.analyse(tiny_va_config, topology, 4, fake, **args)
   second = plan.analyse(tiny_va_config, topology, 4, fake, **args)
   assert len(calls) == 1 and second['peak_bytes'] == first['peak_bytes']
@@ -230,8 +229,7 @@ def test_second_call_is_served_from_the_cache(tiny_va_config, tmp_path):
     path.write_text('{not json')
   plan.analyse(tiny_va_config, topology, 4, fake, **args)
   assert len(calls) == 4
-  plan.analyse(tiny_va_config, topology, 4, fake, cache_dir=None, version_info=VERSIONS,
-               out=open(os.devnull, 'w'))
+  plan.analyse(tiny_va_config, topology, 4, fake, cache_dir=None, version_info=VERSIONS)
   assert len(calls) == 5
 
 

@@ -15,7 +15,6 @@ relative, batch-norm state 2.4e-4, per-module gradient norms 1.7e-3, but single
 gradient arrays up to 8.5 % (V/A) / 1.35 % (V/V) relative L2, because
 training-mode batch norm over 4 clips with random weights amplifies rounding.
 """
-import re
 import time
 
 import haiku as hk

@@ -20,7 +20,6 @@ record index to name, so `TfdsIterator` only counts their dropped examples.
 from __future__ import annotations
 
 import atexit
-import logging
 import time
 import weakref
 from typing import Any, Callable, Sequence
@@ -29,8 +28,11 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from brave_jax import log
 from brave_jax.data import reader
 from brave_jax.data import tfrecord
+
+_LOG = log.get_logger(__name__)
 
 # Bookkeeping keys every pipeline element carries beside the example's own features.
 INDEX = '_index'  # The example's slot: position in the (train) or this (eval) record stream.
@@ -96,13 +98,13 @@ class BadRecordMonitor:
       if self.bad <= _WARN_FIRST:
         line = f'{self._index.describe(entry)}: {self.reason(entry)}'
         self._examples.append(line)
-        logging.warning('skipped bad %s record (%d so far): %s', self._what, self.bad, line)
+        _LOG.warning('skipped bad %s record (%d so far): %s', self._what, self.bad, line)
       else:
         self._unreported += 1
     now = time.monotonic()
     if self._unreported and now - self._last_report > _WARN_EVERY_S:
-      logging.warning('%d more bad %s records skipped (%d of %d read so far, in %d shard(s))',
-                      self._unreported, self._what, self.bad, self.read, len(self._bad_files))
+      _LOG.warning('%d more bad %s records skipped (%d of %d read so far, in %d shard(s))',
+                   self._unreported, self._what, self.bad, self.read, len(self._bad_files))
       self._unreported, self._last_report = 0, now
     self.check()
 

@@ -74,7 +74,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import cv2
 
+from brave_jax import log
 from brave_jax import tf_startup
+
+_LOG = log.get_logger(__name__)
 
 tf_startup.import_tensorflow()  # Before dmvr_format's import: TF's start-up banners once.
 
@@ -331,6 +334,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """CLI: converts, prints the summary; exit 1 when nothing converted (nothing written), 2 on errors."""
+  log.configure_cli()
   args = _parse_args(argv)
   split_files = [s for arg in args.split_file for s in arg.split(',') if s]
   try:
@@ -348,14 +352,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       max_held_fraction=args.max_held_fraction,
                       extra_extensions=args.extra_extensions)
   except (ValueError, FileNotFoundError, RuntimeError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    _LOG.error(f'{e}')
     return 2
-  print(summary.text())
+  _LOG.info(summary.text())
   if not summary.converted:
-    print(f'nothing converted, so nothing written: existing shards and summary in '
-          f'{args.output_dir} are untouched', file=sys.stderr)
+    _LOG.warning(f'nothing converted, so nothing written: existing shards and summary in '
+                 f'{args.output_dir} are untouched')
     return 1
-  print(f'summary: {convert_summary.summary_path(args.output_dir, args.prefix)}')
+  _LOG.info(f'summary: {convert_summary.summary_path(args.output_dir, args.prefix)}')
   return 0
 
 

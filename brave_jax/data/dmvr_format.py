@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import os
 import re
 from typing import Iterable, Sequence
@@ -16,6 +15,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 import tensorflow as tf
+
+from brave_jax import log
+
+_LOG = log.get_logger(__name__)
 
 IMAGE_KEY = 'image/encoded'  # Feature list: one JPEG per frame.
 FLOW_KEY = 'flow/encoded'  # Feature list: one 3-channel JPEG per frame (x, y, 0).
@@ -194,6 +197,6 @@ def write_shards(serialized_examples: Iterable[bytes], output_dir: str, prefix: 
   for path in stale:
     os.remove(path)
   if stale:
-    logging.warning('removed %d stale shard(s) of an earlier %r set with another total, e.g. %s',
-                    len(stale), prefix, stale[0])
+    _LOG.warning('removed %d stale shard(s) of an earlier %r set with another total, e.g. %s',
+                 len(stale), prefix, stale[0])
   return paths

@@ -26,7 +26,6 @@ are handled (`bad_records`: the budget, its warnings and the iterators).
 """
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from typing import Any, Callable
@@ -35,6 +34,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from brave_jax import config_base
+from brave_jax import log
 from brave_jax.data import augment
 from brave_jax.data import bad_records
 from brave_jax.data import decode
@@ -43,6 +44,8 @@ from brave_jax.data import sampling
 from brave_jax.data import spectrogram
 from brave_jax.data import tfds_reader
 from brave_jax.data import tfrecord
+
+_LOG = log.get_logger(__name__)
 
 _NEVER = 1 << 62  # End of the endless training slot range.
 Source = reader.ShardSpec | tfds_reader.TfdsSplit  # Labelled clips for evaluation, fine-tuning.
@@ -71,9 +74,9 @@ def limit_tf_op_threads(threads: int) -> None:
   try:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
   except RuntimeError:
-    logging.warning('TensorFlow is already running; data.tf_intra_op_threads=%d not applied '
-                    '(TF op threads stay at %d).', threads,
-                    tf.config.threading.get_intra_op_parallelism_threads())
+    _LOG.warning('TensorFlow is already running; data.tf_intra_op_threads=%d not applied '
+                 '(TF op threads stay at %d).', threads,
+                 tf.config.threading.get_intra_op_parallelism_threads())
 
 
 def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -325,12 +328,12 @@ def per_host_and_device(batch_size: int, process_count: int, num_local_devices: 
                         field: str) -> tuple[int, int]:
   """(per-host, per-device) shares of a global batch; ValueError naming `field` if uneven.
 
-  The one place the data pipelines check that a batch splits over processes and devices.
+  The one place the data pipelines check that a batch splits over processes and devices
+  (config_base.uneven_batch: the rule config validation and the plan apply too).
   """
-  shards = process_count * num_local_devices
-  if batch_size % shards:
-    raise ValueError(f'{field}={batch_size} does not split evenly over {process_count} '
-                     f'process(es) x {num_local_devices} device(s); use a multiple of {shards}')
+  uneven = config_base.uneven_batch(batch_size, process_count, num_local_devices)
+  if uneven:
+    raise ValueError(f'{field}={batch_size} {uneven}')
   per_host = batch_size // process_count
   return per_host, per_host // num_local_devices
 
@@ -356,7 +359,7 @@ def warn_if_smaller_than_batch(num_records: int, per_host_batch: int,
   """
   if num_records >= per_host_batch:
     return False
-  logging.warning(
+  _LOG.warning(
       'the training set has %d clip(s) (%d shard(s), first %s), fewer than one batch of %d per '
       'host: every batch repeats clips, about %.1f times each. Convert more videos or lower '
       'config.training.batch_size.', num_records, len(files), files[0] if files else None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import logging
 import os
 import re
 from typing import Sequence
@@ -17,8 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from brave_jax import errors
+from brave_jax import log
 from brave_jax.data import dmvr_format
 from brave_jax.data import tfrecord
+
+_LOG = log.get_logger(__name__)
 
 ShardSpec = str | Sequence[str]
 
@@ -73,8 +75,8 @@ def _say_ignored(spec: str, ignored: Sequence[str], shard_files: Sequence[str] =
     return
   _IGNORED_REPORTED.add(spec)
   names = [os.path.basename(f) for f in ignored]
-  logging.warning('%s: ignoring %d file(s) that are not shards: %s%s', spec, len(names),
-                  ', '.join(names[:5]), ' ...' if len(names) > 5 else '')
+  _LOG.warning('%s: ignoring %d file(s) that are not shards: %s%s', spec, len(names),
+               ', '.join(names[:5]), ' ...' if len(names) > 5 else '')
 
 
 def _expand_one(spec: str) -> list[str]:
@@ -137,8 +139,8 @@ def _check_one_set_per_prefix(files: Sequence[str]) -> None:
           f'probably left the old set. Delete it: rm {os.path.join(folder, prefix)}-*-of-{by_age[0]}')
     (total, members), = sets.items()
     if len(members) < int(total):
-      logging.warning('%s: %d of %d shards of %r are listed', folder, len(members), int(total),
-                      prefix)
+      _LOG.warning('%s: %d of %d shards of %r are listed', folder, len(members), int(total),
+                   prefix)
 
 
 def list_shards(shards: ShardSpec) -> list[str]:
@@ -200,9 +202,9 @@ def index_shards(files: Sequence[str]) -> ShardIndex:
     raise ShardError(str(e)) from e
   damage = [d for f in per_file for d in f.damage]
   for d in damage[:20]:
-    logging.warning('unreadable shard data (skipped): %s', d.describe())
+    _LOG.warning('unreadable shard data (skipped): %s', d.describe())
   if len(damage) > 20:
-    logging.warning('... and %d more damaged stretches', len(damage) - 20)
+    _LOG.warning('... and %d more damaged stretches', len(damage) - 20)
   counts = [f.offsets.size for f in per_file]
   index = ShardIndex(
       files=list(files),

@@ -34,8 +34,11 @@ import numpy as np
 import tqdm
 
 from brave_jax import files
+from brave_jax import log
 from brave_jax.data import dmvr_format
 from brave_jax.data import flow as flow_lib
+
+_LOG = log.get_logger(__name__)
 
 GENERATOR_VERSION = 4  # Bump when the generated content changes, so old caches are not reused.
 FPS = 25.0  # Matches config.data.video_fps.
@@ -513,6 +516,7 @@ def ensure_audio_dataset(synthetic_config: Any, *, num_folds: int = 5, clips_per
 
 def main(argv: list[str]) -> None:
   del argv
+  log.configure_cli()
   import ml_collections  # pylint: disable=g-import-not-at-top
   from brave_jax import config_base  # pylint: disable=g-import-not-at-top
   cfg = ml_collections.ConfigDict(config_base.base_config().data.synthetic.to_dict())
@@ -521,7 +525,7 @@ def main(argv: list[str]) -> None:
     if value is not None:
       cfg[field] = value
   dataset = write_dataset(cfg, FLAGS.output_dir, with_flow=FLAGS.with_flow)
-  print(json.dumps(dataset, indent=1))
+  _LOG.info(json.dumps(dataset, indent=1))
 
 
 if __name__ == '__main__':

@@ -45,9 +45,12 @@ import numpy as np
 import tqdm
 
 from brave_jax import files
+from brave_jax import log
 from brave_jax.data import dmvr_format
 from brave_jax.data import flow as flow_lib
 from brave_jax.data import synthetic  # The shared cache, manifest and shard-count logic.
+
+_LOG = log.get_logger(__name__)
 
 NAME = 'independent'  # config.data.synthetic.generator value that selects this dataset.
 GENERATOR_VERSION = 1  # Bump when the generated content changes, so old caches are not reused.
@@ -363,9 +366,10 @@ def main(argv: list[str]) -> None:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--with_flow', action='store_true')
   args = p.parse_args(argv)
+  log.configure_cli()
   dataset = write_dataset(args.output_dir, dataclasses.replace(DEFAULT_SPEC, seed=args.seed),
                           args.with_flow)
-  print(json.dumps({k: dataset[k] for k in ('train', 'test')}, indent=1))
+  _LOG.info(json.dumps({k: dataset[k] for k in ('train', 'test')}, indent=1))
 
 
 if __name__ == '__main__':

@@ -33,10 +33,13 @@ import tqdm
 
 from brave_jax import errors
 from brave_jax import files
+from brave_jax import log
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
 from brave_jax.eval import report
 from brave_jax.eval import svm
+
+_LOG = log.get_logger(__name__)
 
 ROOT = backbone_lib.AUDIO_ROOT
 FOLD_COLUMNS = ('fold',)  # ESC-50's meta/esc50.csv: filename,fold,target,category,...
@@ -103,9 +106,9 @@ def looping_note(config: ml_collections.ConfigDict, num_samples_C: np.ndarray) -
   note = {'window_seconds': window / rate, 'looped_clips': short, 'num_clips': int(len(num_samples_C)),
           'shortest_clip_seconds': float(num_samples_C.min() / rate) if len(num_samples_C) else None}
   if short:
-    print(f'audio: {short} of {len(num_samples_C)} clips are shorter than the model\'s '
-          f'{window / rate:.2f} s window and were looped (repeated from their start), as the '
-          'published pipeline does', flush=True)
+    _LOG.info(f'audio: {short} of {len(num_samples_C)} clips are shorter than the model\'s '
+              f'{window / rate:.2f} s window and were looped (repeated from their start), as the '
+              'published pipeline does')
   return note
 
 
@@ -331,10 +334,9 @@ def run_folds(config: ml_collections.ConfigDict, source: backbone_lib.Source, da
             **result, **looping_note(config, clips['num_samples']),
             'num_windows': int(config.audio_eval.num_windows), 'folds_csv': folds_csv,
             'class_names': list(class_names) if class_names else None}
-  print(f'audio ({tag}): mean accuracy {100 * result["mean_accuracy"]:.1f}% '
-        f'(sd {100 * result["std_accuracy"]:.1f}) over {result["num_folds"]} folds: ' +
-        ', '.join(f'{f}: {100 * a:.1f}%' for f, a in result['per_fold_accuracy'].items()),
-        flush=True)
+  _LOG.info(f'audio ({tag}): mean accuracy {100 * result["mean_accuracy"]:.1f}% '
+            f'(sd {100 * result["std_accuracy"]:.1f}) over {result["num_folds"]} folds: ' +
+            ', '.join(f'{f}: {100 * a:.1f}%' for f, a in result['per_fold_accuracy'].items()))
   if output_dir:
     report.write_json(os.path.join(output_dir, 'audio_eval.json'), record)
     plot_folds(os.path.join(output_dir, 'folds.png'), result['per_fold_accuracy'],
@@ -454,9 +456,9 @@ def run_multilabel(config: ml_collections.ConfigDict, source: backbone_lib.Sourc
             'test': looping_note(config, test['num_samples']),
             'num_classes': int(num_classes),
             'class_names': list(class_names) if class_names else None}
-  print(f'audio ({tag}, {config.audio_eval.head} head): mAP {result["mAP"]:.3f}, mAUC '
-        f'{result["mAUC"] if result["mAUC"] is None else round(result["mAUC"], 3)} over '
-        f'{result["num_scored_classes"]} classes', flush=True)
+  _LOG.info(f'audio ({tag}, {config.audio_eval.head} head): mAP {result["mAP"]:.3f}, mAUC '
+            f'{result["mAUC"] if result["mAUC"] is None else round(result["mAUC"], 3)} over '
+            f'{result["num_scored_classes"]} classes')
   if output_dir:
     report.write_json(os.path.join(output_dir, 'audio_eval.json'), record)
     plot_ap(os.path.join(output_dir, 'ap.png'), result['per_class_ap'], class_names,

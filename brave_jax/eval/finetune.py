@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from brave_jax import config_base
+from brave_jax import log
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
 from brave_jax.eval import linear
@@ -40,6 +41,8 @@ from brave_jax.eval import report
 from brave_jax.eval import splits as splits_lib
 from brave_jax.eval import svm
 from brave_jax.train import loop
+
+_LOG = log.get_logger(__name__)
 
 REFERENCE_BATCH = 64  # config.finetune.base_learning_rate is the peak LR at this global batch.
 TRAIN_ACCURACY_TAIL = 0.1  # Train top-1 = mean logged batch accuracy over the last 10% of steps.
@@ -81,10 +84,9 @@ def check_batch_splits(config: ml_collections.ConfigDict) -> None:
   """Refuses a config.finetune.batch_size that does not split over every device of every process."""
   batch, processes, devices = (int(config.finetune.batch_size), jax.process_count(),
                                jax.local_device_count())
-  if batch % (processes * devices):
-    raise config_base.ConfigError(
-        f'config.finetune.batch_size: global batch {batch} does not split evenly over '
-        f'{processes} process(es) x {devices} device(s); use a multiple of {processes * devices}')
+  uneven = config_base.uneven_batch(batch, processes, devices)
+  if uneven:
+    raise config_base.ConfigError(f'config.finetune.batch_size: global batch {batch} {uneven}')
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
@@ -210,8 +212,8 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_local_devices=jax.local_device_count(), start_step=start_step)
 
-  print(f'fine-tuning the {source.kind} narrow backbone ({num_classes} classes) in {output_dir}',
-        flush=True)
+  _LOG.info(f'fine-tuning the {source.kind} narrow backbone ({num_classes} classes) in '
+            f'{output_dir}')
   train_state = loop.train(
       settings(config, stop_at_step), output_dir, ft_config,
       make_batch_iterator=make_batch_iterator, model=classifier,
@@ -240,8 +242,8 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
       train_top1_curve=[[r['step'], r['top1']] for r in records if 'top1' in r])
   report.write_report(output_dir, record, class_names=class_names,
                       title=f'fine-tuned ({source.kind}): test confusion (rows normalised)')
-  print(report.format_table({f'finetune ({source.kind})': record}))
-  print(f'wrote {os.path.join(output_dir, "eval.json")}, confusion.png and loss.png', flush=True)
+  _LOG.info(report.format_table({f'finetune ({source.kind})': record}))
+  _LOG.info(f'wrote {os.path.join(output_dir, "eval.json")}, confusion.png and loss.png')
   return record
 
 

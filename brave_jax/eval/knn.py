@@ -30,8 +30,11 @@ import ml_collections
 import numpy as np
 
 from brave_jax import files
+from brave_jax import log
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
+
+_LOG = log.get_logger(__name__)
 
 PLOT_FILE = 'knn.png'
 METRIC = 'knn/top1'
@@ -181,8 +184,8 @@ class Monitor:
     from brave_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
     start = time.perf_counter()
     if self._clips is None:
-      print(f'kNN monitor (step {step}): loading its clips and compiling the embedding, once '
-            '(training pauses meanwhile)...', flush=True)
+      _LOG.info(f'kNN monitor (step {step}): loading its clips and compiling the embedding, once '
+                '(training pauses meanwhile)...')
       self._source = monitor_source(self._config)
       self._clips = load_clips(self._config, self._source)
     variables = step_lib.unreplicate(backbone_lib.only_root(
@@ -204,8 +207,7 @@ class Monitor:
 
   def close(self) -> None:
     if self.total_seconds:
-      print(f'kNN monitor: {self.total_seconds:.1f} s in all (knn/seconds in metrics.jsonl)',
-            flush=True)
+      _LOG.info(f'kNN monitor: {self.total_seconds:.1f} s in all (knn/seconds in metrics.jsonl)')
 
 
 def monitor_hooks(config: ml_collections.ConfigDict, workdir: str) -> list[Monitor]:
@@ -238,7 +240,7 @@ def run_request(config: ml_collections.ConfigDict, request: Any,
                     num_classes=len(class_names) if class_names else None)
   record = {'protocol': 'knn', 'backbone': tag, 'checkpoint_step': source.step, **result}
   report.write_json(os.path.join(output_dir, 'knn.json'), record)
-  print(f'kNN ({tag}, k={result["k"]}): test top-1 {100 * result["top1"]:.1f}%, top-5 '
-        f'{100 * result["top5"]:.1f}% over {result["num_test_videos"]} videos; wrote '
-        f'{os.path.join(output_dir, "knn.json")}')
+  _LOG.info(f'kNN ({tag}, k={result["k"]}): test top-1 {100 * result["top1"]:.1f}%, top-5 '
+            f'{100 * result["top5"]:.1f}% over {result["num_test_videos"]} videos; wrote '
+            f'{os.path.join(output_dir, "knn.json")}')
   return record

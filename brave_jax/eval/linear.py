@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
+from brave_jax import log
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
 from brave_jax.eval import report
 from brave_jax.eval import splits as splits_lib
 from brave_jax.eval import svm
+
+_LOG = log.get_logger(__name__)
 
 
 def eval_iterator(config: ml_collections.ConfigDict, source: Any,
@@ -62,10 +64,9 @@ def fit_and_report(config: ml_collections.ConfigDict,
   if missing:
     named = ', '.join(f'{k} ({class_names[k]!r})' if class_names and k < len(class_names) else str(k)
                       for k in missing)
-    print(f'warning: test label(s) {named} never occur in the train split; their '
-          f'{sum(missing.values())} test video(s) are scored as misses. Convert both splits with '
-          'the same class list (--classes_file) if that is not intended.', file=sys.stderr,
-          flush=True)
+    _LOG.warning(f'test label(s) {named} never occur in the train split; their '
+                 f'{sum(missing.values())} test video(s) are scored as misses. Convert both '
+                 'splits with the same class list (--classes_file) if that is not intended.')
   result = svm.evaluate_linear(
       train['feats'], train['labels'], test['feats'], test['labels'], test['video_index'], svm_c,
       train_video_index=train['video_index'],
@@ -106,7 +107,7 @@ def evaluate_backbone(config: ml_collections.ConfigDict, embed_fn: Callable[...,
     path = os.path.join(outdir, f'embeddings{file_suffix}.npz')
     embeddings_lib.save_embeddings(path, splits, metadata={
         'tag': tag, 'checkpoint_step': checkpoint_step, 'class_names': class_names, 'data': data})
-    print(f'embeddings saved to {path}')
+    _LOG.info(f'embeddings saved to {path}')
   return fit_and_report(config, splits, outdir, svm_c=svm_c, class_names=class_names,
                         checkpoint_step=checkpoint_step, data=data, file_suffix=file_suffix,
                         title=f'{tag}: test confusion (rows normalised)')
@@ -145,12 +146,12 @@ def evaluate_after_training(config: ml_collections.ConfigDict, workdir: str,
                                                   step=pretrained.step)
   results = {}
   for tag, source in variants.items():
-    print(f'linear evaluation: {tag} narrow backbone')
+    _LOG.info(f'linear evaluation: {tag} narrow backbone')
     results[tag] = evaluate_source(config, source, train_source, test_source, workdir, tag=tag,
                                    class_names=class_names, file_suffix=f'_{tag}',
                                    save_embeddings=bool(config.eval.get('save_embeddings', False)))
   report.write_json(os.path.join(workdir, 'results.json'), results)
-  print(report.format_table(results))
+  _LOG.info(report.format_table(results))
   return results
 
 
@@ -176,6 +177,6 @@ def run_request(config: ml_collections.ConfigDict, request: Any,
     tag = protocols.tag(source)
     record = evaluate_source(config, source, train, test, output_dir, tag=tag,
                              class_names=class_names, save_embeddings=request.save_embeddings)
-  print(report.format_table({tag: record}))
-  print(f'wrote {os.path.join(output_dir, "eval.json")} and confusion.png')
+  _LOG.info(report.format_table({tag: record}))
+  _LOG.info(f'wrote {os.path.join(output_dir, "eval.json")} and confusion.png')
   return record

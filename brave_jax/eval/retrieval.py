@@ -43,8 +43,11 @@ import numpy as np
 
 from brave_jax import errors
 from brave_jax import files
+from brave_jax import log
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
+
+_LOG = log.get_logger(__name__)
 
 JSON_FILE = 'retrieval.json'
 PLOT_FILE = 'retrieval.png'
@@ -379,7 +382,7 @@ def run_request(config: ml_collections.ConfigDict, request: Any,
   if not test:  # The embedded dataset's test split (it has audio).
     _, test, _ = request.splits(config)
   record = run(config, source, test, output_dir, calibration_data=request.train_shards or None)
-  print(format_table(record))
-  print(f'{record["num_clips"]} clips; wrote {os.path.join(output_dir, JSON_FILE)} '
-        f'and {PLOT_FILE}')
+  _LOG.info(format_table(record))
+  _LOG.info(f'{record["num_clips"]} clips; wrote {os.path.join(output_dir, JSON_FILE)} '
+            f'and {PLOT_FILE}')
   return record

@@ -41,6 +41,9 @@ from typing import Mapping
 import jax
 
 from brave_jax import errors
+from brave_jax import log
+
+_LOG = log.get_logger(__name__)
 
 CPU_COLLECTIVES_ENV = 'BRAVE_CPU_COLLECTIVES'  # e.g. 'gloo': collectives between CPU processes.
 CPU_COLLECTIVES = ('gloo', 'mpi')
@@ -158,8 +161,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                cluster.process_id, heartbeat_timeout_seconds=timeout)
   else:  # JAX reads coordinator and ranks from the TPU environment.
     jax.distributed.initialize(heartbeat_timeout_seconds=timeout)
-  print(f'jax.distributed: process {jax.process_index()}/{jax.process_count()}, '
-        f'{jax.local_device_count()} local of {jax.device_count()} devices.', flush=True)
+  _LOG.info(f'jax.distributed: process {jax.process_index()}/{jax.process_count()}, '
+            f'{jax.local_device_count()} local of {jax.device_count()} devices.')
   return cluster
 
 

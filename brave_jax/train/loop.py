@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from brave_jax import log
 from brave_jax import saved_config
 from brave_jax.train import checkpointing
 from brave_jax.train import faults
@@ -52,6 +53,8 @@ from brave_jax.train import optimizer as optimizer_lib
 from brave_jax.train import prefetch
 from brave_jax.train import resume
 from brave_jax.train import step as step_lib
+
+_LOG = log.get_logger(__name__)
 
 PyTree = Any
 BatchIteratorFn = Callable[[int], Iterator[PyTree]]
@@ -114,7 +117,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> int | None
 def say(line: str) -> None:
   """A progress line from process 0 (the others would repeat it), flushed at once."""
   if jax.process_index() == 0:
-    print(line, flush=True)
+    _LOG.info(line)
 
 
 def train(settings: Settings, workdir: str, config: ml_collections.ConfigDict, *,
@@ -213,9 +216,9 @@ def _init_or_restore(seed: int, model: Any, optimizer: optax.GradientTransformat
     changes = resume.check_config_matches(config, workdir, start_step)
     if changes or saved_config.read_dict(workdir) is None:
       saved_config.write(config, workdir)  # Only now: the checkpoint fits this config.
-    print(f'Resumed from {ckpt.directory} at step {meta["step"]}.'
-          + (f' Changed on resume: {"; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)}.'
-             if changes else ''), flush=True)
+    _LOG.info(f'Resumed from {ckpt.directory} at step {meta["step"]}.'
+              + (f' Changed on resume: {"; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changes)}.'
+                 if changes else ''))
   else:
     train_state = init(init_rng, first_batch)
     if initial_variables is not None:

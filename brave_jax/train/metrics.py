@@ -21,6 +21,9 @@ from etils import epath
 import jax
 
 from brave_jax import files
+from brave_jax import log
+
+_LOG = log.get_logger(__name__)
 
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss.png'
@@ -159,11 +162,12 @@ class MetricsWriter:
                             if k != 'step' and isinstance(v, (int, float))})
     secs_per_step = elapsed / steps_done if steps_done else float('nan')
     eta = (self.num_steps - step) * secs_per_step
-    print(f'step {step}/{self.num_steps} | loss {record.get("loss", float("nan")):.4f} | '
-          f'lr {record.get("learning_rate", float("nan")):.3e} | '
-          f'{record["clips_per_s"]:.1f} clips/s | input wait {record["input_wait_fraction"]:.0%} | '
-          + ''.join(f'{k} {record[k]:.4g} | ' for k in self.progress_fields if k in record)
-          + f'ETA {_format_eta(eta)}', flush=True)
+    _LOG.info(f'step {step}/{self.num_steps} | loss {record.get("loss", float("nan")):.4f} | '
+              f'lr {record.get("learning_rate", float("nan")):.3e} | '
+              f'{record["clips_per_s"]:.1f} clips/s | '
+              f'input wait {record["input_wait_fraction"]:.0%} | '
+              + ''.join(f'{k} {record[k]:.4g} | ' for k in self.progress_fields if k in record)
+              + f'ETA {_format_eta(eta)}')
     if self.plot_every and step - self._last_plot_step >= self.plot_every:
       plot_losses(self.workdir)
       self._last_plot_step = step

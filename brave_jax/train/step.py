@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from brave_jax import config_base
+
 PyTree = Any
 Metrics = Mapping[str, jax.Array]
 
@@ -83,7 +85,7 @@ def shard_batch(batch: PyTree, num_devices: int) -> PyTree:
   """Reshapes a flat [N, ...] batch to [devices, N / devices, ...]; refuses an uneven N."""
   def reshape(key_path, x):
     x = np.asarray(x)
-    if x.ndim == 0 or x.shape[0] % num_devices:
+    if x.ndim == 0 or config_base.uneven_batch(x.shape[0], 1, num_devices):
       raise ValueError(
           f'batch field {_leaf_name(key_path)!r} has {x.shape[0] if x.ndim else "no"} examples, '
           f'which does not split evenly over {num_devices} device(s); make the batch '
