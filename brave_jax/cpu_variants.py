@@ -1,8 +1,9 @@
 """What every config's `:tiny` and `:demo` variants set the same way, in one place.
 
-Each `configs/*.py` shows its own variant numbers (clip sizes, backbone size, batch,
-steps, learning rate); these helpers hold what is the same for every view setup: the
-evaluation protocols shrunk to a CPU, and the demo's dataset and crops. Both variants
+Every `configs/*.py` runs the same two recipes, so they are written once, here:
+`tiny` (clip sizes, backbone size, batch, steps, learning rate for tests) and `demo`
+(the same for the README's first command), each number with its reason; the smaller
+helpers below hold the evaluation protocols shrunk to a CPU and the demo's dataset. Both variants
 keep the full config's structure (modalities, sampler, augmentation chain, random
 convolution), so a tiny run exercises the same code as a full one. How the demo recipe
 was found: docs/recipes.md.
@@ -70,3 +71,36 @@ def demo_evaluation(config: ml_collections.ConfigDict) -> None:
                          checkpoint_every=200)
   config.audio_eval.update(batch_size=32)
   config.knn_monitor.update(every_steps=100, max_videos=200)  # The embedded test split: 200 videos.
+
+
+def tiny(c: ml_collections.ConfigDict) -> None:
+  """`:tiny`, for tests: 4/8 frames of 32 px, ResNet-18 x0.25, 60 steps of batch 8."""
+  c.data.narrow.update(num_frames=4, frame_step=2, image_size=32)  # 32 px: the least 32x
+  c.data.broad.update(num_frames=8, frame_step=4, image_size=32)  # downsampling takes.
+  shrink_model(c, depth=18, width_multiplier=0.25,  # Smallest ResNet, 1/4 wide.
+               hidden_dim=256, projection_dim=64)
+  c.training.update(batch_size=8, num_steps=60, log_every=5, checkpoint_every=20,
+                    keep_checkpoints=2)
+  c.optimizer.warmup_steps = 5
+  # Peak LR 0.5 (peak = base x batch / 512): higher peaks were unstable (bench/bf16_vs_f32.py).
+  c.optimizer.base_learning_rate = 0.5 * 512 / 8
+  c.eval.update(num_frames=4, image_size=32)  # Test clips the size of the narrow clip.
+  tiny_evaluation(c)
+
+
+def demo(c: ml_collections.ConfigDict) -> None:
+  """`:demo`, the quick start: 8/16 frames of 32 px, ResNet-18 x0.25, 800 steps of batch 32."""
+  demo_dataset(c)  # 600 + 200 synthetic videos of 1.4 s; milder crops.
+  c.data.narrow.update(num_frames=8, frame_step=2, image_size=32)
+  c.data.broad.update(num_frames=16, frame_step=2, image_size=32)  # 1.28 s of the broad views.
+  shrink_model(c, depth=18, width_multiplier=0.25,  # Smallest ResNet, 1/4 wide.
+               hidden_dim=256, projection_dim=64)
+  # 800 steps: 600 left one seed only 8 points above random init.
+  c.training.update(batch_size=32, num_steps=800, log_every=10, checkpoint_every=100,
+                    keep_checkpoints=2)
+  c.optimizer.warmup_steps = 50
+  # Peak LR 0.5: peak 2.0 lowered the loss faster but its features held no class.
+  c.optimizer.base_learning_rate = 0.5 * 512 / 32
+  c.optimizer.variant = 'corrected'  # The published one memorised the videos (docs/recipes.md).
+  c.eval.update(num_frames=8, image_size=32)  # Test clips the size of the narrow clip.
+  demo_evaluation(c)

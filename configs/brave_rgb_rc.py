@@ -24,32 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_base.base_config()
   c.data.broad_modalities = ('rc',)
   if arg == 'tiny':
-    c.data.narrow.update(num_frames=4, frame_step=2, image_size=32)  # 32 px: the least 32x
-    c.data.broad.update(num_frames=8, frame_step=4, image_size=32)  # downsampling takes.
-    cpu_variants.shrink_model(c, depth=18, width_multiplier=0.25,  # Smallest ResNet, 1/4 wide.
-                              hidden_dim=256, projection_dim=64)
-    c.training.update(batch_size=8, num_steps=60, log_every=5, checkpoint_every=20,
-                      keep_checkpoints=2)
-    c.optimizer.warmup_steps = 5
-    # Peak LR 0.5 (peak = base x batch / 512): higher peaks were unstable (bench/bf16_vs_f32.py).
-    c.optimizer.base_learning_rate = 0.5 * 512 / 8
-    c.eval.update(num_frames=4, image_size=32)  # Test clips the size of the narrow clip.
-    cpu_variants.tiny_evaluation(c)
+    cpu_variants.tiny(c)  # brave_jax/cpu_variants.py: the same two recipes for every config.
   elif arg == 'demo':
-    cpu_variants.demo_dataset(c)  # 600 + 200 synthetic videos of 1.4 s; milder crops.
-    c.data.narrow.update(num_frames=8, frame_step=2, image_size=32)
-    c.data.broad.update(num_frames=16, frame_step=2, image_size=32)  # 1.28 s, convolved.
-    cpu_variants.shrink_model(c, depth=18, width_multiplier=0.25,  # Smallest ResNet, 1/4 wide.
-                              hidden_dim=256, projection_dim=64)
-    # 800 steps: 600 left one seed only 8 points above random init.
-    c.training.update(batch_size=32, num_steps=800, log_every=10, checkpoint_every=100,
-                      keep_checkpoints=2)
-    c.optimizer.warmup_steps = 50
-    # Peak LR 0.5: peak 2.0 lowered the loss faster but its features held no class.
-    c.optimizer.base_learning_rate = 0.5 * 512 / 32
-    c.optimizer.variant = 'corrected'  # The published one memorised the videos (docs/recipes.md).
-    c.eval.update(num_frames=8, image_size=32)  # Test clips the size of the narrow clip.
-    cpu_variants.demo_evaluation(c)
+    cpu_variants.demo(c)
   elif arg:
     raise cpu_variants.unknown_variant(arg)
   return c
