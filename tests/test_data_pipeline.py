@@ -1,10 +1,13 @@
 """Shard listing, host split, batch structure, determinism, bad-data counting, eval crops."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from brave_jax.data import dmvr_format
+from brave_jax.data import eval_clips
 from brave_jax.data import pipeline
 from brave_jax.data import reader
 
@@ -226,6 +229,30 @@ def test_eval_train_mode_passes(shard_dir, tiny_va_config):
   np.testing.assert_array_equal(index, np.tile(np.arange(8), 2))
   assert rows[0]['video'].shape == (16, 4, 32, 32, 3)
   assert np.abs(rows[0]['video'][:8] - rows[0]['video'][8:]).max() > 0  # Fresh augmentation.
+
+
+@pytest.mark.parametrize('mode,settings', [
+    ('test', dict(num_frames=2, num_temporal_crops=1, num_spatial_crops=2)),
+    ('train', dict(num_frames=2, frame_step=1, train_passes=1)),
+])
+def test_clips_given_as_a_value_equal_config_eval_saying_the_same(shard_dir, tiny_va_config,
+                                                                  mode, settings):
+  """`clips=` steers the pipeline exactly as config.eval would, and leaves the config as it was."""
+  cfg = _config(tiny_va_config)
+  before = str(cfg)
+  clips = dataclasses.replace(eval_clips.EvalClips.from_config(cfg), **settings)
+  given = list(pipeline.make_eval_dataset(cfg, str(shard_dir), mode=mode, batch_size=6,
+                                          clips=clips))
+  assert str(cfg) == before
+  cfg.eval.update(**settings)
+  assert eval_clips.EvalClips.from_config(cfg) == clips
+  configured = list(pipeline.make_eval_dataset(cfg, str(shard_dir), mode=mode, batch_size=6))
+  rows = 8 * (clips.test_rows if mode == 'test' else clips.train_passes)
+  assert np.concatenate([b['video'] for b in given]).shape == (rows, 2, 32, 32, 3)
+  assert len(given) == len(configured)
+  for a, b in zip(given, configured):
+    for key in ('video', 'label', 'video_index'):
+      np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_bad_mode_raises(shard_dir, tiny_va_config):

@@ -39,6 +39,7 @@ from brave_jax import log
 from brave_jax.data import augment
 from brave_jax.data import bad_records
 from brave_jax.data import decode
+from brave_jax.data import eval_clips
 from brave_jax.data import reader
 from brave_jax.data import sampling
 from brave_jax.data import spectrogram
@@ -399,11 +400,12 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
 # ---------------------------------------------------------------------------
 # Evaluation.
 
-def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
-                        include_audio: bool, parse: Callable[..., Any] = reader.parse_example):
+def _make_eval_train_fn(config: ml_collections.ConfigDict, clips: eval_clips.EvalClips,
+                        base_seed: tf.Tensor, include_audio: bool,
+                        parse: Callable[..., Any] = reader.parse_example):
   """One augmented clip per record, as the published linear protocol: random window of the
   looped video, random crop, then the view chain without blur (scale, flip, colour, grey)."""
-  d, e = config.data, config.eval
+  d = config.data
   num_samples = audio_num_samples(config)
 
   def fn(index, item):
@@ -412,8 +414,8 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
     s_win, s_view = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     ex = parse(serialized, video=True, audio=include_audio)
     n = _require_frames(ex['video'], 'image/encoded')
-    start, idx = sampling.random_window(n, e.num_frames, e.frame_step, s_win)
-    out = {'video': _rgb_view(tf.gather(ex['video'], idx), e.image_size, d.augment, s_view,
+    start, idx = sampling.random_window(n, clips.num_frames, clips.frame_step, s_win)
+    out = {'video': _rgb_view(tf.gather(ex['video'], idx), clips.image_size, d.augment, s_view,
                               blur=False, random_conv=False),
            'label': ex['label'], 'video_index': tf.cast(video_index, tf.int32),
            bad_records.INDEX: index}
@@ -425,21 +427,23 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor,
   return fn
 
 
-def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool,
-                       parse: Callable[..., Any] = reader.parse_example):
+def _make_eval_test_fn(config: ml_collections.ConfigDict, clips: eval_clips.EvalClips,
+                       include_audio: bool, parse: Callable[..., Any] = reader.parse_example):
   """N temporal x M spatial deterministic crops of one record, rows ordered (window, crop):
   the published test crops (windows at int(linspace) starts, short side resized, spatial
   crops on a diagonal)."""
-  d, e = config.data, config.eval
-  nt, ns, t, size = e.num_temporal_crops, e.num_spatial_crops, e.num_frames, e.image_size
+  d = config.data
+  nt, ns, t, size = (clips.num_temporal_crops, clips.num_spatial_crops, clips.num_frames,
+                     clips.image_size)
   num_samples = audio_num_samples(config)
 
   def fn(index, serialized):
     ex = parse(serialized, video=True, audio=include_audio)
     n = _require_frames(ex['video'], 'image/encoded')
-    starts, idx_NxT = sampling.evenly_spaced_windows(n, t, e.frame_step, nt)
+    starts, idx_NxT = sampling.evenly_spaced_windows(n, t, clips.frame_step, nt)
     unique, position = tf.unique(tf.reshape(idx_NxT, [-1]))  # Decode each frame once.
-    frames = decode.decode_resize_short_side(tf.gather(ex['video'], unique), e.resize_short_side)
+    frames = decode.decode_resize_short_side(tf.gather(ex['video'], unique),
+                                             clips.resize_short_side)
     frames = tf.gather(frames, position)  # [N*T, H', W', 3]
     crops = decode.spatial_crops(frames, size, ns)  # [M, N*T, S, S, 3]
     crops = tf.reshape(crops, [ns, nt, t, size, size, 3])
@@ -462,12 +466,13 @@ def _make_eval_test_fn(config: ml_collections.ConfigDict, include_audio: bool,
 
 def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
                       mode: str, batch_size: int | None = None, include_audio: bool = False,
-                      seed: int | None = None
+                      seed: int | None = None, clips: eval_clips.EvalClips | None = None
                       ) -> bad_records.DataIterator | bad_records.TfdsIterator:
   """Finite iterator of flat eval batches {'video' [N,T,H,W,3], 'label', 'video_index'[, 'audio']}.
 
-  mode 'train': config.eval.train_passes augmented passes (one random clip per
-  video per pass). mode 'test': config.eval.num_temporal_crops x
+  `clips` (default: config.eval's, `EvalClips.from_config`) says which clips:
+  mode 'train': clips.train_passes augmented passes (one random clip per
+  video per pass). mode 'test': clips.num_temporal_crops x
   num_spatial_crops deterministic crops per video after a short-side resize,
   the crops of one video adjacent (ordered window-major). No shuffling; a
   video's video_index is its position in the sorted shard order, counting
@@ -480,8 +485,9 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
     raise ValueError(f"make_eval_dataset: mode must be 'train' or 'test', got {mode!r}")
   limit_tf_op_threads(config.data.tf_intra_op_threads)
   batch_size = batch_size or config.eval.batch_size
+  clips = clips or eval_clips.EvalClips.from_config(config)
   if tfds_reader.is_tfds(shards):
-    return _tfds_eval_dataset(config, shards, mode=mode, batch_size=batch_size,
+    return _tfds_eval_dataset(config, clips, shards, mode=mode, batch_size=batch_size,
                               include_audio=include_audio, seed=seed)
   index = reader.index_shards(reader.list_shards(shards))
   reader.check_features(index, video=True, audio=include_audio,
@@ -491,17 +497,17 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
                                     bad_records.needed_features(['audio'] if include_audio else []))
   if mode == 'train':
     seed = config.seed if seed is None else seed
-    train_fn = _make_eval_train_fn(config, tf.constant(_seed_ints(seed, 3), tf.int64),
+    train_fn = _make_eval_train_fn(config, clips, tf.constant(_seed_ints(seed, 3), tf.int64),
                                    include_audio)
 
     def train_example(stream_index, entry):
       return dict(train_fn(stream_index, (entry, read(entry))), **{bad_records.ENTRY: entry})
-    passes = config.eval.train_passes
+    passes = clips.train_passes
     slots = tf.data.Dataset.range(num_records).repeat(passes).enumerate()
     ds = _batches(config, slots, train_example, batch_size=batch_size)
     return _finite_shard_iterator(ds, monitor, num_records, passes)
-  test_fn = _make_eval_test_fn(config, include_audio)
-  rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
+  test_fn = _make_eval_test_fn(config, clips, include_audio)
+  rows = clips.test_rows
 
   def test_example(entry):
     out = dict(test_fn(entry, read(entry)))
@@ -530,24 +536,24 @@ def _check_tfds_audio_rate(config: ml_collections.ConfigDict, source: Source) ->
         'brave_jax.data.convert --audio_only, which resamples')
 
 
-def _tfds_eval_dataset(config: ml_collections.ConfigDict, source: tfds_reader.TfdsSplit, *,
-                       mode: str, batch_size: int, include_audio: bool,
-                       seed: int | None) -> bad_records.TfdsIterator:
+def _tfds_eval_dataset(config: ml_collections.ConfigDict, clips: eval_clips.EvalClips,
+                       source: tfds_reader.TfdsSplit, *, mode: str, batch_size: int,
+                       include_audio: bool, seed: int | None) -> bad_records.TfdsIterator:
   """make_eval_dataset for a TFDS split: the same per-example functions on TFDS's elements."""
   if include_audio:
     _check_tfds_audio_rate(config, source)
   records = tfds_reader.records(source, audio=include_audio)
   total = tfds_reader.num_examples(source)
   if mode == 'train':
-    passes = config.eval.train_passes
+    passes = clips.train_passes
     seed = config.seed if seed is None else seed
-    train_fn = _make_eval_train_fn(config, tf.constant(_seed_ints(seed, 3), tf.int64),
+    train_fn = _make_eval_train_fn(config, clips, tf.constant(_seed_ints(seed, 3), tf.int64),
                                    include_audio, tfds_reader.parse)
     ds = _batches(config, records.enumerate().repeat(passes).enumerate(), train_fn,
                   batch_size=batch_size, log_bad=True)
     return bad_records.TfdsIterator(ds, total * passes)
-  test_fn = _make_eval_test_fn(config, include_audio, tfds_reader.parse)
-  rows = config.eval.num_temporal_crops * config.eval.num_spatial_crops
+  test_fn = _make_eval_test_fn(config, clips, include_audio, tfds_reader.parse)
+  rows = clips.test_rows
 
   def test_example(index, element):
     out = dict(test_fn(index, element))
@@ -561,10 +567,10 @@ def _tfds_eval_dataset(config: ml_collections.ConfigDict, source: tfds_reader.Tf
 # ---------------------------------------------------------------------------
 # Fine-tuning.
 
-def _finetune_example_fn(config: ml_collections.ConfigDict, example_seed: tf.Tensor,
-                         parse: Callable[..., Any]):
+def _finetune_example_fn(config: ml_collections.ConfigDict, clips: eval_clips.EvalClips,
+                         example_seed: tf.Tensor, parse: Callable[..., Any]):
   """(slot, record) -> {'video', 'label'}: the linear protocol's train clip; unlabelled raises."""
-  clip_fn = _make_eval_train_fn(config, example_seed, False, parse)
+  clip_fn = _make_eval_train_fn(config, clips, example_seed, False, parse)
 
   def fn(slot, record):
     out = clip_fn(slot, (slot, record))
@@ -579,20 +585,21 @@ def _finetune_example_fn(config: ml_collections.ConfigDict, example_seed: tf.Ten
 def make_finetune_dataset(config: ml_collections.ConfigDict, source: Source, *,
                           batch_size: int, process_index: int = 0, process_count: int = 1,
                           num_local_devices: int | None = None, seed: int | None = None,
-                          start_step: int = 0
+                          start_step: int = 0, clips: eval_clips.EvalClips | None = None
                           ) -> bad_records.DataIterator | bad_records.TfdsIterator:
   """Endless labelled training clips, [local_devices, per_device, ...] {'video', 'label'}.
 
   Each clip is made as the linear protocol's train clips are
-  (`_make_eval_train_fn`: a random window of config.eval.num_frames, random
-  crop, flip, colour jitter, greyscale), so fine-tuning and the linear probe
-  see the same augmentation. From DMVR shards the stream is make_train_dataset's
+  (`_make_eval_train_fn`: a random window of `clips` (default config.eval's),
+  random crop, flip, colour jitter, greyscale), so fine-tuning and the linear
+  probe see the same augmentation. From DMVR shards the stream is make_train_dataset's
   (each host its own shards, slot -> seeded per-epoch permutation, bad records
   replaced and budgeted), so a resumed fine-tuning run reads exactly what an
   uninterrupted one did; a record without a label counts as bad. From TFDS:
   TFDS's shuffled reader, not exact on resume.
   """
   limit_tf_op_threads(config.data.tf_intra_op_threads)
+  clips = clips or eval_clips.EvalClips.from_config(config)
   num_local_devices = _local_device_count(num_local_devices)
   per_host, per_device = per_host_and_device(batch_size, process_count, num_local_devices,
                                              'config.finetune.batch_size')
@@ -603,14 +610,14 @@ def make_finetune_dataset(config: ml_collections.ConfigDict, source: Source, *,
                              shuffle_files=True, seed=_seed_ints(host_seed, start_step, 13)[0])
     ds = ds.shuffle(_TFDS_SHUFFLE_BUFFER, seed=_seed_ints(host_seed, start_step, 14)[0])
     ds = _batches(config, ds.repeat().enumerate(start_step * per_host),
-                  _finetune_example_fn(config, example_seed, tfds_reader.parse),
+                  _finetune_example_fn(config, clips, example_seed, tfds_reader.parse),
                   batch_size=per_host, log_bad=True, devices=(num_local_devices, per_device),
                   prefetch=config.data.prefetch)
     return bad_records.TfdsIterator(ds)
   files = reader.split_for_process(reader.list_shards(source), process_index, process_count)
   return _endless_shard_batches(
       config, reader.index_shards(files), what='fine-tuning', needs={},
-      example_fn=_finetune_example_fn(config, example_seed, reader.parse_example),
+      example_fn=_finetune_example_fn(config, clips, example_seed, reader.parse_example),
       shuffle_seed=tf.constant(_seed_ints(host_seed, 11), tf.int64), per_host=per_host,
       per_device=per_device, num_local_devices=num_local_devices, start_step=start_step)
 
