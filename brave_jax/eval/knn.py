@@ -20,7 +20,7 @@ train split's clips (crop scores averaged per video).
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 import time
 from typing import Any, Mapping
@@ -116,13 +116,14 @@ def monitor_source(config: ml_collections.ConfigDict) -> Any:
 
 def load_clips(config: ml_collections.ConfigDict, source: Any) -> dict[str, np.ndarray]:
   """One centre clip (config.eval's clip) per video of the set, at most knn_monitor.max_videos."""
+  from brave_jax.data import eval_clips  # pylint: disable=g-import-not-at-top
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.eval.update(num_temporal_crops=1, num_spatial_crops=1)
+  centre = dataclasses.replace(eval_clips.EvalClips.from_config(config), num_temporal_crops=1,
+                               num_spatial_crops=1)
   limit = int(config.knn_monitor.max_videos)
   video, labels = [], []
-  for batch in pipeline.make_eval_dataset(c, source, mode='test', batch_size=c.eval.batch_size):
+  for batch in pipeline.make_eval_dataset(config, source, mode='test',
+                                          batch_size=config.eval.batch_size, clips=centre):
     video.append(batch['video'])
     labels.append(batch['label'])
     if sum(len(v) for v in video) >= limit:

@@ -33,7 +33,7 @@ framed in green).
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
@@ -44,6 +44,7 @@ import numpy as np
 from brave_jax import errors
 from brave_jax import files
 from brave_jax import log
+from brave_jax.data import eval_clips
 from brave_jax.eval import backbone as backbone_lib
 from brave_jax.eval import embeddings as embeddings_lib
 
@@ -114,22 +115,26 @@ def evaluate_embeddings(emb: Mapping[str, np.ndarray]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- embedding
 
 
-def retrieval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config with config.eval's clip set to the narrow view's and retrieval's crop counts."""
-  c = copy.deepcopy(config)
-  r, n = c.retrieval, c.data.narrow
-  with c.unlocked():
-    c.eval.update(num_frames=n.num_frames, frame_step=n.frame_step, image_size=n.image_size,
-                  num_temporal_crops=r.num_temporal_crops, num_spatial_crops=r.num_spatial_crops)
-  return c
+def retrieval_clips(config: ml_collections.ConfigDict) -> eval_clips.EvalClips:
+  """The narrow view's clip (frames, step, crop size), config.eval's short-side resize and
+  config.retrieval's crop counts: the clips the narrow backbone saw in pretraining."""
+  r, n = config.retrieval, config.data.narrow
+  return dataclasses.replace(
+      eval_clips.EvalClips.from_config(config), num_frames=int(n.num_frames),
+      frame_step=int(n.frame_step), image_size=int(n.image_size),
+      num_temporal_crops=int(r.num_temporal_crops), num_spatial_crops=int(r.num_spatial_crops))
 
 
-def clip_batches(config: ml_collections.ConfigDict, data: Any):
-  """Test batches of every clip: 'video' crops, 'audio' log-mel of the same start, 'video_index'."""
+def clip_batches(config: ml_collections.ConfigDict, data: Any,
+                 clips: eval_clips.EvalClips | None = None):
+  """Test batches of every clip: 'video' crops, 'audio' log-mel of the same start, 'video_index'.
+
+  `clips`: default `retrieval_clips(config)`.
+  """
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  rc = retrieval_config(config)
-  return pipeline.make_eval_dataset(rc, data, mode='test', batch_size=int(rc.retrieval.batch_size),
-                                    include_audio=True)
+  return pipeline.make_eval_dataset(config, data, mode='test',
+                                    batch_size=int(config.retrieval.batch_size),
+                                    include_audio=True, clips=clips or retrieval_clips(config))
 
 
 def _normalise(x_NxK: np.ndarray) -> np.ndarray:
@@ -227,10 +232,9 @@ def clip_names(data: Any, entries: Sequence[int]) -> list[str]:
 def calibrate(config: ml_collections.ConfigDict, source: backbone_lib.Source,
               data: Any) -> backbone_lib.Source:
   """BN statistics re-estimated on `data`'s retrieval clips (video and audio both fed)."""
-  rc = retrieval_config(config)
-  with rc.unlocked():  # One crop per clip: the statistics of clips, not of near-copies.
-    rc.retrieval.num_spatial_crops = 1
-  return backbone_lib.calibrate_batch_norm(rc, source, clip_batches(rc, data),
+  # One crop per clip: the statistics of clips, not of near-copies.
+  one_crop = dataclasses.replace(retrieval_clips(config), num_spatial_crops=1)
+  return backbone_lib.calibrate_batch_norm(config, source, clip_batches(config, data, one_crop),
                                            input_key=('video', 'audio'))
 
 
@@ -339,7 +343,7 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, test_dat
   record['chance'] = chance_metrics(num_clips)
   names = clip_names(test_data, first['video_index'])
   record['clips'] = names
-  r, e = config.retrieval, retrieval_config(config).eval
+  r, e = config.retrieval, retrieval_clips(config)
   record['settings'] = {'num_frames': e.num_frames, 'frame_step': e.frame_step,
                         'image_size': e.image_size, 'resize_short_side': e.resize_short_side,
                         'num_temporal_crops': e.num_temporal_crops,
