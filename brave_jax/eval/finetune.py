@@ -23,6 +23,7 @@ curve), confusion.png and loss.png.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 from typing import Any, Sequence
@@ -53,8 +54,10 @@ def training_config(config: ml_collections.ConfigDict,
   """The config a fine-tuning run records: config.finetune's batch, steps and logging as `training`.
 
   Written to <output_dir>/config.json, so the run can be read back, and a
-  rerun is compared with it before it resumes.
+  rerun is compared with it before it resumes. No pipeline reads it (they take
+  `config`); only the classifier reads its model, the checkpoint's architecture.
   """
+  # A copy because it is a record of a different run (a fine-tuning one), not a way to steer one.
   c = copy.deepcopy(config)
   f = c.finetune
   with c.unlocked():
@@ -129,11 +132,13 @@ def make_optimizer(config: ml_collections.ConfigDict,
 
 def count_classes(source: Any, config: ml_collections.ConfigDict) -> int:
   """1 + the largest label of the train split (when no class list says how many there are)."""
+  from brave_jax.data import eval_clips  # pylint: disable=g-import-not-at-top
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  probe = copy.deepcopy(config)
-  probe.eval.update(num_frames=1, frame_step=1, train_passes=1)
+  one_frame = dataclasses.replace(eval_clips.EvalClips.from_config(config), num_frames=1,
+                                  frame_step=1, train_passes=1)  # Only the labels are read.
   largest = -1
-  for batch in pipeline.make_eval_dataset(probe, source, mode='train', batch_size=256):
+  for batch in pipeline.make_eval_dataset(config, source, mode='train', batch_size=256,
+                                          clips=one_frame):
     largest = max(largest, int(np.max(batch['label'])))
   if largest < 1:
     raise ValueError(f'the fine-tuning train split ({splits_lib.describe(source)}) has no labels '
@@ -208,7 +213,7 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
 
   def make_batch_iterator(start_step: int):
     return pipeline.make_finetune_dataset(
-        ft_config, train_source, batch_size=int(config.finetune.batch_size),
+        config, train_source, batch_size=int(config.finetune.batch_size),
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_local_devices=jax.local_device_count(), start_step=start_step)
 
@@ -217,13 +222,13 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
   train_state = loop.train(
       settings(config, stop_at_step), output_dir, ft_config,
       make_batch_iterator=make_batch_iterator, model=classifier,
-      optimizer=make_optimizer(ft_config, root), schedule=make_schedule(ft_config),
+      optimizer=make_optimizer(config, root), schedule=make_schedule(config),
       initial_variables=initial)
   done = int(step_lib.unreplicate(train_state.step))
   if jax.process_index() != 0 or done < int(config.finetune.num_steps):
     return {}
   params, state = step_lib.unreplicate((train_state.params, train_state.state))
-  result = score_videos(test_scores(ft_config, classifier, params, state, test_source),
+  result = score_videos(test_scores(config, classifier, params, state, test_source),
                         num_classes)
   records = metrics_lib.read_metrics(output_dir)
   train_top1 = _train_accuracy(records, done)
