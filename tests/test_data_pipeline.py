@@ -91,6 +91,16 @@ def test_train_batch_structure_va(shard_dir, tiny_va_config):
   assert it.skipped_records() == 0
 
 
+def test_batch_shapes_of_other_broad_views_leave_the_config_as_it_was(tiny_va_config,
+                                                                      tiny_vv_config):
+  """What random init of a checkpoint whose views are not the config's shapes its batch with."""
+  before = str(tiny_va_config)
+  assert pipeline.batch_shapes(tiny_va_config, ('video',)) == pipeline.batch_shapes(tiny_vv_config)
+  assert set(pipeline.batch_shapes(tiny_va_config, ('video', 'audio'))['broad']) == {'video',
+                                                                                     'audio'}
+  assert str(tiny_va_config) == before
+
+
 def test_train_batch_structure_vv_and_per_host_batch(shard_dir, tiny_vv_config):
   cfg = _config(tiny_vv_config)
   cfg.training.batch_size = 8

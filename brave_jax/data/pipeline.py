@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -106,13 +106,18 @@ def audio_num_frames(config: ml_collections.ConfigDict) -> int:
                                             config.data.audio.frame_step)
 
 
-def batch_shapes(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Per-example shapes of a training batch (no [D, B] axes), for models, tests and benches."""
+def batch_shapes(config: ml_collections.ConfigDict,
+                 broad_modalities: Sequence[str] | None = None) -> dict[str, Any]:
+  """Per-example shapes of a training batch (no [D, B] axes), for models, tests and benches.
+
+  `broad_modalities` (default config.data.broad_modalities): the broad views to
+  shape, e.g. a checkpoint's when they are not the config's.
+  """
   d = config.data
   narrow = (d.narrow.num_frames, d.narrow.image_size, d.narrow.image_size, 3)
   broad_rgb = (d.broad.num_frames, d.broad.image_size, d.broad.image_size, 3)
   broad: dict[str, tuple[int, ...]] = {}
-  for m in d.broad_modalities:
+  for m in d.broad_modalities if broad_modalities is None else broad_modalities:
     if m in ('video', 'rc'):
       broad[m] = broad_rgb
     elif m == 'flow':

@@ -8,10 +8,9 @@ batch-norm statistics are re-estimated on data first (`calibrate_batch_norm`).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -70,10 +69,15 @@ def embed_fn(model: Any, root: str = NARROW_ROOT) -> Callable[[Any, Any], Any]:
 # ----------------------------------------------------------------------------- sources
 
 
-def init_batch(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """A one-example batch of zeros shaped like the training batch, for model.init."""
+def init_batch(config: ml_collections.ConfigDict,
+               broad_modalities: Sequence[str] | None = None) -> dict[str, Any]:
+  """A one-example batch of zeros shaped like the training batch, for model.init.
+
+  `broad_modalities` (default config.data.broad_modalities): the views the
+  model to initialise has, e.g. a published checkpoint's.
+  """
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  shapes = pipeline.batch_shapes(config)
+  shapes = pipeline.batch_shapes(config, broad_modalities)
 
   def zeros(shape):
     dtype = np.int32 if len(shape) == 0 else np.float32
@@ -146,13 +150,8 @@ def random_init(config: ml_collections.ConfigDict, like: Source | None = None) -
     modalities = tuple(config.data.broad_modalities)
   else:
     model, model_config, modalities = like.model, like.model_config, tuple(like.broad_modalities)
-  batch_config = config
-  if modalities != tuple(config.data.broad_modalities):  # The init batch must hold like's views.
-    batch_config = copy.deepcopy(config)
-    with batch_config.unlocked():
-      batch_config.data.broad_modalities = modalities
   rng = jax.random.PRNGKey(int(config.seed) + RANDOM_INIT_SEED_OFFSET)
-  params, state = jax.jit(model.init)(rng, init_batch(batch_config))
+  params, state = jax.jit(model.init)(rng, init_batch(config, modalities))  # like's views, if any.
   return Source(model, model_config, modalities, jax.device_get(params), jax.device_get(state),
                 None, 'random_init')
 
