@@ -34,7 +34,9 @@ imports it. Where it may differ from the real published pipeline:
   memory), parsing and the per-example views are two AUTOTUNE maps.
 - The published code has no optical flow: the flow view here is the geometry
   of an RGB view done with the same unfused ops (full decode in map_fn, crop,
-  resize, scaling of the vectors, flip), our guess at how it would be written.
+  resize, scaling of the vectors, flip), our guess at how it would be written;
+  it decodes flow with TF's default DCT, ours with the accurate one
+  (brave_jax.data.decode.FLOW_DCT_METHOD), which costs more.
 - TF's thread pools are left at TF's defaults (our pipeline caps each op at one
   thread, data.tf_intra_op_threads); the bench runs each pipeline in its own
   process so one's settings never reach the other.

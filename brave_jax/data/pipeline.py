@@ -135,7 +135,7 @@ def _require_frames(frames: tf.Tensor, what: str) -> tf.Tensor:
 
 
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
-              blur: bool, random_conv: bool, jpeg_decode: str) -> tf.Tensor:
+              blur: bool, random_conv: bool, jpeg_decode: str = 'full') -> tf.Tensor:
   """One random crop for all frames (decoded straight into the view size), then the published
   view chain (`augment.augment_clip`)."""
   s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -146,7 +146,7 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
 
 
 def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
-               seed: tf.Tensor, jpeg_decode: str) -> tf.Tensor:
+               seed: tf.Tensor, jpeg_decode: str = 'full') -> tf.Tensor:
   """Cropped, resized, maybe flipped flow in [-1, 1]: the geometry of an RGB view, no colour.
 
   The vectors follow the geometry: the resize scales x by size / crop width and
