@@ -241,11 +241,10 @@ def test_shards_without_needed_audio_fail_before_training(tmp_path, tiny_va_conf
     pipeline.make_train_dataset(cfg, str(tmp_path), num_local_devices=1, seed=0)
 
 
-@pytest.mark.parametrize('jpeg_decode', ['full', 'reduced_scale'])
-def test_train_and_probe_crops_decode_as_config_says(shard_dir, tiny_va_config, monkeypatch,
-                                                     jpeg_decode):
-  """config.data.jpeg_decode reaches every training crop (narrow, broad RGB) and the linear
-  probe's train clips."""
+def test_train_and_probe_crops_decode_as_config_says(shard_dir, tiny_va_config, monkeypatch):
+  """config.data.jpeg_decode (here not the default) reaches every training crop (narrow, broad
+  RGB) and the linear probe's train clips."""
+  jpeg_decode = 'reduced_scale'
   from brave_jax.data import decode  # pylint: disable=g-import-not-at-top
   seen = []
   real = decode.decode_train_crop
