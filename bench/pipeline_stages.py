@@ -418,10 +418,13 @@ def main() -> None:
   results['load_end'] = load_average()
   _print_tables(results)
   os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, 'pipeline_stages.json'), 'w') as f:
+  # One file per set of views, so runs split over --views do not overwrite each other.
+  stem = os.path.join(args.out, 'pipeline_stages' + (
+      '' if views == list(VIEWS) else '_' + '-'.join(views)))
+  with open(stem + '.json', 'w') as f:
     json.dump(results, f, indent=1)
-  _plot(results, os.path.join(args.out, 'pipeline_stages.png'))
-  print(f"\nwrote {os.path.join(args.out, 'pipeline_stages.json')} and .png")
+  _plot(results, stem + '.png')
+  print(f'\nwrote {stem}.json and .png')
 
 
 if __name__ == '__main__':
