@@ -5,7 +5,8 @@
       --shards='/tmp/brave_bench_shards/bench-*' --batch=8 --seconds=40
   # or write the shards first in one go: --make_shards=/tmp/brave_bench_shards
 
-Ends with `clips_per_s=<number>`.
+Ends with `clips_per_s=<number>`. To compare with the published chain (our re-statement,
+bench/published_pipeline.py) back to back, with a per-stage table: bench/pipeline_stages.py.
 """
 from __future__ import annotations
 

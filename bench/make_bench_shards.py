@@ -4,6 +4,7 @@ Frames are smooth moving scenes with edges and sensor-like noise, so JPEG
 sizes (and decode cost) resemble real video rather than flat colour.
 
   python bench/make_bench_shards.py --out=/tmp/brave_bench_shards [--clips=32 --shards=8]
+  # --flow adds a stored optical-flow stream (flow/encoded, 256x340 JPEGs) for V/F and V/FA.
 """
 from __future__ import annotations
 
@@ -43,10 +44,26 @@ def _scene(rng: np.random.RandomState, num_frames: int) -> np.ndarray:
   return frames
 
 
+def _flow_jpegs(rng: np.random.RandomState, num_frames: int) -> list[bytes]:
+  """Stored flow per frame: a slowly turning pan plus a moving vortex, in pixels."""
+  yy, xx = np.mgrid[:HEIGHT, :WIDTH].astype(np.float32)
+  pan = rng.uniform(-3, 3, size=2)
+  out = []
+  for t in range(num_frames):
+    cy, cx = HEIGHT / 2 + 60 * np.sin(0.04 * t), WIDTH / 2 + 90 * np.cos(0.03 * t)
+    weight = 6.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 40.0 ** 2))
+    flow = np.stack([pan[0] * np.cos(0.01 * t) - weight * (yy - cy) / 40,
+                     pan[1] + weight * (xx - cx) / 40], -1)
+    out.append(dmvr_format.encode_flow_jpeg(flow + rng.normal(0, 0.2, flow.shape)))
+  return out
+
+
 def make_bench_shards(out_dir: str, num_clips: int = 32, num_shards: int = 8,
-                      seed: int = 0) -> list[str]:
-  """Writes `num_clips` clips into `num_shards` shards named bench-0000k-of-0000n."""
+                      seed: int = 0, flow: bool = False) -> list[str]:
+  """Writes `num_clips` clips into `num_shards` shards named bench-0000k-of-0000n (with a flow
+  stream when `flow`; the frames and audio are the same either way)."""
   rng = np.random.RandomState(seed)
+  flow_rng = np.random.RandomState(seed + 1)  # Its own stream: the frames stay the same.
   num_frames = int(SECONDS * FPS)
   t = np.arange(int(SECONDS * AUDIO_RATE)) / AUDIO_RATE
 
@@ -58,7 +75,8 @@ def make_bench_shards(out_dir: str, num_clips: int = 32, num_shards: int = 8,
       yield dmvr_format.encode_clip(dmvr_format.Clip(
           frames_TxHxWx3=frames, waveform=np.clip(wave, -1, 1).astype(np.float32),
           label_index=i % 10, label_text=f'class{i % 10}', video_id=f'bench_{i}',
-          fps=FPS, audio_rate=AUDIO_RATE))
+          fps=FPS, audio_rate=AUDIO_RATE,
+          encoded_flow=_flow_jpegs(flow_rng, num_frames) if flow else None))
       print(f'clip {i + 1}/{num_clips}', end='\r', flush=True)
   return dmvr_format.write_shards(examples(), out_dir, 'bench', num_shards)
 
@@ -68,8 +86,9 @@ def main() -> None:
   parser.add_argument('--out', required=True)
   parser.add_argument('--clips', type=int, default=32)
   parser.add_argument('--shards', type=int, default=8)
+  parser.add_argument('--flow', action='store_true', help='also store an optical-flow stream')
   args = parser.parse_args()
-  paths = make_bench_shards(args.out, args.clips, args.shards)
+  paths = make_bench_shards(args.out, args.clips, args.shards, flow=args.flow)
   size = sum(os.path.getsize(p) for p in paths)
   print(f'\nwrote {len(paths)} shards, {args.clips} clips, {size / 2**20:.0f} MiB to {args.out}')
 

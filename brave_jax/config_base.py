@@ -24,6 +24,7 @@ flow:  optical flow, 2 channels in [-1, 1].
 audio: log-mel spectrogram of the mono waveform.
 """
 BROAD_STARTS = ('at_narrow', 'uniform_after_narrow')  # See config.data.broad_start.
+JPEG_DECODES = ('full', 'reduced_scale')  # See config.data.jpeg_decode.
 TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_BASIC_BLOCKS = ('published', 'two_3x3')  # See config.model.audio_backbone.basic_block.
@@ -70,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
   # (an option: a broad window that need not begin with the narrow clip).
   c.data.broad_start = 'at_narrow'
   c.data.random_convolve_broad_video = False  # Randomly convolve the broad 'video' view (V/V).
+  # How training crops (RGB and flow views, linear-probe train clips) are decoded:
+  # 'full' = as published, every sampled frame decoded at full scale, cropped, resized
+  # bilinearly; 'reduced_scale' = ours, libjpeg decodes only the crop and, when the view is
+  # smaller, at 1/2-1/8 scale (faster, not the published pixels; data/decode.py).
+  c.data.jpeg_decode = 'full'
   c.data.audio = ml_collections.ConfigDict(dict(
       num_mel_bins=80,  # Mel bins of the log-mel spectrogram.
       frame_length=320,  # STFT window length (samples).
@@ -304,6 +310,8 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
            f'lists a modality twice: {modalities}')
   _require(config.data.broad_start in BROAD_STARTS, 'data.broad_start',
            f'must be one of {BROAD_STARTS}, got {config.data.broad_start!r}')
+  _require(config.data.jpeg_decode in JPEG_DECODES, 'data.jpeg_decode',
+           f'must be one of {JPEG_DECODES}, got {config.data.jpeg_decode!r}')
   for view in ('narrow', 'broad'):
     for f in ('num_frames', 'frame_step', 'image_size'):
       _positive_int(config, f'data.{view}.{f}')

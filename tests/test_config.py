@@ -126,6 +126,7 @@ def test_vv_config_convolves_broad_rgb():
     ('data.broad_modalities', ('audio', 'smell'), 'unknown modality'),
     ('data.broad_modalities', (), 'at least one'),
     ('data.broad_start', 'middle', 'broad_start'),
+    ('data.jpeg_decode', 'fast', 'data.jpeg_decode: must be one of'),
     ('optimizer.variant', 'fixed', 'optimizer.variant'),
     ('data.narrow.image_size', 16, 'at least 32'),
     ('data.narrow.num_frames', 0, 'positive integer'),

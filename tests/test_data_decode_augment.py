@@ -84,6 +84,62 @@ def test_decode_random_crop_shape_and_same_window_for_all_frames():
     np.testing.assert_array_equal(out[t], out[0])
 
 
+def _random_jpeg_clip(rng, t, h, w, chroma_downsampling):
+  """Random smooth-ish frames (noise upsampled from a coarse grid), JPEG-encoded."""
+  coarse = rng.uniform(0, 255, size=(t, h // 4, w // 4, 3)).astype(np.float32)
+  frames = tf.image.resize(coarse, [h, w], method='bicubic') + rng.normal(0, 4, (t, h, w, 3))
+  frames = tf.cast(tf.clip_by_value(frames, 0, 255), tf.uint8)
+  return tf.stack([tf.io.encode_jpeg(f, quality=90, chroma_downsampling=chroma_downsampling)
+                   for f in frames])
+
+
+def _published_train_crop(jpegs, window, size, dct_method=''):
+  """The published training crop: tf.io.decode_jpeg of every frame (full scale, TF's default
+  DCT), the window cut out, tf.image.resize (bilinear) to size x size."""
+  y, x, h, w = [int(v) for v in window]
+  full = np.stack([tf.io.decode_jpeg(j, channels=3, dct_method=dct_method).numpy()
+                   for j in jpegs.numpy()])
+  return tf.image.resize(full[:, y:y + h, x:x + w], [size, size], method='bilinear').numpy()
+
+
+@pytest.mark.parametrize('chroma_downsampling', [True, False])
+def test_default_train_crop_is_the_published_full_decode_crop_resize(chroma_downsampling):
+  """config.data.jpeg_decode='full' (the default): bit for bit the published full decode, crop
+  and bilinear resize, for random windows of random 4:2:0 and 4:4:4 JPEG frames, views smaller
+  and larger than the crop, RGB (TF's default DCT) and flow (INTEGER_ACCURATE)."""
+  rng = np.random.RandomState(0)
+  for trial in range(12):
+    jpegs = _random_jpeg_clip(rng, 3, 96, 128, chroma_downsampling)
+    seed = tf.constant([trial, 7], tf.int64)
+    window = decode.random_crop_window(decode.jpeg_shape(jpegs[0]), (0.3, 1.0), (0.5, 2.0), seed)
+    size = (24, 48, 112)[trial % 3]
+    got = decode.decode_random_crop(jpegs, size, (0.3, 1.0), (0.5, 2.0), seed).numpy()
+    np.testing.assert_array_equal(got, _published_train_crop(jpegs, window.numpy(), size))
+    flow = decode.decode_train_crop(jpegs, window, size, 'full', decode.FLOW_DCT_METHOD).numpy()
+    np.testing.assert_array_equal(
+        flow, _published_train_crop(jpegs, window.numpy(), size, decode.FLOW_DCT_METHOD))
+
+
+def test_reduced_scale_is_the_old_fast_path_and_misses_the_published_pixels():
+  """'reduced_scale' is decode_and_crop_jpeg at libjpeg's reduced scale (the path before the
+  default changed); negative control: on a large crop of a 4:2:0 frame, reduced to a 2x smaller
+  view, it differs from the published pixels well past rounding, where 'full' is exact."""
+  jpegs = _random_jpeg_clip(np.random.RandomState(1), 2, 256, 340, True)
+  window = tf.constant([16, 20, 224, 300])  # 2x the 112-px view: libjpeg decodes at 1/2.
+  assert int(decode.choose_ratio(window[2:], [112, 112], decode.TRAIN_MAX_UPSCALE)) == 1
+  reduced = decode.decode_train_crop(jpegs, window, 112, 'reduced_scale').numpy()
+  np.testing.assert_array_equal(
+      reduced, decode.decode_crop_resize(jpegs, window, 112, decode.TRAIN_MAX_UPSCALE).numpy())
+  published = _published_train_crop(jpegs, window.numpy(), 112)
+  np.testing.assert_array_equal(decode.decode_train_crop(jpegs, window, 112).numpy(), published)
+  diff = np.abs(reduced - published)
+  print(f'reduced_scale vs published, 224x300 crop -> 112: mean {diff.mean():.2f}, '
+        f'max {diff.max():.1f} (of 255)')
+  assert diff.max() > 8 and diff.mean() > 0.3
+  with pytest.raises(ValueError, match='config.data.jpeg_decode'):
+    decode.decode_train_crop(jpegs, window, 112, 'fast')
+
+
 def test_short_side_resize_as_published():
   assert decode.resized_short_side_shape([240, 320], 256).numpy().tolist() == [256, 341]
   assert decode.resized_short_side_shape([320, 240], 256).numpy().tolist() == [341, 256]

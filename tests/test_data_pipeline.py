@@ -276,3 +276,22 @@ def test_shards_without_needed_audio_fail_before_training(tmp_path, tiny_va_conf
   dmvr_format.write_shards(examples, str(tmp_path), 'silent', 2)
   with pytest.raises(reader.ShardError, match=r'needs audio .*silent-00000-of-00002'):
     pipeline.make_train_dataset(cfg, str(tmp_path), num_local_devices=1, seed=0)
+
+
+def test_train_and_probe_crops_decode_as_config_says(shard_dir, tiny_va_config, monkeypatch):
+  """config.data.jpeg_decode (here not the default) reaches every training crop (narrow, broad
+  RGB) and the linear probe's train clips."""
+  jpeg_decode = 'reduced_scale'
+  from brave_jax.data import decode  # pylint: disable=g-import-not-at-top
+  seen = []
+  real = decode.decode_train_crop
+
+  def recording(*args, **kwargs):
+    seen.append(args[3] if len(args) > 3 else kwargs.get('jpeg_decode', 'full'))
+    return real(*args, **kwargs)
+  monkeypatch.setattr(decode, 'decode_train_crop', recording)
+  cfg = _config(tiny_va_config)
+  cfg.data.jpeg_decode = jpeg_decode
+  next(pipeline.make_train_dataset(cfg, str(shard_dir), num_local_devices=1, seed=0))
+  next(iter(pipeline.make_eval_dataset(cfg, str(shard_dir), mode='train')))
+  assert len(seen) >= 2 and set(seen) == {jpeg_decode}

@@ -1,10 +1,16 @@
-"""Decoding only the sampled JPEG frames, straight into the crop each view needs.
+"""Decoding only the sampled JPEG frames into the crop each view needs.
 
-Training crops are decoded with tf.io.decode_and_crop_jpeg (libjpeg skips the
-columns outside the window), and when the view is at least 2x smaller than the
-crop, libjpeg's DCT-domain downscaling (ratio 2/4/8) does most of the resize,
-so a 112-px broad view never pays for a full-size decode. One crop window per
-clip: all frames of a view share it.
+A training crop (one window per clip: all frames of a view share it) is made
+in one of two ways, config.data.jpeg_decode:
+- 'full' (default, as published): every sampled frame decoded at full scale
+  (tf.io.decode_jpeg, TF's default DCT), the window cut out, resized bilinearly
+  (tf.image.resize) to the view size. Not tf.io.decode_and_crop_jpeg: on
+  chroma-subsampled JPEGs its pixels at the window's edges differ from a full
+  decode's (libjpeg upsamples the chroma of the cropped region on its own).
+- 'reduced_scale' (ours, faster): tf.io.decode_and_crop_jpeg, and when the view
+  is smaller than the crop libjpeg's DCT-domain downscaling (ratio 2/4/8) does
+  most of the resize, so a 112-px broad view rarely pays for a full-size
+  decode; not held to the published pixels (bench/README.md, "Input pipeline").
 """
 from __future__ import annotations
 
@@ -12,8 +18,12 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from brave_jax import config_base
+
 RATIOS = (1, 2, 4, 8)  # Scale denominators libjpeg supports in decode_jpeg(ratio=...).
-_DCT_METHOD = 'INTEGER_FAST'  # ~15% faster decodes than the default on this CPU class.
+# TF's default DCT (dct_method=''), which the published decode_jpeg calls use, is this one:
+# ~15% faster decodes than INTEGER_ACCURATE on this CPU class.
+_DCT_METHOD = 'INTEGER_FAST'
 # Flow values are vectors, not pixels: the fast DCT adds up to ~3 levels (0.5 px) of error
 # on top of the stored quantisation, the accurate one none that matters.
 FLOW_DCT_METHOD = 'INTEGER_ACCURATE'
@@ -114,12 +124,33 @@ def decode_crop_resize(jpegs_T: tf.Tensor, window: tf.Tensor, size: int,
   return tf.image.resize(frames, [size, size], method='bilinear')
 
 
+def decode_full_crop(jpegs_T: tf.Tensor, window: tf.Tensor,
+                     dct_method: str = _DCT_METHOD) -> tf.Tensor:
+  """uint8 [T, h, w, 3]: every frame decoded at full scale, then `window` ([y, x, h, w]) cut out."""
+  window = tf.cast(window, tf.int32)
+  frames = _decode_all(jpegs_T, None, 1, dct_method)
+  y, x, h, w = tf.unstack(window)
+  return frames[:, y:y + h, x:x + w, :]  # Keeps the static frame count and channels.
+
+
+def decode_train_crop(jpegs_T: tf.Tensor, window: tf.Tensor, size: int, jpeg_decode: str = 'full',
+                      dct_method: str = _DCT_METHOD) -> tf.Tensor:
+  """float32 [T, size, size, 3] in [0, 255]: `window` of each frame resized to the view size,
+  decoded as `jpeg_decode` says (module docstring: 'full' as published, or 'reduced_scale')."""
+  if jpeg_decode == 'full':
+    return tf.image.resize(decode_full_crop(jpegs_T, window, dct_method), [size, size],
+                           method='bilinear')
+  if jpeg_decode == 'reduced_scale':
+    return decode_crop_resize(jpegs_T, window, size, TRAIN_MAX_UPSCALE, dct_method)
+  raise ValueError(f'config.data.jpeg_decode must be one of {config_base.JPEG_DECODES}, got {jpeg_decode!r}')
+
+
 def decode_random_crop(jpegs_T: tf.Tensor, size: int, area_range: Sequence[float],
                        aspect_range: Sequence[float], seed: tf.Tensor,
-                       max_upscale: float = TRAIN_MAX_UPSCALE) -> tf.Tensor:
+                       jpeg_decode: str = 'full') -> tf.Tensor:
   """float32 [T, size, size, 3] in [0, 255]: one random-resized crop shared by all frames."""
   window = random_crop_window(jpeg_shape(jpegs_T[0]), area_range, aspect_range, seed)
-  return decode_crop_resize(jpegs_T, window, size, max_upscale)
+  return decode_train_crop(jpegs_T, window, size, jpeg_decode)
 
 
 def resized_short_side_shape(image_hw: tf.Tensor, short_side: int) -> tf.Tensor:

@@ -141,18 +141,18 @@ def _require_frames(frames: tf.Tensor, what: str) -> tf.Tensor:
 
 
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
-              blur: bool, random_conv: bool) -> tf.Tensor:
+              blur: bool, random_conv: bool, jpeg_decode: str = 'full') -> tf.Tensor:
   """One random crop for all frames (decoded straight into the view size), then the published
   view chain (`augment.augment_clip`)."""
   s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   frames = decode.decode_random_crop(jpegs_T, size, aug.crop_area_range, aug.crop_aspect_range,
-                                     s_crop)
+                                     s_crop, jpeg_decode)
   x = augment.augment_clip(frames, aug, s_aug, blur=blur, random_conv=random_conv)
   return tf.ensure_shape(x, [jpegs_T.shape[0], size, size, 3])
 
 
 def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
-               seed: tf.Tensor) -> tf.Tensor:
+               seed: tf.Tensor, jpeg_decode: str = 'full') -> tf.Tensor:
   """Cropped, resized, maybe flipped flow in [-1, 1]: the geometry of an RGB view, no colour.
 
   The vectors follow the geometry: the resize scales x by size / crop width and
@@ -161,8 +161,7 @@ def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
   s_crop, s_flip = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   window = decode.random_crop_window(decode.jpeg_shape(jpegs_T[0]), aug.crop_area_range,
                                      aug.crop_aspect_range, s_crop)
-  frames = decode.decode_crop_resize(jpegs_T, window, size, decode.TRAIN_MAX_UPSCALE,
-                                     decode.FLOW_DCT_METHOD)
+  frames = decode.decode_train_crop(jpegs_T, window, size, jpeg_decode, decode.FLOW_DCT_METHOD)
   flow = decode.scale_flow_to_view(decode.flow_to_unit(frames), window, size)
   flow, flipped = augment.random_flip(flow, aug.flip_prob, s_flip)
   sign = tf.where(flipped, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
@@ -189,17 +188,17 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
         broad_frames=d.broad.num_frames, broad_step=d.broad.frame_step,
         broad_start=d.broad_start, seed=seeds[0])
     narrow = _rgb_view(tf.gather(ex['video'], win['narrow']), d.narrow.image_size, d.augment,
-                       seeds[1], blur=True, random_conv=False)
+                       seeds[1], blur=True, random_conv=False, jpeg_decode=d.jpeg_decode)
     broad = {}
     for m, s in zip(modalities, seeds[2:]):
       if m in ('video', 'rc'):
         rc = m == 'rc' or bool(d.random_convolve_broad_video)
         broad[m] = _rgb_view(tf.gather(ex['video'], win['broad']), d.broad.image_size,
-                             d.augment, s, blur=True, random_conv=rc)
+                             d.augment, s, blur=True, random_conv=rc, jpeg_decode=d.jpeg_decode)
       elif m == 'flow':
         n_flow = _require_frames(ex['flow'], 'flow/encoded')
         broad[m] = _flow_view(tf.gather(ex['flow'], tf.math.floormod(win['broad'], n_flow)),
-                              d.broad.image_size, d.augment, s)
+                              d.broad.image_size, d.augment, s, d.jpeg_decode)
       elif m == 'audio':
         wave = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples, n,
                                            win['looped_frames'])
@@ -421,7 +420,7 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, clips: eval_clips.Eva
     n = _require_frames(ex['video'], 'image/encoded')
     start, idx = sampling.random_window(n, clips.num_frames, clips.frame_step, s_win)
     out = {'video': _rgb_view(tf.gather(ex['video'], idx), clips.image_size, d.augment, s_view,
-                              blur=False, random_conv=False),
+                              blur=False, random_conv=False, jpeg_decode=d.jpeg_decode),
            'label': ex['label'], 'video_index': tf.cast(video_index, tf.int32),
            bad_records.INDEX: index}
     if include_audio:

@@ -1,0 +1,431 @@
+"""Our training input pipeline against the published one, back to back on the same shards.
+
+  python bench/pipeline_stages.py --seconds=20     # V/A, V/V, V/F, V/FA at full size
+  python bench/pipeline_stages.py --seconds=2 --stage_clips=1 --views=va   # a smoke test
+
+For each view setup (configs/brave_rgb_audio.py, brave_rgb_rgb.py,
+brave_rgb_flow.py, brave_rgb_flow_audio.py at full size) it runs, one after
+the other, each in a fresh process so no TF thread setting leaks:
+- 'ours': brave_jax.data.pipeline.make_train_dataset as training uses it;
+- 'ours_device': the same with config.data.augment_on='device' (only when the
+  config has that field; the host then decodes and crops, the model step
+  augments on the accelerator, which this bench does not count);
+- 'published': bench/published_pipeline.py, our op-for-op re-statement of
+  the published tf.data chain (a yardstick; its docstring says where it may
+  differ from the real one).
+Each reports clips/s over --seconds after the first batch, CPU ms per clip
+(the process's CPU time over the timed clips, all threads) and bytes per clip
+of the batches it yields, with the 1-minute load average before and after.
+
+Then a stage table, host CPU ms per clip, for ours and the published chain:
+each stage's function run on the previous stage's outputs, already in memory
+(--stage_clips records, several random draws each, after warm-up draws that
+compile every branch), in a process limited to one TF thread per op and one
+op at a time, so a stage's CPU time is its own. Stages: read (the record's
+bytes and parsing the needed features), sample (the sampler's windows,
+gathering their JPEGs and the broad audio), decode+crop+resize (every view),
+augment (every view), spectrogram, batch (tf.data batching of finished
+examples into numpy) and transfer (jax.device_put of a batch; on a CPU-only
+host a host copy, not a PCIe/ICI transfer). Run in isolation, the stages'
+sum leaves out tf.data's own scheduling, which the end-to-end CPU ms include.
+
+Shards: bench/make_bench_shards.py, 256x340 JPEG frames at 25 fps, 12 s, 48
+kHz audio, written once under --shards_dir (plain/ for V/A and V/V, flow/
+with a stored flow stream for V/F and V/FA). Results: JSON and a PNG bar chart
+under --out (bench/results/input_pipeline/). The comparison means something
+only on an idle machine: every figure is printed beside the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_BENCH)
+sys.path.insert(0, _ROOT)
+sys.path.insert(0, _BENCH)
+
+VIEWS = {  # Name -> (config file, shard set).
+    'va': ('configs/brave_rgb_audio.py', 'plain'),
+    'vv': ('configs/brave_rgb_rgb.py', 'plain'),
+    'vf': ('configs/brave_rgb_flow.py', 'flow'),
+    'vfa': ('configs/brave_rgb_flow_audio.py', 'flow'),
+}
+STAGES = ('read', 'sample', 'decode_crop_resize', 'augment', 'spectrogram', 'batch', 'transfer')
+_WARMUP_DRAWS = 8  # Draws per stage before timing: every tf.cond branch compiled.
+
+
+def load_average() -> str:
+  """`uptime`'s load averages (1, 5, 15 min)."""
+  return ' '.join(f'{x:.2f}' for x in os.getloadavg())
+
+
+def _config(view: str, batch: int, pipeline_name: str):
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  config = config_base.load(os.path.join(_ROOT, VIEWS[view][0]))
+  config.training.batch_size = batch
+  if pipeline_name == 'ours_device':
+    config.data.augment_on = 'device'
+  return config
+
+
+def _nbytes(tree: Any) -> int:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if isinstance(tree, dict):
+    return sum(_nbytes(v) for k, v in tree.items() if not str(k).startswith('_'))
+  return int(np.asarray(tree).nbytes)
+
+
+# ---------------------------------------------------------------------------
+# Worker: end-to-end throughput of one pipeline.
+
+def throughput(view: str, pipeline_name: str, shards: str, batch: int,
+               seconds: float) -> dict[str, Any]:
+  """clips/s, CPU ms per clip and bytes per clip of one pipeline after its first batch."""
+  config = _config(view, batch, pipeline_name)
+  if pipeline_name == 'published':
+    import published_pipeline  # pylint: disable=g-import-not-at-top
+    it = published_pipeline.make_dataset(config, shards, batch).as_numpy_iterator()
+  else:
+    from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    it = pipeline.make_train_dataset(config, shards, num_local_devices=1)
+  load_before = load_average()
+  t0 = time.perf_counter()
+  first = next(it)
+  first_s = time.perf_counter() - t0
+  start, cpu_start, clips = time.perf_counter(), time.process_time(), 0
+  while time.perf_counter() - start < seconds or clips == 0:
+    next(it)
+    clips += batch
+  elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  return {'view': view, 'pipeline': pipeline_name, 'clips': clips, 'seconds': elapsed,
+          'first_batch_s': first_s, 'clips_per_s': clips / elapsed,
+          'cpu_ms_per_clip': 1000 * cpu / clips, 'bytes_per_clip': _nbytes(first) // batch,
+          'load_before': load_before, 'load_after': load_average()}
+
+
+# ---------------------------------------------------------------------------
+# Worker: the stage table.
+
+def _timed(fn, inputs: list[tuple], draws: int) -> float:
+  """CPU ms per call of fn(*inputs[i], seed) over `draws` seeds per input, after warm-up."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  seed = lambda k: tf.constant([k, 17], tf.int64)
+  for k in range(_WARMUP_DRAWS):
+    fn(*inputs[k % len(inputs)], seed(1000 + k))
+  calls, cpu = 0, time.process_time()
+  for k in range(draws):
+    for args in inputs:
+      out = fn(*args, seed(k))
+      tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, 'numpy') else t, out)
+      calls += 1
+  return 1000 * (time.process_time() - cpu) / calls
+
+
+def _stage_functions(config, pipeline_name: str):
+  """{stage: tf.function} for the per-example stages of one pipeline (read is timed apart)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import augment, decode, pipeline, sampling, spectrogram  # pylint: disable=g-import-not-at-top,multiple-imports
+  import published_pipeline  # pylint: disable=g-import-not-at-top
+  d = config.data
+  modalities = tuple(d.broad_modalities)
+  num_samples = pipeline.audio_num_samples(config)
+  sizes = {'narrow': d.narrow.image_size, 'broad_video': d.broad.image_size,
+           'flow': d.broad.image_size}
+  views = ['narrow'] + [k for m, k in (('video', 'broad_video'), ('rc', 'broad_video'),
+                                       ('flow', 'flow')) if m in modalities]
+  rc = {'narrow': False, 'broad_video': 'rc' in modalities or bool(d.random_convolve_broad_video)}
+  published = pipeline_name == 'published'
+
+  @tf.function
+  def sample(ex, seed):
+    if published:
+      return published_pipeline.sample(ex, config, seed)
+    n = tf.shape(ex['video'])[0]
+    win = sampling.train_windows(
+        n, narrow_frames=d.narrow.num_frames, narrow_step=d.narrow.frame_step,
+        broad_frames=d.broad.num_frames, broad_step=d.broad.frame_step,
+        broad_start=d.broad_start, seed=seed)
+    out = {'narrow': tf.gather(ex['video'], win['narrow']),
+           'broad_video': tf.gather(ex['video'], win['broad'])}
+    if 'flow' in ex:
+      out['flow'] = tf.gather(ex['flow'], tf.math.floormod(win['broad'], tf.shape(ex['flow'])[0]))
+    if 'audio' in ex:
+      out['audio'] = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples,
+                                                 n, win['looped_frames'])
+    return out
+
+  @tf.function
+  def decode_crop_resize(sampled, seed):
+    out = {}
+    for v, s in zip(views, tf.unstack(tf.random.experimental.stateless_split(seed, 3))):
+      if published:
+        out[v] = published_pipeline.crop_resize(
+            published_pipeline.decode_frames(sampled[v]), sizes[v], d.augment, s)[0]
+      else:
+        window = decode.random_crop_window(decode.jpeg_shape(sampled[v][0]),
+                                           d.augment.crop_area_range,
+                                           d.augment.crop_aspect_range, s)
+        out[v] = decode.decode_train_crop(
+            sampled[v], window, sizes[v], d.jpeg_decode,
+            decode.FLOW_DCT_METHOD if v == 'flow' else decode._DCT_METHOD)  # pylint: disable=protected-access
+    return out
+
+  @tf.function
+  def augment_views(frames, seed):
+    out = {}
+    for v, s in zip(views, tf.unstack(tf.random.experimental.stateless_split(seed, 3))):
+      if v == 'flow':
+        window = tf.constant([10, 10, 200, 250])  # The vector scaling's cost does not depend on it.
+        if published:
+          out[v] = published_pipeline.flow_view(frames[v], window, sizes[v], d.augment, s)
+        else:
+          flow = decode.scale_flow_to_view(decode.flow_to_unit(frames[v]), window, sizes[v])
+          flow, flipped = augment.random_flip(flow, d.augment.flip_prob, s)
+          out[v] = flow * tf.where(flipped, tf.constant([-1.0, 1.0]), tf.constant([1.0, 1.0]))
+      elif published:
+        out[v] = published_pipeline.augment_rgb(frames[v], d.augment, s, blur=True,
+                                                random_conv=rc[v])
+      else:
+        out[v] = augment.augment_clip(frames[v], d.augment, s, blur=True, random_conv=rc[v])
+    return out
+
+  @tf.function
+  def log_mel(sampled, seed):
+    del seed
+    if published:
+      return published_pipeline.log_mel(sampled['audio'], config)
+    return spectrogram.from_config(sampled['audio'], d)
+
+  return {'sample': sample, 'decode_crop_resize': decode_crop_resize, 'augment': augment_views,
+          'spectrogram': log_mel if 'audio' in modalities else None}
+
+
+def _read_stage(config, pipeline_name: str, files: list[str], num_clips: int):
+  """(CPU ms per clip of reading + parsing, the parsed examples)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
+  import published_pipeline  # pylint: disable=g-import-not-at-top
+  modalities = tuple(config.data.broad_modalities)
+  if pipeline_name == 'published':
+    parse = tf.function(lambda s: published_pipeline.parse(s, modalities))
+    records = tf.data.TFRecordDataset(files).take(num_clips)
+    parse(next(iter(records)))  # Trace.
+    cpu = time.process_time()
+    examples = [parse(s) for s in records]
+  else:
+    parse = tf.function(lambda s: reader.parse_example(
+        s, video=True, flow='flow' in modalities, audio='audio' in modalities))
+    index = reader.index_shards(files)
+    rd = index.reader()
+    parse(tf.constant(index.read(rd, 0)))  # Trace.
+    cpu = time.process_time()
+    examples = [parse(tf.constant(index.read(rd, i))) for i in range(num_clips)]
+  for ex in examples:
+    ex['video'].numpy()
+  return 1000 * (time.process_time() - cpu) / len(examples), examples
+
+
+def stages(view: str, pipeline_name: str, shards: str, batch: int, num_clips: int,
+           draws: int) -> dict[str, Any]:
+  """Host CPU ms per clip of every stage of one pipeline, one TF thread, inputs in memory."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
+  config = _config(view, batch, pipeline_name)
+  load_before = load_average()
+  files = reader.list_shards(shards)
+  ms: dict[str, float | None] = {}
+  ms['read'], examples = _read_stage(config, pipeline_name, files, num_clips)
+  fns = _stage_functions(config, pipeline_name)
+  sampled = [fns['sample'](ex, tf.constant([i, 3], tf.int64)) for i, ex in enumerate(examples)]
+  ms['sample'] = _timed(fns['sample'], [(ex,) for ex in examples], draws)
+  frames = [fns['decode_crop_resize'](s, tf.constant([i, 5], tf.int64))
+            for i, s in enumerate(sampled)]
+  ms['decode_crop_resize'] = _timed(fns['decode_crop_resize'], [(s,) for s in sampled], draws)
+  ms['augment'] = _timed(fns['augment'], [(f,) for f in frames], draws)
+  ms['spectrogram'] = (_timed(fns['spectrogram'], [(s,) for s in sampled], draws)
+                       if fns['spectrogram'] else None)
+  example = fns['augment'](frames[0], tf.constant([0, 7], tf.int64))
+  if 'audio' in sampled[0]:
+    example['audio'] = fns['spectrogram'](sampled[0], tf.constant([0, 7], tf.int64))
+  example = tf.nest.map_structure(tf.convert_to_tensor, example)
+  ds = tf.data.Dataset.from_tensors(example).repeat().batch(batch)
+  it = ds.as_numpy_iterator()
+  next(it)
+  cpu, reps = time.process_time(), max(4, 2 * draws)
+  for _ in range(reps):
+    host_batch = next(it)
+  ms['batch'] = 1000 * (time.process_time() - cpu) / (reps * batch)
+  jax.block_until_ready(jax.device_put(host_batch))
+  cpu = time.process_time()
+  for _ in range(reps):
+    jax.block_until_ready(jax.device_put(host_batch))
+  ms['transfer'] = 1000 * (time.process_time() - cpu) / (reps * batch)
+  return {'view': view, 'pipeline': pipeline_name, 'cpu_ms_per_clip': ms,
+          'stage_sum_ms': float(np.sum([v for v in ms.values() if v is not None])),
+          'bytes_per_clip': _nbytes(host_batch) // batch, 'jpeg_decode': config.data.jpeg_decode,
+          'device': str(jax.devices()[0]), 'clips': num_clips, 'draws': draws,
+          'load_before': load_before, 'load_after': load_average()}
+
+
+# ---------------------------------------------------------------------------
+# The driver.
+
+def _run_worker(args: argparse.Namespace, **kw) -> dict[str, Any] | None:
+  """Runs one measurement in a fresh process; its last stdout line is the JSON result."""
+  cmd = [sys.executable, os.path.abspath(__file__)] + [f'--{k}={v}' for k, v in kw.items()]
+  cmd += [f'--batch={args.batch}', f'--seconds={args.seconds}',
+          f'--stage_clips={args.stage_clips}', f'--stage_draws={args.stage_draws}']
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                        env=dict(os.environ, PYTHONPATH=_ROOT + os.pathsep +
+                                 os.environ.get('PYTHONPATH', '')))
+  if proc.returncode != 0:
+    print(f'  FAILED ({" ".join(cmd[2:])}):\n{proc.stderr[-3000:]}', flush=True)
+    return None
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _has_augment_on(view: str) -> bool:
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  return 'augment_on' in config_base.load(os.path.join(_ROOT, VIEWS[view][0])).data
+
+
+def _shards(args: argparse.Namespace, kind: str) -> str:
+  """The bench shard set `kind` ('plain' or 'flow'), written first if missing."""
+  import make_bench_shards  # pylint: disable=g-import-not-at-top
+  out = os.path.join(args.shards_dir, kind)
+  if not (os.path.isdir(out) and any(f.startswith('bench-') for f in os.listdir(out))):
+    print(f'writing {kind} bench shards to {out} ...', flush=True)
+    make_bench_shards.make_bench_shards(out, args.clips, min(8, args.clips), flow=kind == 'flow')
+    print(flush=True)
+  return os.path.join(out, 'bench-*')
+
+
+def _plot(results: dict[str, Any], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (ax_tp, ax_st) = plt.subplots(1, 2, figsize=(13, 4.5))
+  runs = results['throughput']
+  views = list(dict.fromkeys(r['view'] for r in runs))
+  names = list(dict.fromkeys(r['pipeline'] for r in runs))
+  width = 0.8 / max(len(names), 1)
+  for j, name in enumerate(names):
+    ys = [next((r['cpu_ms_per_clip'] for r in runs if r['view'] == v and r['pipeline'] == name),
+               0) for v in views]
+    ax_tp.bar([i + j * width for i in range(len(views))], ys, width, label=name)
+  ax_tp.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(views))], views)
+  ax_tp.set_ylabel('host CPU ms per clip (end to end)')
+  ax_tp.legend()
+  bars = results['stages']
+  labels = [f"{r['view']}\n{r['pipeline']}" for r in bars]
+  bottom = [0.0] * len(bars)
+  for stage in STAGES:
+    ys = [r['cpu_ms_per_clip'].get(stage) or 0.0 for r in bars]
+    ax_st.bar(range(len(bars)), ys, bottom=bottom, label=stage)
+    bottom = [b + y for b, y in zip(bottom, ys)]
+  ax_st.set_xticks(range(len(bars)), labels, fontsize=7)
+  ax_st.set_ylabel('host CPU ms per clip, one thread')
+  ax_st.legend(fontsize=7)
+  fig.suptitle(f"input pipeline, full size, batch {results['batch']}; load "
+               f"{results['load_start']} -> {results['load_end']}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def _print_tables(results: dict[str, Any]) -> None:
+  runs = results['throughput']
+  print('\nend to end (clips/s, CPU ms/clip, MB/clip, load before -> after):')
+  for r in runs:
+    pub = next((p for p in runs if p['view'] == r['view'] and p['pipeline'] == 'published'), None)
+    ratio = (f" ours/published clips/s {r['clips_per_s'] / pub['clips_per_s']:.2f}x, CPU "
+             f"{r['cpu_ms_per_clip'] / pub['cpu_ms_per_clip']:.2f}x"
+             if pub and r is not pub else '')
+    print(f"  {r['view']:4s} {r['pipeline']:12s} {r['clips_per_s']:7.1f} clips/s "
+          f"{r['cpu_ms_per_clip']:8.1f} ms {r['bytes_per_clip'] / 2**20:7.2f} MB  "
+          f"[load {r['load_before']} -> {r['load_after']}]{ratio}")
+  print('\nstages, host CPU ms per clip, one TF thread (' + ', '.join(STAGES) + '):')
+  for r in results['stages']:
+    cells = ' '.join(f"{(r['cpu_ms_per_clip'].get(s) or 0):8.1f}" for s in STAGES)
+    print(f"  {r['view']:4s} {r['pipeline']:10s} {cells}  sum {r['stage_sum_ms']:8.1f}  "
+          f"{r['bytes_per_clip'] / 2**20:6.2f} MB/clip  [load {r['load_before']} -> "
+          f"{r['load_after']}]")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--views', default='va,vv,vf,vfa', help=f'comma list of {sorted(VIEWS)}')
+  parser.add_argument('--shards_dir', default='/tmp/brave_bench_shards_stages')
+  parser.add_argument('--clips', type=int, default=32, help='clips per bench shard set')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--seconds', type=float, default=20.0, help='timed seconds per pipeline')
+  parser.add_argument('--stage_clips', type=int, default=4, help='records the stages run on')
+  parser.add_argument('--stage_draws', type=int, default=3, help='random draws per record')
+  parser.add_argument('--no_stages', action='store_true', help='end-to-end figures only')
+  parser.add_argument('--out', default=os.path.join(_BENCH, 'results', 'input_pipeline'))
+  parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
+  parser.add_argument('--view', default='', help=argparse.SUPPRESS)
+  parser.add_argument('--pipeline', default='', help=argparse.SUPPRESS)
+  parser.add_argument('--shards', default='', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+
+  if args.worker == 'throughput':
+    print(json.dumps(throughput(args.view, args.pipeline, args.shards, args.batch, args.seconds)))
+    return
+  if args.worker == 'stages':
+    print(json.dumps(stages(args.view, args.pipeline, args.shards, args.batch, args.stage_clips,
+                            args.stage_draws)))
+    return
+
+  views = [v for v in args.views.split(',') if v]
+  unknown = set(views) - set(VIEWS)
+  if unknown:
+    parser.error(f'--views: unknown {sorted(unknown)}; choose from {sorted(VIEWS)}')
+  results: dict[str, Any] = {
+      'batch': args.batch, 'seconds': args.seconds, 'cpu_count': os.cpu_count(),
+      'load_start': load_average(), 'throughput': [], 'stages': []}
+  print(f'load average at start: {results["load_start"]}', flush=True)
+  shards = {v: _shards(args, VIEWS[v][1]) for v in views}
+  for v in views:
+    names = ['ours'] + (['ours_device'] if _has_augment_on(v) else []) + ['published']
+    for name in names:
+      r = _run_worker(args, worker='throughput', view=v, pipeline=name, shards=shards[v])
+      if r:
+        results['throughput'].append(r)
+        print(f"{v:4s} {name:12s} {r['clips_per_s']:7.1f} clips/s, "
+              f"{r['cpu_ms_per_clip']:7.1f} CPU ms/clip, {r['bytes_per_clip'] / 2**20:.2f} "
+              f"MB/clip [load {r['load_before']} -> {r['load_after']}]", flush=True)
+    if not args.no_stages:
+      for name in ('ours', 'published'):
+        r = _run_worker(args, worker='stages', view=v, pipeline=name, shards=shards[v])
+        if r:
+          results['stages'].append(r)
+          print(f"{v:4s} {name:12s} stages (CPU ms/clip): "
+                + ', '.join(f'{k} {x:.1f}' for k, x in r['cpu_ms_per_clip'].items()
+                            if x is not None) + f" [load {r['load_before']} -> "
+                f"{r['load_after']}]", flush=True)
+  results['load_end'] = load_average()
+  _print_tables(results)
+  os.makedirs(args.out, exist_ok=True)
+  # One file per set of views, so runs split over --views do not overwrite each other.
+  stem = os.path.join(args.out, 'pipeline_stages' + (
+      '' if views == list(VIEWS) else '_' + '-'.join(views)))
+  with open(stem + '.json', 'w') as f:
+    json.dump(results, f, indent=1)
+  _plot(results, stem + '.png')
+  print(f'\nwrote {stem}.json and .png')
+
+
+if __name__ == '__main__':
+  main()
