@@ -25,7 +25,6 @@ device computes blur, jitter and greyscale for every clip and picks.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -280,4 +279,7 @@ def batch_preparer(config: ml_collections.ConfigDict, *,
   config.data.augment_on is 'device', None (the batch as it comes) when it is 'host'."""
   if not config_base.augments_on_device(config):
     return None
-  return functools.partial(augment_batch, blur=blur)
+
+  def augment_views(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return augment_batch(batch, blur=blur)
+  return augment_views
