@@ -71,6 +71,7 @@ SLOW_TESTS = {  # file: test ids (class::name, without parameters), matched as p
         'OpsTest::test_random_convolve_equals_host__with_jit',
     ),
     'test_augment_on_device.py': (
+        'test_bad_rows_are_refilled_with_their_draws',
         'test_device_augmented_train_batch_equals_host_batch',
         'test_uint8_frames_are_the_float32_frames_rounded',
     ),

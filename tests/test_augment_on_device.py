@@ -92,6 +92,24 @@ def test_device_augmented_train_batch_equals_host_batch(shard_dir, name, rgb_vie
     assert np.abs(other[key] - host[key]).max() > FAR, key
 
 
+def test_bad_rows_are_refilled_with_their_draws(tmp_path):
+  """A failed record's row is a copy of a good row (bad_records.fill_bad_rows): its draws are
+  copied with its frames, so the device batch still equals the host's row for row."""
+  good = [dmvr_format.encode_clip(_clip(i)) for i in range(3)]
+  garbage = b'\x0a\xff\xff\xff\x0f not a SequenceExample'
+  dmvr_format.write_shards(good[:2] + [garbage] + good[2:], str(tmp_path), 'bad', 1)
+  device_config = _config('brave_rgb_audio', 'device')
+  host = pipeline.make_train_dataset(_config('brave_rgb_audio', 'host'), str(tmp_path),
+                                     num_local_devices=DEVICES, seed=0)
+  shipped = pipeline.make_train_dataset(device_config, str(tmp_path), num_local_devices=DEVICES,
+                                        seed=0)
+  for _ in range(2):
+    seen = _on_device(next(shipped), device_config, blur=True)
+    np.testing.assert_allclose(seen['narrow']['video'], next(host)['narrow']['video'],
+                               atol=CHAIN_TOLERANCE)
+  assert shipped.skipped_records() == host.skipped_records() >= 1
+
+
 def test_uint8_frames_are_the_float32_frames_rounded(shard_dir):
   exact = _first_train_batch(shard_dir, _config('brave_rgb_rc', 'device'))
   config = _config('brave_rgb_rc', 'device', shipped='uint8')
