@@ -12,6 +12,11 @@ frames). Here the same chain is split in two:
 - device (JAX, under jit / pmap / vmap): `apply_view` runs the published chain
   on one clip with those draws, `apply_views` on a batch of clips.
 
+Wired in by config.data.augment_on='device': the input pipeline ships each
+RGB view's crops (`shipped_frames`, float32 or uint8) and its draws under
+batch[DRAWS]; the pmapped training and fine-tuning steps run `batch_preparer`'s
+function (`augment_batch`) on each device's batch before the model.
+
 Both paths consume identical draws, so a clip augmented on the device equals the
 host's `augment.augment_clip` to float rounding (tests/test_augment_device.py
 holds every op and the chain to the host's tolerances against the published ops).

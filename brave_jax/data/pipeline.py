@@ -5,7 +5,9 @@ Training: this host's shards -> an index of their records (reader.index_shards)
 epoch g // N's seeded permutation -> read by offset, CRCs checked -> per
 example: parse only the needed features, sample narrow/broad windows, decode
 only the sampled frames into their crops, augment, spectrogram -> batch ->
-[local_devices, per_device, ...] -> prefetch.
+[local_devices, per_device, ...] -> prefetch. With config.data.augment_on
+'device' the RGB views leave as crops plus their draws (batch['draws']) and
+the training step augments them (augment_device.augment_batch).
 
 Determinism and resume. Everything a batch holds is a pure function of
 (seed, process layout, shards, step): the permutation of each epoch is
