@@ -25,6 +25,8 @@ audio: log-mel spectrogram of the mono waveform.
 """
 BROAD_STARTS = ('at_narrow', 'uniform_after_narrow')  # See config.data.broad_start.
 JPEG_DECODES = ('full', 'reduced_scale')  # See config.data.jpeg_decode.
+AUGMENT_ON = ('host', 'device')  # See config.data.augment_on.
+SHIPPED_FRAMES_DTYPES = ('float32', 'uint8')  # See config.data.shipped_frames_dtype.
 TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_DEPTHS = (18, 34, 50, 101, 152, 200)
 AUDIO_BASIC_BLOCKS = ('published', 'two_3x3')  # See config.model.audio_backbone.basic_block.
@@ -98,6 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
       grayscale_prob=0.2,
       rc_kernel_sizes=(1, 3, 5, 7, 9, 11),  # Odd kernel sizes for random convolution.
   ))
+  # Where the RGB views' blur, flip, colour jitter, greyscale and random convolution run:
+  # 'host' = in the tf.data pipeline; 'device' = inside the jitted training (and fine-tuning)
+  # step (data/augment_device.py), the host shipping the cropped, resized frames and each clip's
+  # draws from the same seeds. Equal to float rounding (docs/data.md). Not changeable on resume.
+  c.data.augment_on = 'host'
+  # With augment_on='device', the frames shipped to the device: 'float32' = the crop+resize
+  # output as is (device results equal the host's to float rounding); 'uint8' = rounded, 4x
+  # fewer bytes, each pixel within 0.5/255 of it before augmentation.
+  c.data.shipped_frames_dtype = 'float32'
   # Training order: each epoch is a seeded permutation of every record of this host's shards
   # (data/pipeline.py), so the batch of a step is a pure function of (seed, hosts, step).
   # Bad-data budget: stop with an error naming the shards once more than this fraction of the
@@ -298,6 +309,18 @@ def _positive_int(config: ml_collections.ConfigDict, field: str) -> None:
   _require(isinstance(value, int) and value > 0, field, f'must be a positive integer, got {value!r}')
 
 
+def augments_on_device(config: ml_collections.ConfigDict) -> bool:
+  """True when config.data.augment_on is 'device'; raises ConfigError naming the field when it,
+  or config.data.shipped_frames_dtype, is not one of its values."""
+  d = config.data
+  _require(d.augment_on in AUGMENT_ON, 'data.augment_on',
+           f'must be one of {AUGMENT_ON} (where the view augmentations run), got '
+           f'{d.augment_on!r}')
+  _require(d.shipped_frames_dtype in SHIPPED_FRAMES_DTYPES, 'data.shipped_frames_dtype',
+           f'must be one of {SHIPPED_FRAMES_DTYPES}, got {d.shipped_frames_dtype!r}')
+  return d.augment_on == 'device'
+
+
 def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
              num_local_devices: int = 1) -> None:
   """Raises ConfigError naming the first field the run cannot use."""
@@ -363,6 +386,7 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
            f'must be one of {OPTIMIZERS}, got {config.optimizer.name!r}')
   _require(config.optimizer.variant in OPTIMIZER_VARIANTS, 'optimizer.variant',
            f'must be one of {OPTIMIZER_VARIANTS}, got {config.optimizer.variant!r}')
+  augments_on_device(config)
   for k in config.data.augment.rc_kernel_sizes:
     _require(isinstance(k, int) and k > 0 and k % 2 == 1, 'data.augment.rc_kernel_sizes',
              f'kernel sizes must be odd positive integers, got {k!r}')

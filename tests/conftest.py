@@ -70,6 +70,11 @@ SLOW_TESTS = {  # file: test ids (class::name, without parameters), matched as p
         'OpsTest::test_color_jitter_equals_host_in_the_published_order__without_jit',
         'OpsTest::test_random_convolve_equals_host__with_jit',
     ),
+    'test_augment_on_device.py': (
+        'test_bad_rows_are_refilled_with_their_draws',
+        'test_device_augmented_train_batch_equals_host_batch',
+        'test_uint8_frames_are_the_float32_frames_rounded',
+    ),
     'test_checkpointing.py': (
         'test_roundtrip_is_exact',
     ),
@@ -99,6 +104,7 @@ SLOW_TESTS = {  # file: test ids (class::name, without parameters), matched as p
         'test_evaluate_after_training_compares_random_init',
     ),
     'test_eval_finetune.py': (
+        'test_finetune_augments_on_the_device_as_on_the_host',
         'test_finetune_end_to_end_keeps_a_frozen_backbone',
         'test_finetune_resumes_through_the_cli',
         'test_loop_initial_variables_replace_fresh_ones',
@@ -116,7 +122,9 @@ SLOW_TESTS = {  # file: test ids (class::name, without parameters), matched as p
     ),
     'test_loop.py': (
         'test_crash_then_resume_is_bit_identical',
+        'test_device_augmentation_trains_and_resumes_bit_identical',
         'test_non_finite_loss_raises_and_keeps_last_checkpoint',
+        'test_resume_with_another_augment_on_is_refused',
         'test_says_it_is_compiling_before_the_first_step',
         'test_stop_and_resume_is_bit_identical',
     ),
@@ -143,6 +151,7 @@ SLOW_TESTS = {  # file: test ids (class::name, without parameters), matched as p
     ),
     'test_traces.py': (
         'test_cross_replica_update_runs_under_fake_pmap',
+        'test_device_augmentation_step_traces_once_over_many_steps',
         'test_training_step_traces_once_over_many_steps',
     ),
     'test_train_step.py': (

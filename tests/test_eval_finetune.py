@@ -161,3 +161,28 @@ def test_finetune_resumes_through_the_cli(config, tmp_path, monkeypatch, capsys)
   assert written['initialisation'] == 'published' and written['finetune_steps'] == 4
   assert [c['name'] for c in written['per_class']] == ['0', '1', '2']  # No class list given.
   assert [s for s, _ in written['loss_curve']] == [2, 4]
+
+
+def test_finetune_augments_on_the_device_as_on_the_host(config, tmp_path, monkeypatch):
+  """data.augment_on='device': the fine-tuning step flips, jitters and greys the shipped clips
+  (no blur, as the linear protocol's), and trains to the host run's parameters to rounding."""
+  monkeypatch.setattr(classifier_lib, 'build_classifier', eval_test_utils.tiny_classifier)
+  train, test = _tiny_data(tmp_path)
+  config.finetune.update(num_steps=2)
+  source = dataclasses.replace(eval_test_utils.random_source(config), kind='random_init')
+  runs = {}
+  real_train = loop.train
+
+  def recording_train(*args, **kwargs):
+    ts = real_train(*args, **kwargs)
+    runs[config.data.augment_on] = (kwargs['prepare_batch'], step_lib.unreplicate(ts.params))
+    return ts
+  monkeypatch.setattr(loop, 'train', recording_train)
+  for augment_on in ('host', 'device'):
+    config.data.augment_on = augment_on
+    finetune.run(config, source, str(tmp_path / augment_on), train_source=train,
+                 test_source=test, class_names=['a', 'b', 'c'])
+  (host_prepare, host_params), (device_prepare, device_params) = runs['host'], runs['device']
+  assert host_prepare is None and callable(device_prepare)
+  chex.assert_trees_all_close(device_params, host_params, rtol=1e-4, atol=1e-6)
+  assert np.abs(host_params['classifier']['w']).max() > 1e-3  # Control: the head did train.

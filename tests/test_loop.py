@@ -2,10 +2,13 @@
 import json
 import os
 
+import numpy as np
+
 import chex
 import jax
 import pytest
 
+from brave_jax import errors
 from brave_jax.train import checkpointing
 from brave_jax.train import faults
 from brave_jax.train import pretrain
@@ -111,3 +114,53 @@ def test_says_it_is_compiling_before_the_first_step(config, tmp_path, capsys):
                                                           'initialisation')
           < out.index('Initialised the model in') < compiling < compiled)
   assert 'training from step 0' in out[compiled:]
+
+
+def test_device_augmentation_trains_and_resumes_bit_identical(config, tmp_path):
+  """augment_on='device': the step augments each batch's narrow clips with their shipped draws
+  (data/augment_device.py), and a stopped run resumes to the same state as a straight one."""
+  config.data.augment_on = 'device'
+  straight = _host(pretrain.train(config, str(tmp_path / 'a'), _iter_fn(draws=True), _model()))
+  pretrain.train(config, str(tmp_path / 'b'), _iter_fn(draws=True), _model(), stop_at_step=4)
+  resumed = _host(pretrain.train(config, str(tmp_path / 'b'), _iter_fn(draws=True), _model()))
+  assert int(straight.step) == int(resumed.step) == 6
+  chex.assert_trees_all_equal(resumed.params, straight.params)
+  chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
+  # Control: the draws do act (the same pixels without augmentation train to other params).
+  config.data.augment_on = 'host'
+
+  def unaugmented(start_step):
+    for batch in _iter_fn(draws=True)(start_step):
+      batch = dict(batch)
+      del batch['draws']
+      batch['narrow'] = {'video': batch['narrow']['video'] / 255.0}
+      yield batch
+  plain = _host(pretrain.train(config, str(tmp_path / 'c'), unaugmented, _model()))
+  leaf = lambda t: np.asarray(jax.tree.leaves(t.params)[0])
+  assert np.abs(leaf(plain) - leaf(straight)).max() > 1e-4
+
+
+def test_device_batch_without_draws_is_refused(config, tmp_path):
+  config.data.augment_on = 'device'
+  config.training.num_steps = 2
+  with pytest.raises(ValueError, match="augment_on is 'device' but the batch has no 'draws'"):
+    pretrain.train(config, str(tmp_path / 'w'), _iter_fn(), _model())
+
+
+def test_resume_with_another_augment_on_is_refused(config, tmp_path):
+  """Where the views are augmented changes their numbers (to rounding): a resumed run could not
+  repeat the straight one, so augment_on may not change on resume, also for a config.json
+  written before the field existed (it trained on the host)."""
+  config.training.num_steps = 2
+  pretrain.train(config, str(tmp_path / 'w'), _iter_fn(), _model())
+  config.training.num_steps = 4
+  config.data.augment_on = 'device'
+  with pytest.raises(errors.WorkdirMismatchError, match="data.augment_on: 'host' -> 'device'"):
+    pretrain.train(config, str(tmp_path / 'w'), _iter_fn(draws=True), _model())
+  saved = json.load(open(tmp_path / 'w' / 'config.json'))
+  del saved['data']['augment_on']  # As written before the field existed.
+  json.dump(saved, open(tmp_path / 'w' / 'config.json', 'w'))
+  with pytest.raises(errors.WorkdirMismatchError, match="data.augment_on: 'host' -> 'device'"):
+    pretrain.train(config, str(tmp_path / 'w'), _iter_fn(draws=True), _model())
+  config.data.augment_on = 'host'  # Control: the workdir's own setting resumes.
+  assert int(_host(pretrain.train(config, str(tmp_path / 'w'), _iter_fn(), _model())).step) == 4

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from brave_jax import config_base
+from brave_jax.data import augment_device
 from brave_jax.eval import embeddings as embeddings_lib
 from brave_jax.models import losses
 from brave_jax.train import optimizer as optimizer_lib
@@ -48,6 +49,36 @@ def test_training_step_traces_once_over_many_steps(num_devices):
   bigger = train_test_double.make_global_batch(9, 2 * GLOBAL_BATCH)
   with pytest.raises(AssertionError, match='traced'):
     update(ts, step_lib.shard_batch(bigger, num_devices))
+
+
+@pytest.mark.parametrize('num_devices', [1, 2])
+def test_device_augmentation_step_traces_once_over_many_steps(num_devices):
+  """augment_on='device': the batch carries new draws every step (other flips, greys, sigmas),
+  yet augmentation and model stay one program: the draws are data, with fixed shapes."""
+  chex.clear_trace_counter()
+  c = config_base.base_config()
+  c.training.update(batch_size=GLOBAL_BATCH, num_steps=10)
+  c.optimizer.update(warmup_steps=1)
+  c.data.augment_on = 'device'
+  optimizer, schedule = optimizer_lib.make_optimizer(c), optimizer_lib.make_schedule(c)
+  model = train_test_double.build_test_double_model('i')
+  counted = train_test_double.TestDoubleModel(init=model.init,
+                                              loss=chex.assert_max_traces(model.loss, n=1))
+  prepare = augment_device.batch_preparer(c, blur=True)
+  devices = jax.devices()[:num_devices]
+
+  def batch(step, size=GLOBAL_BATCH):
+    return step_lib.shard_batch(train_test_double.make_global_batch(step, size, draws=True),
+                                num_devices)
+  ts = step_lib.make_init(model, optimizer, devices, prepare_batch=prepare)(
+      jax.random.PRNGKey(0), batch(0))
+  update = step_lib.make_pmapped_update(counted, optimizer, 'i', devices, schedule,
+                                        prepare_batch=chex.assert_max_traces(prepare, n=1))
+  for step in range(4):
+    ts, _ = update(ts, batch(step))
+  assert int(step_lib.unreplicate(ts.step)) == 4
+  with pytest.raises(AssertionError, match='traced'):  # Negative control, as above.
+    update(ts, batch(9, 2 * GLOBAL_BATCH))
 
 
 def _embed_counting_traces():

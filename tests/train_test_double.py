@@ -62,9 +62,24 @@ def build_test_double_model(axis_name: str | None = 'i') -> TestDoubleModel:
   return TestDoubleModel(init=transformed.init, loss=loss)
 
 
+def make_view_draws(rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+  """Per-clip draws shaped as the pipeline ships them with augment_on='device' (augment_device
+  ViewDraws, a leading [N]), drawn in numpy: the step only needs their shapes and dtypes."""
+  def coins(p):
+    return rng.uniform(size=batch_size) < p
+
+  def uniform(lo, hi):
+    return rng.uniform(lo, hi, size=batch_size).astype(np.float32)
+  return dict(blur=coins(1.0), sigma=uniform(0.1, 2.0), flip=coins(0.5), jitter=coins(0.8),
+              brightness=uniform(-0.125, 0.125), saturation=uniform(0.6, 1.4),
+              contrast=uniform(0.6, 1.4), hue=uniform(-0.2, 0.2), gray=coins(0.2))
+
+
 def make_global_batch(step: int, batch_size: int, seed: int = 0,
-                      nan: bool = False) -> dict[str, Any]:
-  """A flat [N, ...] batch that is a pure function of (seed, step), like the real pipeline's."""
+                      nan: bool = False, draws: bool = False) -> dict[str, Any]:
+  """A flat [N, ...] batch that is a pure function of (seed, step), like the real pipeline's;
+  `draws`: the narrow video as pixels in [0, 255] plus its draws, as shipped for augmentation
+  on the device (config.data.augment_on='device')."""
   rng = np.random.default_rng([seed, step])
   batch = jax.tree.map(
       lambda shape: rng.uniform(size=(batch_size,) + shape).astype(np.float32),
@@ -72,11 +87,15 @@ def make_global_batch(step: int, batch_size: int, seed: int = 0,
   if nan:
     batch['narrow']['video'][0, 0, 0, 0, 0] = np.nan
   batch['label'] = np.full((batch_size,), -1, np.int32)
+  if draws:
+    batch['narrow']['video'] *= 255.0
+    batch['draws'] = {'narrow': {'video': make_view_draws(rng, batch_size)}}
   return batch
 
 
 def make_batch_iterator_fn(batch_size: int, num_devices: int, seed: int = 0,
-                           nan_at_step: int | None = None) -> Callable[[int], Iterator[Any]]:
+                           nan_at_step: int | None = None,
+                           draws: bool = False) -> Callable[[int], Iterator[Any]]:
   """make_batch_iterator(start_step) for train.loop.train: in-memory, resumable at any step."""
   from brave_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
@@ -84,7 +103,8 @@ def make_batch_iterator_fn(batch_size: int, num_devices: int, seed: int = 0,
     s = start_step
     while True:
       yield step_lib.shard_batch(
-          make_global_batch(s, batch_size, seed, nan=(s == nan_at_step)), num_devices)
+          make_global_batch(s, batch_size, seed, nan=(s == nan_at_step), draws=draws),
+          num_devices)
       s += 1
 
   return make

@@ -12,6 +12,11 @@ frames). Here the same chain is split in two:
 - device (JAX, under jit / pmap / vmap): `apply_view` runs the published chain
   on one clip with those draws, `apply_views` on a batch of clips.
 
+Wired in by config.data.augment_on='device': the input pipeline ships each
+RGB view's crops (`shipped_frames`, float32 or uint8) and its draws under
+batch[DRAWS]; the pmapped training and fine-tuning steps run `batch_preparer`'s
+function (`augment_batch`) on each device's batch before the model.
+
 Both paths consume identical draws, so a clip augmented on the device equals the
 host's `augment.augment_clip` to float rounding (tests/test_augment_device.py
 holds every op and the chain to the host's tolerances against the published ops).
@@ -25,13 +30,14 @@ device computes blur, jitter and greyscale for every clip and picks.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import tensorflow as tf
 
+from brave_jax import config_base
 from brave_jax.data import augment
 
 _GRAY_WEIGHTS = augment._GRAY_WEIGHTS  # tf.image.rgb_to_grayscale's. pylint: disable=protected-access
@@ -52,6 +58,12 @@ _GRAY_WEIGHTS = augment._GRAY_WEIGHTS  # tf.image.rgb_to_grayscale's. pylint: di
 #   rc_kernel   float32 [K, K, 3, 3], K = max(rc_kernel_sizes): the drawn k x k kernel
 #               centred, zeros around; only in the draws of randomly convolved views
 ViewDraws = Mapping[str, Any]
+VIEW_DRAW_KEYS = frozenset(('blur', 'sigma', 'flip', 'jitter', 'brightness', 'saturation',
+                            'contrast', 'hue', 'gray'))
+# Where a batch augmented on the device carries its draws: batch[DRAWS] mirrors the batch, a
+# ViewDraws at the path of each RGB view (e.g. batch[DRAWS]['broad']['rc'] for
+# batch['broad']['rc']); views without draws (flow, audio) are left as they are.
+DRAWS = 'draws'
 
 
 # ---------------------------------------------------------------------------
@@ -217,3 +229,62 @@ def apply_view(x_TxHxWx3: jax.Array, draws: ViewDraws, *, blur: bool = True) -> 
 def apply_views(x_BxTxHxWx3: jax.Array, draws_B: ViewDraws, *, blur: bool = True) -> jax.Array:
   """`apply_view` on each clip of a batch, each with its own draws (leading [B] on every field)."""
   return jax.vmap(lambda x, d: apply_view(x, d, blur=blur))(x_BxTxHxWx3, draws_B)
+
+
+# ---------------------------------------------------------------------------
+# Host: what a clip ships instead of its augmented view.
+
+def shipped_frames(frames_TxHxWx3: tf.Tensor, dtype: str) -> tf.Tensor:
+  """Cropped, resized pixels in [0, 255] as shipped (config.data.shipped_frames_dtype):
+  'float32' as they are (exact), 'uint8' rounded to the nearest level (4x fewer bytes)."""
+  if dtype == 'float32':
+    return tf.cast(frames_TxHxWx3, tf.float32)
+  if dtype == 'uint8':
+    return tf.cast(tf.clip_by_value(tf.round(frames_TxHxWx3), 0.0, 255.0), tf.uint8)
+  raise ValueError(f"shipped frames dtype must be 'float32' or 'uint8', got {dtype!r}")
+
+
+# ---------------------------------------------------------------------------
+# Device: a whole batch, inside the pmapped step.
+
+def _is_view_draws(tree: Any) -> bool:
+  return isinstance(tree, Mapping) and VIEW_DRAW_KEYS <= set(tree)
+
+
+def _augment_views(views: Any, draws: Any, blur: bool, path: str) -> Any:
+  """`views` with each clip batch that `draws` mirrors augmented by `apply_views`."""
+  if _is_view_draws(draws):
+    return apply_views(views, draws, blur=blur)
+  if not isinstance(views, Mapping) or not isinstance(draws, Mapping):
+    raise ValueError(f'batch[{DRAWS!r}]{path} does not mirror the batch: no view to augment')
+  missing = sorted(set(draws) - set(views))
+  if missing:
+    raise ValueError(f'batch[{DRAWS!r}]{path} has draws for {missing}, which the batch lacks')
+  return {k: _augment_views(v, draws[k], blur, f'{path}[{k!r}]') if k in draws else v
+          for k, v in views.items()}
+
+
+def augment_batch(batch: Mapping[str, Any], *, blur: bool) -> dict[str, Any]:
+  """The batch (one device's [B, ...] share) with every view that has draws augmented, and the
+  draws dropped: what the model sees, equal to the batch the host would have augmented.
+
+  `blur` as `apply_view`'s: True for pretraining views, False for the linear protocol's and
+  fine-tuning's clips (which the host makes without blur too).
+  """
+  if DRAWS not in batch:
+    raise ValueError(f'config.data.augment_on is \'device\' but the batch has no {DRAWS!r}: '
+                     'its input pipeline augmented on the host (or ships no draws)')
+  rest = {k: v for k, v in batch.items() if k != DRAWS}
+  return _augment_views(rest, batch[DRAWS], blur, '')
+
+
+def batch_preparer(config: ml_collections.ConfigDict, *,
+                   blur: bool) -> Callable[[Mapping[str, Any]], Any] | None:
+  """What the training step runs on each device's batch before the model: `augment_batch` when
+  config.data.augment_on is 'device', None (the batch as it comes) when it is 'host'."""
+  if not config_base.augments_on_device(config):
+    return None
+
+  def augment_views(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return augment_batch(batch, blur=blur)
+  return augment_views

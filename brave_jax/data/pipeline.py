@@ -5,7 +5,9 @@ Training: this host's shards -> an index of their records (reader.index_shards)
 epoch g // N's seeded permutation -> read by offset, CRCs checked -> per
 example: parse only the needed features, sample narrow/broad windows, decode
 only the sampled frames into their crops, augment, spectrogram -> batch ->
-[local_devices, per_device, ...] -> prefetch.
+[local_devices, per_device, ...] -> prefetch. With config.data.augment_on
+'device' the RGB views leave as crops plus their draws (batch['draws']) and
+the training step augments them (augment_device.augment_batch).
 
 Determinism and resume. Everything a batch holds is a pure function of
 (seed, process layout, shards, step): the permutation of each epoch is
@@ -37,6 +39,7 @@ import tensorflow as tf
 from brave_jax import config_base
 from brave_jax import log
 from brave_jax.data import augment
+from brave_jax.data import augment_device
 from brave_jax.data import bad_records
 from brave_jax.data import decode
 from brave_jax.data import eval_clips
@@ -140,15 +143,31 @@ def _require_frames(frames: tf.Tensor, what: str) -> tf.Tensor:
     return tf.identity(n)
 
 
+def _shipped_frames_dtype(config: ml_collections.ConfigDict) -> str | None:
+  """None when the views are augmented here (config.data.augment_on 'host'); with 'device', the
+  dtype their frames are shipped in (config.data.shipped_frames_dtype)."""
+  return config.data.shipped_frames_dtype if config_base.augments_on_device(config) else None
+
+
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
-              blur: bool, random_conv: bool, jpeg_decode: str = 'full') -> tf.Tensor:
+              blur: bool, random_conv: bool, jpeg_decode: str = 'full',
+              ship: str | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor] | None]:
   """One random crop for all frames (decoded straight into the view size), then the published
-  view chain (`augment.augment_clip`)."""
+  view chain (`augment.augment_clip`): (view, None).
+
+  With `ship` (a dtype, augment_on='device'): the cropped frames in [0, 255] as that dtype and
+  the chain's draws from the same seed, (frames, draws), for `augment_device` to apply in the
+  training step; the crop is the same either way.
+  """
   s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   frames = decode.decode_random_crop(jpegs_T, size, aug.crop_area_range, aug.crop_aspect_range,
                                      s_crop, jpeg_decode)
+  shape = [jpegs_T.shape[0], size, size, 3]
+  if ship is not None:
+    draws = augment_device.draw_view(aug, s_aug, random_conv=random_conv)
+    return tf.ensure_shape(augment_device.shipped_frames(frames, ship), shape), draws
   x = augment.augment_clip(frames, aug, s_aug, blur=blur, random_conv=random_conv)
-  return tf.ensure_shape(x, [jpegs_T.shape[0], size, size, 3])
+  return tf.ensure_shape(x, shape), None
 
 
 def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
@@ -176,6 +195,7 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
   d = config.data
   modalities = tuple(d.broad_modalities)
   num_samples = audio_num_samples(config)
+  ship = _shipped_frames_dtype(config)
 
   def fn(index: tf.Tensor, serialized: tf.Tensor) -> dict[str, Any]:
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
@@ -187,14 +207,16 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
         n, narrow_frames=d.narrow.num_frames, narrow_step=d.narrow.frame_step,
         broad_frames=d.broad.num_frames, broad_step=d.broad.frame_step,
         broad_start=d.broad_start, seed=seeds[0])
-    narrow = _rgb_view(tf.gather(ex['video'], win['narrow']), d.narrow.image_size, d.augment,
-                       seeds[1], blur=True, random_conv=False, jpeg_decode=d.jpeg_decode)
-    broad = {}
+    narrow, narrow_draws = _rgb_view(tf.gather(ex['video'], win['narrow']), d.narrow.image_size,
+                                     d.augment, seeds[1], blur=True, random_conv=False,
+                                     jpeg_decode=d.jpeg_decode, ship=ship)
+    broad, broad_draws = {}, {}
     for m, s in zip(modalities, seeds[2:]):
       if m in ('video', 'rc'):
         rc = m == 'rc' or bool(d.random_convolve_broad_video)
-        broad[m] = _rgb_view(tf.gather(ex['video'], win['broad']), d.broad.image_size,
-                             d.augment, s, blur=True, random_conv=rc, jpeg_decode=d.jpeg_decode)
+        broad[m], broad_draws[m] = _rgb_view(tf.gather(ex['video'], win['broad']),
+                                             d.broad.image_size, d.augment, s, blur=True,
+                                             random_conv=rc, jpeg_decode=d.jpeg_decode, ship=ship)
       elif m == 'flow':
         n_flow = _require_frames(ex['flow'], 'flow/encoded')
         broad[m] = _flow_view(tf.gather(ex['flow'], tf.math.floormod(win['broad'], n_flow)),
@@ -204,8 +226,11 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
                                            win['looped_frames'])
         broad[m] = tf.ensure_shape(spectrogram.from_config(wave, d),
                                    [audio_num_frames(config), d.audio.num_mel_bins])
-    return {'narrow': {'video': narrow}, 'broad': broad, 'label': ex['label'],
-            bad_records.INDEX: index}
+    out = {'narrow': {'video': narrow}, 'broad': broad, 'label': ex['label'],
+           bad_records.INDEX: index}
+    if ship is not None:  # Mirrors the views it augments (augment_device.DRAWS).
+      out[augment_device.DRAWS] = {'narrow': {'video': narrow_draws}, 'broad': broad_draws}
+    return out
   return fn
 
 
@@ -406,9 +431,12 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
 
 def _make_eval_train_fn(config: ml_collections.ConfigDict, clips: eval_clips.EvalClips,
                         base_seed: tf.Tensor, include_audio: bool,
-                        parse: Callable[..., Any] = reader.parse_example):
+                        parse: Callable[..., Any] = reader.parse_example,
+                        ship: str | None = None):
   """One augmented clip per record, as the published linear protocol: random window of the
-  looped video, random crop, then the view chain without blur (scale, flip, colour, grey)."""
+  looped video, random crop, then the view chain without blur (scale, flip, colour, grey).
+  With `ship` (fine-tuning with augment_on='device') the chain is left to the training step:
+  the clip's frames as that dtype plus out[augment_device.DRAWS]['video']."""
   d = config.data
   num_samples = audio_num_samples(config)
 
@@ -419,10 +447,12 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, clips: eval_clips.Eva
     ex = parse(serialized, video=True, audio=include_audio)
     n = _require_frames(ex['video'], 'image/encoded')
     start, idx = sampling.random_window(n, clips.num_frames, clips.frame_step, s_win)
-    out = {'video': _rgb_view(tf.gather(ex['video'], idx), clips.image_size, d.augment, s_view,
-                              blur=False, random_conv=False, jpeg_decode=d.jpeg_decode),
-           'label': ex['label'], 'video_index': tf.cast(video_index, tf.int32),
+    video, draws = _rgb_view(tf.gather(ex['video'], idx), clips.image_size, d.augment, s_view,
+                             blur=False, random_conv=False, jpeg_decode=d.jpeg_decode, ship=ship)
+    out = {'video': video, 'label': ex['label'], 'video_index': tf.cast(video_index, tf.int32),
            bad_records.INDEX: index}
+    if ship is not None:
+      out[augment_device.DRAWS] = {'video': draws}
     if include_audio:
       wave = sampling.audio_window(ex['audio'], start, num_samples, video_fps=d.video_fps,
                                    audio_sample_rate=d.audio_sample_rate)
@@ -573,8 +603,10 @@ def _tfds_eval_dataset(config: ml_collections.ConfigDict, clips: eval_clips.Eval
 
 def _finetune_example_fn(config: ml_collections.ConfigDict, clips: eval_clips.EvalClips,
                          example_seed: tf.Tensor, parse: Callable[..., Any]):
-  """(slot, record) -> {'video', 'label'}: the linear protocol's train clip; unlabelled raises."""
-  clip_fn = _make_eval_train_fn(config, clips, example_seed, False, parse)
+  """(slot, record) -> {'video', 'label'}: the linear protocol's train clip; unlabelled raises.
+  With augment_on='device' also the clip's draws (augment_device.DRAWS), for the step."""
+  clip_fn = _make_eval_train_fn(config, clips, example_seed, False, parse,
+                                _shipped_frames_dtype(config))
 
   def fn(slot, record):
     out = clip_fn(slot, (slot, record))
@@ -582,7 +614,10 @@ def _finetune_example_fn(config: ml_collections.ConfigDict, clips: eval_clips.Ev
         out['label'], message='record has no clip/label/index; fine-tuning needs labels')
     with tf.control_dependencies([check]):
       label = tf.identity(out['label'])
-    return {'video': out['video'], 'label': label, bad_records.INDEX: slot}
+    shipped = {'video': out['video'], 'label': label, bad_records.INDEX: slot}
+    if augment_device.DRAWS in out:
+      shipped[augment_device.DRAWS] = out[augment_device.DRAWS]
+    return shipped
   return fn
 
 

@@ -13,7 +13,9 @@ settings (config.finetune's steps and intervals), model
   cosine decay, weight decay on weights only, the backbone's updates scaled by
   config.finetune.backbone_lr_multiplier;
 - train clips: made as the linear protocol's (random window of
-  config.eval.num_frames, random crop, flip, colour jitter, greyscale);
+  config.eval.num_frames, random crop, flip, colour jitter, greyscale), the
+  flip, jitter and greyscale inside the step when config.data.augment_on is
+  'device';
 - test: the linear protocol's multi-crop clips (pipeline.make_eval_dataset
   mode 'test'), softmax scores averaged per video.
 
@@ -195,6 +197,7 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
   eval.json record (process 0; other processes take part in training and
   return {}). `stop_at_step` stops early with a checkpoint, as a preemption would.
   """
+  from brave_jax.data import augment_device  # pylint: disable=g-import-not-at-top
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from brave_jax.models import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
   from brave_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
@@ -223,7 +226,9 @@ def run(config: ml_collections.ConfigDict, source: backbone_lib.Source, output_d
       settings(config, stop_at_step), output_dir, ft_config,
       make_batch_iterator=make_batch_iterator, model=classifier,
       optimizer=make_optimizer(config, root), schedule=make_schedule(config),
-      initial_variables=initial)
+      initial_variables=initial,
+      # The linear protocol's clips have no blur (pipeline._make_eval_train_fn).
+      prepare_batch=augment_device.batch_preparer(config, blur=False))
   done = int(step_lib.unreplicate(train_state.step))
   if jax.process_index() != 0 or done < int(config.finetune.num_steps):
     return {}

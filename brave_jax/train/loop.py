@@ -124,7 +124,8 @@ def train(settings: Settings, workdir: str, config: ml_collections.ConfigDict, *
           make_batch_iterator: BatchIteratorFn, model: Any,
           optimizer: optax.GradientTransformation, schedule: optax.Schedule | None = None,
           initial_variables: tuple[PyTree, PyTree] | None = None,
-          hooks: Sequence[Hook] = ()) -> step_lib.TrainState:
+          hooks: Sequence[Hook] = (),
+          prepare_batch: step_lib.PrepareBatch = None) -> step_lib.TrainState:
   """Trains to settings.last_step, resuming from workdir; returns the replicated state.
 
   `config` is what the run records in workdir/config.json and what a resume
@@ -136,7 +137,9 @@ def train(settings: Settings, workdir: str, config: ml_collections.ConfigDict, *
   logged learning rate (None: not logged). `initial_variables` = (params,
   state) replace the freshly initialised leaves they name on a fresh start
   (e.g. a pretrained backbone; a resume restores everything from the
-  checkpoint instead). `hooks` run periodically (see Hook).
+  checkpoint instead). `hooks` run periodically (see Hook). `prepare_batch` runs on each
+  device's batch inside the compiled init and update, before the model (train/step.py; e.g.
+  the view augmentations of config.data.augment_on='device').
 
   Raises errors.WorkdirMismatchError, before writing anything, when workdir holds
   checkpoints of another config; errors.DiskFullError / CheckpointSaveError /
@@ -162,8 +165,8 @@ def train(settings: Settings, workdir: str, config: ml_collections.ConfigDict, *
     say('Reading the first batch...')
     batch = next(batches)
     train_state = _init_or_restore(settings.seed, model, optimizer, batch, start_step, ckpt,
-                                   devices, initial_variables, config, workdir)
-    update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule)
+                                   devices, initial_variables, config, workdir, prepare_batch)
+    update = step_lib.make_pmapped_update(model, optimizer, 'i', None, schedule, prepare_batch)
     log = _MetricsLog(settings, hooks, workdir, host_iterator, batches, start_step, ckpt.directory)
     compile_start = time.perf_counter()
     say('Compiling the training step (XLA; a few minutes on CPU for a full-size model, '
@@ -202,13 +205,15 @@ def train(settings: Settings, workdir: str, config: ml_collections.ConfigDict, *
 def _init_or_restore(seed: int, model: Any, optimizer: optax.GradientTransformation,
                      first_batch: PyTree, start_step: int, ckpt: checkpointing.Checkpointer,
                      devices: list[jax.Device], initial_variables: tuple[PyTree, PyTree] | None,
-                     config: ml_collections.ConfigDict, workdir: str) -> step_lib.TrainState:
+                     config: ml_collections.ConfigDict, workdir: str,
+                     prepare_batch: step_lib.PrepareBatch = None) -> step_lib.TrainState:
   """The replicated state to train from: the checkpoint at start_step, or a fresh init."""
   phase_start = time.perf_counter()
   say('Restoring the checkpoint...' if start_step else
       'Compiling and running the model initialisation (XLA; minutes on CPU for a full-size '
       'model)...')
-  init = step_lib.make_init(model, optimizer)  # All processes: same rng -> same replicas.
+  # All processes: same rng -> same replicas.
+  init = step_lib.make_init(model, optimizer, prepare_batch=prepare_batch)
   init_rng = jax.random.PRNGKey(seed)
   if start_step:
     restored, meta = ckpt.restore(init.host_template(init_rng, first_batch), start_step)

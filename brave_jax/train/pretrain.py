@@ -31,14 +31,18 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """Pretrains to config.training.num_steps (or stop_at_step), resuming from workdir.
 
   `model` defaults to the BraVe model of config.model (tests pass a small
-  double); the optimizer and schedule are config.optimizer's. See loop.train
+  double); the optimizer and schedule are config.optimizer's. With
+  config.data.augment_on='device' the batches must carry the views' draws
+  (data/pipeline.py ships them) and the step augments them before the model. See loop.train
   for the iterator's contract and the errors raised.
   """
   config_base.validate(config, jax.process_count(), jax.local_device_count())
+  from brave_jax.data import augment_device  # pylint: disable=g-import-not-at-top
   if model is None:
     from brave_jax.models import brave  # pylint: disable=g-import-not-at-top
     model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
   return loop.train(settings(config, stop_at_step), workdir, config,
                     make_batch_iterator=make_batch_iterator, model=model,
                     optimizer=optimizer_lib.make_optimizer(config),
-                    schedule=optimizer_lib.make_schedule(config), hooks=hooks)
+                    schedule=optimizer_lib.make_schedule(config), hooks=hooks,
+                    prepare_batch=augment_device.batch_preparer(config, blur=True))

@@ -14,7 +14,10 @@ training.num_steps re-draws the cosine schedule over the new length from the
 resumed step on. Everything else must match the workdir's config.json.
 
 Fields that exist only on one side (a config.json written before a field was
-added to the schema, or after one was removed) are not compared.
+added to the schema, or after one was removed) are not compared, except those
+in FIELDS_ADDED_LATER: a config.json without one of them was trained as that
+field's value says (data.augment_on: a run from before it existed augmented on
+the host), so resuming it with another value is refused like any other change.
 """
 from __future__ import annotations
 
@@ -45,6 +48,12 @@ RESUMABLE_FIELDS = (
     'model.remat',
 )
 
+# Fields added after config.json files were written, with the value that earlier runs had.
+FIELDS_ADDED_LATER = {
+    'data.augment_on': 'host',
+    'data.shipped_frames_dtype': 'float32',
+}
+
 
 def may_change_on_resume(field: str) -> bool:
   """True for fields in RESUMABLE_FIELDS (a trailing '.' covers a whole group)."""
@@ -66,6 +75,7 @@ def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 def differences(saved: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
   """[(field, saved value, new value)] for fields present in both whose values differ."""
   old, new = flatten(saved), flatten(config)
+  old = dict({k: v for k, v in FIELDS_ADDED_LATER.items() if k in new}, **old)
   return [(k, old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]]
 
 

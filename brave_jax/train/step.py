@@ -26,6 +26,10 @@ from brave_jax import config_base
 
 PyTree = Any
 Metrics = Mapping[str, jax.Array]
+# Runs on each device's share of the batch inside the pmapped function, before the model: e.g.
+# the view augmentations when config.data.augment_on is 'device' (data/augment_device.py).
+# None: the model takes the batch as it comes.
+PrepareBatch = Callable[[PyTree], PyTree] | None
 
 # XLA:CPU options for the update step. With the defaults (jaxlib 0.10.2) convolutions
 # run as YNNPACK fusions, which made the TSM-ResNet-50 step slower than XLA's own
@@ -146,15 +150,19 @@ def _with_compiler_options(pmapped: Callable[..., Any],
 
 def make_init(model: Any, optimizer: optax.GradientTransformation,
               devices: Sequence[jax.Device] | None = None,
-              axis_name: str = 'i') -> Callable[[jax.Array, PyTree], TrainState]:
+              axis_name: str = 'i',
+              prepare_batch: PrepareBatch = None) -> Callable[[jax.Array, PyTree], TrainState]:
   """(rng, batch [D, B, ...]) -> replicated TrainState; under pmap so cross-replica BN binds.
 
   devices=None: every process's devices (call on all processes with the same rng, so all
   replicas start identical); a list: exactly those, e.g. one process's own for evaluation.
+  `prepare_batch` as `make_pmapped_update`'s (the model is initialised on what it will see).
   """
   local = local_devices_of(devices)
 
   def init(rng, batch):
+    if prepare_batch is not None:
+      batch = prepare_batch(batch)
     init_rng, train_rng = jax.random.split(rng)
     params, state = model.init(init_rng, batch)
     # Init-time BN averages come from this device's batch; average them so replicas agree.
@@ -189,14 +197,19 @@ def make_pmapped_update(
     axis_name: str = 'i',
     devices: Sequence[jax.Device] | None = None,
     schedule: optax.Schedule | None = None,
+    prepare_batch: PrepareBatch = None,
 ) -> Callable[[TrainState, PyTree], tuple[TrainState, Metrics]]:
   """(replicated TrainState, batch [D, B, ...]) -> (new state, metrics [D]); state donated.
 
   devices as in `make_init`: None spans all processes (D = this process's local devices).
+  `prepare_batch` runs on each device's batch before the model, inside the one compiled step
+  (so the device-side augmentation costs no extra dispatch and no host round trip).
   """
   local = local_devices_of(devices)
 
   def update(ts: TrainState, batch: PyTree) -> tuple[TrainState, Metrics]:
+    if prepare_batch is not None:
+      batch = prepare_batch(batch)
     step_rng = jax.random.fold_in(ts.rng, ts.step)
     device_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
     grad_fn = jax.value_and_grad(model.loss, has_aux=True)
