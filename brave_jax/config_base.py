@@ -104,7 +104,10 @@ def base_config() -> ml_collections.ConfigDict:
   # 'host' = in the tf.data pipeline; 'device' = inside the jitted training (and fine-tuning)
   # step (data/augment_device.py), the host shipping the cropped, resized frames and each clip's
   # draws from the same seeds. Equal to float rounding (docs/data.md). Not changeable on resume.
-  c.data.augment_on = 'host'
+  # 'device' by default: on an accelerator the chain costs ~0.4-2 GFLOP per clip beside the
+  # step's ~500, while on the host it is most of the input pipeline's CPU (bench/README.md,
+  # issue 18). The CPU recipes (:tiny, :demo; cpu_variants.py) choose 'host'.
+  c.data.augment_on = 'device'
   # With augment_on='device', the frames shipped to the device: 'float32' = the crop+resize
   # output as is (device results equal the host's to float rounding); 'uint8' = rounded, 4x
   # fewer bytes, each pixel within 0.5/255 of it before augmentation.

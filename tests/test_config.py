@@ -17,7 +17,8 @@ VARIANT_FIELDS = (
     'model.narrow_backbone.', 'model.broad_video_backbone.', 'model.audio_backbone.depth',
     'model.audio_backbone.width_multiplier', 'model.hidden_dim', 'model.projection_dim',
     'training.', 'optimizer.base_learning_rate', 'optimizer.warmup_steps',
-    'eval.', 'finetune.', 'audio_eval.', 'knn_monitor.')
+    'eval.', 'finetune.', 'audio_eval.', 'knn_monitor.',
+    'data.augment_on')  # On a CPU the host chain is the faster one (cpu_variants.augment_on_host).
 # Only :demo also changes its data and recipe (its synthetic set, milder crops, the optimizer).
 DEMO_ONLY_FIELDS = ('data.synthetic.', 'data.augment.crop_area_range',
                     'data.augment.crop_aspect_range', 'data.augment.grayscale_prob',

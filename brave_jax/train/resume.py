@@ -17,7 +17,8 @@ Fields that exist only on one side (a config.json written before a field was
 added to the schema, or after one was removed) are not compared, except those
 in FIELDS_ADDED_LATER: a config.json without one of them was trained as that
 field's value says (data.augment_on: a run from before it existed augmented on
-the host), so resuming it with another value is refused like any other change.
+the host; data.jpeg_decode: it decoded its crops at reduced scale), so resuming
+it with another value is refused like any other change.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ RESUMABLE_FIELDS = (
 FIELDS_ADDED_LATER = {
     'data.augment_on': 'host',
     'data.shipped_frames_dtype': 'float32',
+    'data.jpeg_decode': 'reduced_scale',  # Training crops before the published full decode.
 }
 
 
