@@ -37,7 +37,7 @@ INDEPENDENT_AUDIO_RATE = 16000
 OPTIMIZER_VARIANTS = ('published', 'corrected')  # See config.optimizer.variant.
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 FINETUNE_OPTIMIZERS = ('sgd', 'adamw')
-FEATURE_TRANSFORMS = ('standardize', 'l2_standardize')  # See config.eval.feature_transform.
+FEATURE_TRANSFORMS = ('standardize', 'l2_standardize', 'auto')  # config.eval.feature_transform.
 
 
 class ConfigError(errors.UsageError):
@@ -219,7 +219,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.svm_c_cv_unit = 'video'
   c.eval.batch_size = 8  # Clips per forward pass when embedding.
   # What the SVM sees: 'standardize' (published: per-feature zero mean, unit variance, fit on the
-  # train split) or 'l2_standardize' (each embedding divided by its L2 norm first; eval/svm.py).
+  # train split), 'l2_standardize' (each embedding divided by its L2 norm first; eval/svm.py) or
+  # 'auto' (the one of the two that the train-split CV prefers, chosen with C; the :demo's).
   c.eval.feature_transform = 'standardize'
   # After training, also write <workdir>/embeddings_<pretrained|random_init>.npz, so the probe can
   # be re-fit without the model (python -m brave_jax.evaluate --embeddings=...).

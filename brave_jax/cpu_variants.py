@@ -58,6 +58,8 @@ def demo_evaluation(config: ml_collections.ConfigDict) -> None:
       compare_random_init=True,  # ... a randomly initialised backbone, same protocol.
       batch_size=32,
       svm_c='auto',  # C cross-validated on the train split, not tuned on the test split.
+      # The feature transform chosen by the same CV (docs/recipes.md; bench/README.md, issue 23).
+      feature_transform='auto',
       train_passes=3,
       # The published 3 diagonal crops of frames resized to the crop's side (64x80 -> 32x40): with
       # one crop (published: the top-left corner) of 40-px frames the same checkpoint scored 17 %

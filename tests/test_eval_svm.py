@@ -142,6 +142,46 @@ def test_l2_standardize_ignores_each_embeddings_scale():
     svm.fit_linear_svm(train_x, train_y, 1e-2, transform='whiten')
 
 
+def _gained_clips(class_in_norm: bool, seed: int = 0):
+  """Clips of 4 classes x 8 videos x 4 clips in 16-d. With class_in_norm False, the class is a
+  faint direction (0.3 x a random one, plus noise 0.5) and each clip's embedding has a random gain
+  from 1/50 to 50 (a nuisance only L2 removes); with class_in_norm True, the classes share a
+  direction and differ only in their norm (what L2 destroys)."""
+  rng = np.random.default_rng(seed)
+  num_classes, videos, clips, dim = 4, 8, 4, 16
+  labels_V = np.repeat(np.arange(num_classes), videos)
+  if class_in_norm:
+    direction_D = rng.normal(size=dim)
+    x_VxD = np.outer(1.0 + labels_V, direction_D / np.linalg.norm(direction_D))
+  else:
+    x_VxD = 0.3 * rng.normal(size=(num_classes, dim))[labels_V]
+  x_NxD = np.repeat(x_VxD, clips, axis=0) + rng.normal(size=(len(labels_V) * clips, dim)) * (
+      0.1 if class_in_norm else 0.5)
+  if not class_in_norm:
+    x_NxD *= np.exp(rng.uniform(np.log(0.02), np.log(50.0), size=(len(x_NxD), 1)))
+  return x_NxD, np.repeat(labels_V, clips), np.repeat(np.arange(len(labels_V)), clips)
+
+
+def test_auto_transform_is_chosen_by_train_cv():
+  """feature_transform='auto' takes the transform the train-split CV prefers, with C: L2 when a
+  clip's gain is a nuisance, the published standardisation when the norm is the class
+  (negative control); evaluate_linear reports what was chosen."""
+  x, y, groups = _gained_clips(class_in_norm=False)
+  transform, c, scores = svm.choose_probe(x, y, 'auto', 'auto', groups=groups)
+  assert transform == 'l2_standardize' and set(scores) == set(svm.FEATURE_TRANSFORMS)
+  assert max(scores['l2_standardize'].values()) > max(scores['standardize'].values())
+  assert c == min(k for k, v in scores['l2_standardize'].items()
+                  if v == max(scores['l2_standardize'].values()))
+  x_norm, y_norm, groups_norm = _gained_clips(class_in_norm=True)
+  assert svm.choose_probe(x_norm, y_norm, 'auto', 'auto', groups=groups_norm)[0] == 'standardize'
+  # A fixed C still lets the transform be chosen; a fixed transform is kept as given.
+  assert svm.choose_probe(x, y, 1e-2, 'auto', groups=groups)[:2] == ('l2_standardize', 1e-2)
+  assert svm.choose_probe(x, y, 'auto', 'standardize', groups=groups)[0] == 'standardize'
+  result = svm.evaluate_linear(x, y, x_norm[:4], y_norm[:4], np.zeros(4, int), 'auto',
+                               train_video_index=groups, transform='auto')
+  assert result['feature_transform'] == 'l2_standardize'
+
+
 def test_auto_c_refuses_single_video_classes():
   x = np.random.default_rng(0).normal(size=(4, 3))
   with pytest.raises(svm.LinearEvalError, match='--svm_c'):

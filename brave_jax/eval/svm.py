@@ -35,6 +35,12 @@ RANDOM_STATE = 0  # liblinear shuffles in the dual solver; fixed for reproducibl
 # divided by its L2 norm, then standardised (an option: only the direction of an embedding counts,
 # as in BraVe's loss, so a clip-level scale, e.g. from contrast, is not a feature).
 FEATURE_TRANSFORMS = ('standardize', 'l2_standardize')
+# 'auto': the transform is chosen like C, by the same cross-validation on the train split only
+# (ties go to 'standardize', the published one). Issue 23: on the independent synthetic set one
+# seed's pretrained features fit the standardised probe's train split at 50 % and its test split
+# at 21 %, while the kNN monitor (no probe) rated them like a seed at +33 points; the train-split
+# CV preferred 'l2_standardize' on all 12 runs measured, pretrained and random init alike.
+AUTO_TRANSFORM = 'auto'
 # What svm_c='auto' scores in each validation fold (config.eval.svm_c_cv_unit): 'video' = each
 # held-out video's clips scored together by their mean decision score, as the test split is
 # scored; 'clip' = every augmented clip on its own (the measure before issue 23; it barely moves
@@ -102,8 +108,8 @@ def topk_accuracy(scores_VxK: np.ndarray, labels_V: np.ndarray, k: int) -> float
 
 def _make_pipeline(c: float, transform: str = 'standardize') -> sk_pipeline.Pipeline:
   if transform not in FEATURE_TRANSFORMS:
-    raise LinearEvalError(f'config.eval.feature_transform must be one of {FEATURE_TRANSFORMS}, '
-                          f'got {transform!r}')
+    raise LinearEvalError('config.eval.feature_transform must be one of '
+                          f'{FEATURE_TRANSFORMS + (AUTO_TRANSFORM,)}, got {transform!r}')
   steps = [('l2', preprocessing.Normalizer())] if transform == 'l2_standardize' else []
   return sk_pipeline.Pipeline(steps + [
       ('scaler', preprocessing.StandardScaler()),
@@ -189,23 +195,49 @@ def choose_c(train_x: np.ndarray, train_y: np.ndarray, grid: Sequence[float] = C
   return min(c for c, s in scores.items() if s >= best - 1e-12), scores
 
 
+def choose_probe(train_x: np.ndarray, train_y: np.ndarray, c: float | str = 'auto',
+                 transform: str = AUTO_TRANSFORM, groups: np.ndarray | None = None,
+                 cv_unit: str = 'video') -> tuple[str, float, dict[str, dict[float, float]]]:
+  """(transform, C, {transform: {C: CV accuracy}}): every 'auto' among the two chosen together
+  by `choose_c`'s cross-validation on the train split; the best CV accuracy wins, ties going to
+  the earlier transform of FEATURE_TRANSFORMS (the published 'standardize' first)."""
+  transforms = FEATURE_TRANSFORMS if transform == AUTO_TRANSFORM else (transform,)
+  grid = C_GRID if c == 'auto' else (float(c),)
+  scores = {t: choose_c(train_x, train_y, grid=grid, groups=groups, transform=t,
+                        cv_unit=cv_unit)[1] for t in transforms}
+  best = max(max(by_c.values()) for by_c in scores.values())
+  for t in transforms:
+    winners = [cc for cc, acc in scores[t].items() if acc >= best - 1e-12]
+    if winners:
+      return t, min(winners), scores
+  raise AssertionError('unreachable: some transform holds the best score')
+
+
 def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
                    groups: np.ndarray | None = None,
                    transform: str = 'standardize', cv_unit: str = 'video') -> sk_pipeline.Pipeline:
-  """`transform` (fit on train only) + LinearSVC; c='auto' cross-validates C on train.
+  """`transform` (fit on train only) + LinearSVC; c='auto' and/or transform='auto' are chosen by
+  cross-validation on train (`choose_probe`).
 
-  The chosen C is `model.named_steps['svm'].C`.
+  The chosen C is `model.named_steps['svm'].C`; the transform, `transform_of(model)`.
   """
   train_x = np.asarray(train_x)
   train_y = np.asarray(train_y).reshape(-1)
   _check_train(train_x, train_y)
-  if isinstance(c, str):
-    if c != 'auto':
-      raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
-    c, _ = choose_c(train_x, train_y, groups=groups, transform=transform, cv_unit=cv_unit)
-  if not float(c) > 0:
+  if isinstance(c, str) and c != 'auto':
     raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
+  if not isinstance(c, str) and not float(c) > 0:
+    raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
+  if transform not in FEATURE_TRANSFORMS + (AUTO_TRANSFORM,):
+    _make_pipeline(1.0, transform)  # Raises, naming the field.
+  if c == 'auto' or transform == AUTO_TRANSFORM:
+    transform, c, _ = choose_probe(train_x, train_y, c, transform, groups=groups, cv_unit=cv_unit)
   return _fit_quietly(_make_pipeline(float(c), transform), train_x, train_y)
+
+
+def transform_of(model: sk_pipeline.Pipeline) -> str:
+  """The feature transform a fitted probe applies (what 'auto' chose)."""
+  return 'l2_standardize' if 'l2' in model.named_steps else 'standardize'
 
 
 def class_scores(model: sk_pipeline.Pipeline, x_NxD: np.ndarray, num_classes: int) -> np.ndarray:
@@ -286,7 +318,7 @@ def evaluate_linear(train_feats: np.ndarray, train_labels: np.ndarray, test_feat
       'per_class_test_accuracy': per_class,
       'confusion_matrix': confusion_KxK.tolist(),
       'svm_c': float(model.named_steps['svm'].C),
-      'feature_transform': transform,
+      'feature_transform': transform_of(model),
       'num_train_clips': int(len(train_labels)),
       'num_test_videos': int(len(video_labels_V)),
   }
