@@ -62,6 +62,7 @@ def test_evaluate_backbone_writes_report(config, tmp_path, monkeypatch):
     written = json.load(f)
   assert written == record
   assert written['checkpoint_step'] == 60 and written['svm_c'] == 1.0
+  assert written['feature_transform'] == 'standardize'  # The config's, as published.
   assert written['data']['num_train_clips'] == 24  # 12 videos x 2 passes.
   assert written['data']['num_test_videos'] == 12 and written['data']['num_train_videos'] == 12
   assert written['crops'] == {'temporal': 2, 'spatial': 1, 'short_side': 40, 'train_passes': 2}

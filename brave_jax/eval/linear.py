@@ -81,6 +81,7 @@ def fit_and_report(config: ml_collections.ConfigDict,
   record = report.eval_record(result, config=config, checkpoint_step=checkpoint_step, data=data,
                               class_names=class_names)
   record['protocol'] = 'linear'
+  record['feature_transform'] = result['feature_transform']  # What 'auto' chose, with svm_c.
   if outdir:
     report.write_report(outdir, record, class_names=class_names,
                         json_name=f'eval{file_suffix}.json', png_name=f'confusion{file_suffix}.png',
