@@ -152,8 +152,9 @@ def _shipped_frames_dtype(config: ml_collections.ConfigDict) -> str | None:
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
               blur: bool, random_conv: bool, jpeg_decode: str = 'full',
               ship: str | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor] | None]:
-  """One random crop for all frames (decoded straight into the view size), then the published
-  view chain (`augment.augment_clip`): (view, None).
+  """One random crop for all frames, decoded as `jpeg_decode` says ('full': each frame at full
+  scale, cropped, resized, as published; 'reduced_scale': libjpeg's scaled decode), then the
+  published view chain (`augment.augment_clip`): (view, None).
 
   With `ship` (a dtype, augment_on='device'): the cropped frames in [0, 255] as that dtype and
   the chain's draws from the same seed, (frames, draws), for `augment_device` to apply in the
