@@ -119,6 +119,34 @@ def test_broad_audio_is_aligned_with_the_broad_window_and_looped(num_samples_aud
     assert out[0] == 988 and out[1011] == 999 and np.count_nonzero(out[1012:]) == 0
 
 
+def _published_broad_audio(wave, b, num_samples, n, looped):
+  """The published cut, restated in numpy: looped waveform, zeros past its end."""
+  length = len(wave)
+  start = int(np.float32(b) * np.float32(length / n))
+  positions = start + np.arange(num_samples)
+  return np.where(positions < length * (looped // n), wave[positions % length], 0.0)
+
+
+@pytest.mark.parametrize('frame_offset', [-1, 0, 1])
+def test_broad_audio_window_inside_and_across_the_waveform_end(frame_offset):
+  """Windows that fit the recorded waveform take a slice, the rest the looped gather: both give
+  the published samples at the boundary (the window ending 10 samples before, at and 10 after
+  the end) and over random draws. Negative control: a window one frame off differs."""
+  n, num_samples = 100, 400
+  length = 1000  # 10 samples per frame.
+  wave = np.random.default_rng(0).normal(size=length).astype(np.float32)
+  b = (length - num_samples) // 10 + frame_offset  # Starts at sample 10 * b; 60 ends at 1000.
+  for start_frame, looped in [(b, 100), (b, 200), (b, 50)] + [(int(s), 200) for s in
+                                                               np.random.default_rng(1).integers(0, 100, 20)]:
+    got = sampling.broad_audio_window(tf.constant(wave), start_frame, num_samples, n, looped).numpy()
+    want = _published_broad_audio(wave, start_frame, num_samples, n, looped)
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (num_samples,)
+  off_by_one = _published_broad_audio(wave, b + 1, num_samples, n, 200)
+  assert not np.array_equal(
+      sampling.broad_audio_window(tf.constant(wave), b, num_samples, n, 200).numpy(), off_by_one)
+
+
 def test_eval_audio_window_is_aligned_and_has_broad_length():
   rate, fps = 1000, 25
   wave = tf.range(20000, dtype=tf.float32)
