@@ -93,9 +93,25 @@ def sample(ex: dict[str, tf.Tensor], config: ml_collections.ConfigDict,
   if 'audio' in ex:
     num_samples = sampling.num_audio_samples(d.broad.num_frames, d.broad.frame_step, d.video_fps,
                                              d.audio_sample_rate)
-    out['audio'] = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples, n,
-                                               win['looped_frames'])
+    out['audio'] = looped_audio_window(ex['audio'], win['broad_start'], num_samples, n,
+                                       win['looped_frames'])
   return out
+
+
+def looped_audio_window(waveform: tf.Tensor, start_frame: tf.Tensor, num_samples: int,
+                        num_video_frames: tf.Tensor, looped_frames: tf.Tensor) -> tf.Tensor:
+  """The broad window's samples from the looped waveform, every window alike: positions over the
+  loop gathered, zeros past its end (brave_jax.data.sampling.broad_audio_window's numbers; that
+  one takes a slice when the window lies inside the recording, which the published code,
+  looping the waveform for every clip, does not)."""
+  length = tf.size(waveform, out_type=tf.int32)
+  n = tf.cast(num_video_frames, tf.int32)
+  ratio = tf.cast(tf.cast(length, tf.float64) / tf.cast(n, tf.float64), tf.float32)
+  start = tf.cast(tf.cast(start_frame, tf.float32) * ratio, tf.int32)
+  looped_samples = length * (tf.cast(looped_frames, tf.int32) // n)
+  positions = start + tf.range(num_samples, dtype=tf.int32)
+  samples = tf.gather(waveform, tf.math.floormod(positions, length))
+  return tf.where(positions < looped_samples, samples, tf.zeros_like(samples))
 
 
 def decode_frames(jpegs_T: tf.Tensor) -> tf.Tensor:
