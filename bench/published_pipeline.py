@@ -101,9 +101,9 @@ def sample(ex: dict[str, tf.Tensor], config: ml_collections.ConfigDict,
 def looped_audio_window(waveform: tf.Tensor, start_frame: tf.Tensor, num_samples: int,
                         num_video_frames: tf.Tensor, looped_frames: tf.Tensor) -> tf.Tensor:
   """The broad window's samples from the looped waveform, every window alike: positions over the
-  loop gathered, zeros past its end (brave_jax.data.sampling.broad_audio_window's numbers; that
-  one takes a slice when the window lies inside the recording, which the published code,
-  looping the waveform for every clip, does not)."""
+  loop gathered, zeros past its end (how this project first stated the published cut;
+  brave_jax.data.sampling.broad_audio_window now gives the same numbers by tiling and slicing,
+  which costs less; the yardstick keeps the gather)."""
   length = tf.size(waveform, out_type=tf.int32)
   n = tf.cast(num_video_frames, tf.int32)
   ratio = tf.cast(tf.cast(length, tf.float64) / tf.cast(n, tf.float64), tf.float32)

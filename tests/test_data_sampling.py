@@ -129,8 +129,8 @@ def _published_broad_audio(wave, b, num_samples, n, looped):
 
 @pytest.mark.parametrize('frame_offset', [-1, 0, 1])
 def test_broad_audio_window_inside_and_across_the_waveform_end(frame_offset):
-  """Windows that fit the recorded waveform take a slice, the rest the looped gather: both give
-  the published samples at the boundary (the window ending 10 samples before, at and 10 after
+  """The tiled-and-sliced cut gives the published samples (a gather over the looped positions)
+  at the boundary (the window ending 10 samples before, at and 10 after
   the end) and over random draws. Negative control: a window one frame off differs."""
   n, num_samples = 100, 400
   length = 1000  # 10 samples per frame.

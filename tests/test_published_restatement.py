@@ -39,7 +39,7 @@ def test_crop_and_log_mel_equal_ours(tiny_va_config):
 
 
 def test_looped_audio_window_equals_ours():
-  """The re-statement's looped gather and our sliced fast path cut the same samples, inside the
+  """The re-statement's looped gather and our tile-and-slice cut the same samples, inside the
   recording and across its end (negative control: another start frame differs)."""
   wave = tf.constant(np.random.RandomState(0).normal(size=1000).astype(np.float32))
   for start, looped in [(0, 100), (60, 200), (61, 200), (90, 200), (61, 100), (33, 50)]:
