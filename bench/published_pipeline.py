@@ -93,25 +93,12 @@ def sample(ex: dict[str, tf.Tensor], config: ml_collections.ConfigDict,
   if 'audio' in ex:
     num_samples = sampling.num_audio_samples(d.broad.num_frames, d.broad.frame_step, d.video_fps,
                                              d.audio_sample_rate)
-    out['audio'] = looped_audio_window(ex['audio'], win['broad_start'], num_samples, n,
-                                       win['looped_frames'])
+    # Our cut (tile and slice). How the published code loops the waveform is not known
+    # here; the cheapest way we know credits our pipeline nothing.
+    out['audio'] = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples, n,
+                                               win['looped_frames'])
   return out
 
-
-def looped_audio_window(waveform: tf.Tensor, start_frame: tf.Tensor, num_samples: int,
-                        num_video_frames: tf.Tensor, looped_frames: tf.Tensor) -> tf.Tensor:
-  """The broad window's samples from the looped waveform, every window alike: positions over the
-  loop gathered, zeros past its end (how this project first stated the published cut;
-  brave_jax.data.sampling.broad_audio_window now gives the same numbers by tiling and slicing,
-  which costs less; the yardstick keeps the gather)."""
-  length = tf.size(waveform, out_type=tf.int32)
-  n = tf.cast(num_video_frames, tf.int32)
-  ratio = tf.cast(tf.cast(length, tf.float64) / tf.cast(n, tf.float64), tf.float32)
-  start = tf.cast(tf.cast(start_frame, tf.float32) * ratio, tf.int32)
-  looped_samples = length * (tf.cast(looped_frames, tf.int32) // n)
-  positions = start + tf.range(num_samples, dtype=tf.int32)
-  samples = tf.gather(waveform, tf.math.floormod(positions, length))
-  return tf.where(positions < looped_samples, samples, tf.zeros_like(samples))
 
 
 def decode_frames(jpegs_T: tf.Tensor) -> tf.Tensor:

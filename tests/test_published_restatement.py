@@ -9,7 +9,6 @@ import tensorflow as tf
 from brave_jax.data import decode
 from brave_jax.data import dmvr_format
 from brave_jax.data import pipeline
-from brave_jax.data import sampling
 from brave_jax.data import spectrogram
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -36,18 +35,6 @@ def test_crop_and_log_mel_equal_ours(tiny_va_config):
   wave = tf.constant(rng.uniform(-1, 1, 16000).astype(np.float32))
   np.testing.assert_array_equal(published_pipeline.log_mel(wave, tiny_va_config).numpy(),
                                 spectrogram.from_config(wave, tiny_va_config.data).numpy())
-
-
-def test_looped_audio_window_equals_ours():
-  """The re-statement's looped gather and our tile-and-slice cut the same samples, inside the
-  recording and across its end (negative control: another start frame differs)."""
-  wave = tf.constant(np.random.RandomState(0).normal(size=1000).astype(np.float32))
-  for start, looped in [(0, 100), (60, 200), (61, 200), (90, 200), (61, 100), (33, 50)]:
-    theirs = published_pipeline.looped_audio_window(wave, start, 400, 100, looped).numpy()
-    np.testing.assert_array_equal(
-        theirs, sampling.broad_audio_window(wave, start, 400, 100, looped).numpy())
-  assert not np.array_equal(published_pipeline.looped_audio_window(wave, 1, 400, 100, 200),
-                            sampling.broad_audio_window(wave, 2, 400, 100, 200))
 
 
 def test_batches_have_our_shapes(tmp_path, tiny_vv_config):
