@@ -11,6 +11,9 @@ the other, each in a fresh process so no TF thread setting leaks:
 - 'ours_device': the same with config.data.augment_on='device' (the full-size
   configs' default: the host decodes and crops and draws, the model step
   augments on the accelerator, which this bench does not count);
+- 'ours_device_uint8': the same shipping uint8 pixels
+  (config.data.shipped_frames_dtype='uint8': 4x fewer bytes, each pixel
+  rounded to the nearest level; the default ships float32, exact);
 - 'published': bench/published_pipeline.py, our op-for-op re-statement of
   the published tf.data chain (a yardstick; its docstring says where it may
   differ from the real one).
@@ -58,6 +61,11 @@ VIEWS = {  # Name -> (config file, shard set).
     'vf': ('configs/brave_rgb_flow.py', 'flow'),
     'vfa': ('configs/brave_rgb_flow_audio.py', 'flow'),
 }
+OURS = {  # Our end-to-end runs: name -> (data.augment_on, data.shipped_frames_dtype).
+    'ours_host': ('host', 'float32'),
+    'ours_device': ('device', 'float32'),
+    'ours_device_uint8': ('device', 'uint8'),
+}
 STAGES = ('read', 'sample', 'decode_crop_resize', 'augment', 'spectrogram', 'batch', 'transfer')
 _WARMUP_DRAWS = 8  # Draws per stage before timing: every tf.cond branch compiled.
 
@@ -71,8 +79,8 @@ def _config(view: str, batch: int, pipeline_name: str):
   from brave_jax import config_base  # pylint: disable=g-import-not-at-top
   config = config_base.load(os.path.join(_ROOT, VIEWS[view][0]))
   config.training.batch_size = batch
-  if pipeline_name in ('ours_host', 'ours_device'):  # 'ours' is the config's own default.
-    config.data.augment_on = pipeline_name[len('ours_'):]
+  if pipeline_name in OURS:  # 'ours' (the stage table) is the config's own default.
+    config.data.augment_on, config.data.shipped_frames_dtype = OURS[pipeline_name]
   return config
 
 
@@ -350,7 +358,7 @@ def _print_tables(results: dict[str, Any]) -> None:
     ratio = (f" ours/published clips/s {r['clips_per_s'] / pub['clips_per_s']:.2f}x, CPU "
              f"{r['cpu_ms_per_clip'] / pub['cpu_ms_per_clip']:.2f}x"
              if pub and r is not pub else '')
-    print(f"  {r['view']:4s} {r['pipeline']:12s} {r['clips_per_s']:7.1f} clips/s "
+    print(f"  {r['view']:4s} {r['pipeline']:17s} {r['clips_per_s']:7.1f} clips/s "
           f"{r['cpu_ms_per_clip']:8.1f} ms {r['bytes_per_clip'] / 2**20:7.2f} MB  "
           f"[load {r['load_before']} -> {r['load_after']}]{ratio}")
   print('\nstages, host CPU ms per clip, one TF thread (' + ', '.join(STAGES) + '):')
@@ -397,11 +405,11 @@ def main() -> None:
   print(f'load average at start: {results["load_start"]}', flush=True)
   shards = {v: _shards(args, VIEWS[v][1]) for v in views}
   for v in views:
-    for name in ('ours_host', 'ours_device', 'published'):
+    for name in (*OURS, 'published'):
       r = _run_worker(args, worker='throughput', view=v, pipeline=name, shards=shards[v])
       if r:
         results['throughput'].append(r)
-        print(f"{v:4s} {name:12s} {r['clips_per_s']:7.1f} clips/s, "
+        print(f"{v:4s} {name:17s} {r['clips_per_s']:7.1f} clips/s, "
               f"{r['cpu_ms_per_clip']:7.1f} CPU ms/clip, {r['bytes_per_clip'] / 2**20:.2f} "
               f"MB/clip [load {r['load_before']} -> {r['load_after']}]", flush=True)
     if not args.no_stages:
