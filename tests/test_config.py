@@ -22,7 +22,8 @@ VARIANT_FIELDS = (
 # Only :demo also changes its data and recipe (its synthetic set, milder crops, the optimizer).
 DEMO_ONLY_FIELDS = ('data.synthetic.', 'data.augment.crop_area_range',
                     'data.augment.crop_aspect_range', 'data.augment.grayscale_prob',
-                    'optimizer.variant')
+                    'optimizer.variant',
+                    'data.jpeg_decode')  # 32-px views: cpu_variants.decode_for_small_views.
 # Fields every CPU variant must make smaller than the full config's.
 SHRUNK_FIELDS = (
     'data.narrow.num_frames', 'data.narrow.image_size',
