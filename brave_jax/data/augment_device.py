@@ -313,7 +313,8 @@ def log_mel_of_broad_audio(batch: Mapping[str, Any],
   (`spectrogram_device.from_config`): the model's input, `pipeline.batch_shapes`'."""
   from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (pipeline imports us)
   num_samples = pipeline.audio_num_samples(config)
-  audio = batch.get('broad', {}).get('audio') if isinstance(batch.get('broad'), Mapping) else None
+  broad = batch.get('broad')
+  audio = broad.get('audio') if isinstance(broad, Mapping) else None
   if audio is None:
     raise ValueError("batch['broad']['audio'] is missing: config.data.broad_modalities has "
                      "'audio', so the pretraining pipeline ships its waveform there")
@@ -323,8 +324,7 @@ def log_mel_of_broad_audio(batch: Mapping[str, Any],
         f'[batch, {num_samples}] (pipeline.audio_num_samples) that config.data.augment_on='
         "'device' ships; a batch made with augment_on='host' carries log-mels instead, or the "
         'batch comes from a pipeline with other config.data audio or broad window settings')
-  broad = dict(batch['broad'], audio=spectrogram_device.from_config(audio, config.data))
-  return dict(batch, broad=broad)
+  return dict(batch, broad=dict(broad, audio=spectrogram_device.from_config(audio, config.data)))
 
 
 def pretraining_batch_preparer(
