@@ -1,9 +1,9 @@
 """The log-mel of `spectrogram.py` in jax.numpy, so the training step can compute it on the device.
 
 With config.data.augment_on='device' the pretraining pipeline ships the broad
-audio view as its waveform and the step turns it into the log-mel: the host
-STFT is ~12.6 ms of CPU per V/A clip (of ~71 ms), a few MFLOP on an
-accelerator (docs/data.md has the numbers).
+audio view as its waveform and the step turns it into the log-mel: on the host
+it costs 5-12.6 CPU ms per full-size V/A clip (of ~71), on an accelerator 144
+MFLOP (docs/data.md has the numbers).
 
 The same ops as `spectrogram.log_mel_spectrogram` (tf.signal.stft with
 pad_end=True): ceil(S / frame_step) frames, the waveform's end padded with
