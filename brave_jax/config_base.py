@@ -103,7 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Where the RGB views' blur, flip, colour jitter, greyscale and random convolution run:
   # 'host' = in the tf.data pipeline; 'device' = inside the jitted training (and fine-tuning)
   # step (data/augment_device.py), the host shipping the cropped, resized frames and each clip's
-  # draws from the same seeds. Equal to float rounding (docs/data.md). Not changeable on resume.
+  # draws from the same seeds, and the broad audio as its waveform (the pretraining step makes
+  # the log-mel, data/spectrogram_device.py). Equal to float rounding (docs/data.md). Not
+  # changeable on resume.
   # 'device' by default: on an accelerator the chain costs ~0.4-2 GFLOP per clip beside the
   # step's ~500, while on the host it is most of the input pipeline's CPU (bench/README.md,
   # issue 18). The CPU recipes (:tiny, :demo; cpu_variants.py) choose 'host'.

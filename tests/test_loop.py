@@ -9,6 +9,8 @@ import jax
 import pytest
 
 from brave_jax import errors
+from brave_jax.data import pipeline
+from brave_jax.data import spectrogram_device
 from brave_jax.train import checkpointing
 from brave_jax.train import faults
 from brave_jax.train import pretrain
@@ -116,24 +118,35 @@ def test_says_it_is_compiling_before_the_first_step(config, tmp_path, capsys):
   assert 'training from step 0' in out[compiled:]
 
 
+def _shipped_iter_fn(config):
+  """Batches as the pipeline ships them with augment_on='device': narrow pixels plus draws, the
+  broad audio as waveforms."""
+  return _iter_fn(draws=True, audio_samples=pipeline.audio_num_samples(config))
+
+
 def test_device_augmentation_trains_and_resumes_bit_identical(config, tmp_path):
   """augment_on='device': the step augments each batch's narrow clips with their shipped draws
-  (data/augment_device.py), and a stopped run resumes to the same state as a straight one."""
+  and makes the broad audio's log-mel (data/augment_device.py), and a stopped run resumes to the
+  same state as a straight one."""
   config.data.augment_on = 'device'
-  straight = _host(pretrain.train(config, str(tmp_path / 'a'), _iter_fn(draws=True), _model()))
-  pretrain.train(config, str(tmp_path / 'b'), _iter_fn(draws=True), _model(), stop_at_step=4)
-  resumed = _host(pretrain.train(config, str(tmp_path / 'b'), _iter_fn(draws=True), _model()))
+  shipped = _shipped_iter_fn(config)
+  straight = _host(pretrain.train(config, str(tmp_path / 'a'), shipped, _model()))
+  pretrain.train(config, str(tmp_path / 'b'), shipped, _model(), stop_at_step=4)
+  resumed = _host(pretrain.train(config, str(tmp_path / 'b'), shipped, _model()))
   assert int(straight.step) == int(resumed.step) == 6
   chex.assert_trees_all_equal(resumed.params, straight.params)
   chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
-  # Control: the draws do act (the same pixels without augmentation train to other params).
+  # Control: the draws do act (the same pixels and log-mels without augmentation train to other
+  # params).
   config.data.augment_on = 'host'
 
   def unaugmented(start_step):
-    for batch in _iter_fn(draws=True)(start_step):
+    for batch in shipped(start_step):
       batch = dict(batch)
       del batch['draws']
       batch['narrow'] = {'video': batch['narrow']['video'] / 255.0}
+      batch['broad'] = {'audio': np.asarray(jax.jit(jax.vmap(
+          lambda w: spectrogram_device.from_config(w, config.data)))(batch['broad']['audio']))}
       yield batch
   plain = _host(pretrain.train(config, str(tmp_path / 'c'), unaugmented, _model()))
   leaf = lambda t: np.asarray(jax.tree.leaves(t.params)[0])
@@ -145,6 +158,15 @@ def test_device_batch_without_draws_is_refused(config, tmp_path):
   config.training.num_steps = 2
   with pytest.raises(ValueError, match="augment_on is 'device' but the batch has no 'draws'"):
     pretrain.train(config, str(tmp_path / 'w'), _iter_fn(), _model())
+
+
+def test_device_batch_with_log_mels_is_refused(config, tmp_path):
+  """With augment_on='device' the step expects the broad audio as waveforms: log-mels (a batch
+  made for the host path) are refused naming the view, not fed to the model."""
+  config.data.augment_on = 'device'
+  config.training.num_steps = 2
+  with pytest.raises(ValueError, match=r"batch\['broad'\]\['audio'\] has shape \(\d+, 4, 3\)"):
+    pretrain.train(config, str(tmp_path / 'w'), _iter_fn(draws=True), _model())
 
 
 def test_resume_with_another_augment_on_is_refused(config, tmp_path):

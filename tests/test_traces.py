@@ -13,6 +13,7 @@ import pytest
 
 from brave_jax import config_base
 from brave_jax.data import augment_device
+from brave_jax.data import pipeline
 from brave_jax.eval import embeddings as embeddings_lib
 from brave_jax.models import losses
 from brave_jax.train import optimizer as optimizer_lib
@@ -53,23 +54,27 @@ def test_training_step_traces_once_over_many_steps(num_devices):
 
 @pytest.mark.parametrize('num_devices', [1, 2])
 def test_device_augmentation_step_traces_once_over_many_steps(num_devices):
-  """augment_on='device': the batch carries new draws every step (other flips, greys, sigmas),
-  yet augmentation and model stay one program: the draws are data, with fixed shapes."""
+  """augment_on='device': the batch carries new draws and waveforms every step (other flips,
+  greys, sigmas, sounds), yet augmentation, log-mel and model stay one program: the draws and
+  waveforms are data, with fixed shapes."""
   chex.clear_trace_counter()
   c = config_base.base_config()
   c.training.update(batch_size=GLOBAL_BATCH, num_steps=10)
   c.optimizer.update(warmup_steps=1)
   c.data.augment_on = 'device'
+  c.data.broad.num_frames = 4  # 0.64 s of audio: a small log-mel, the same program.
   optimizer, schedule = optimizer_lib.make_optimizer(c), optimizer_lib.make_schedule(c)
   model = train_test_double.build_test_double_model('i')
   counted = train_test_double.TestDoubleModel(init=model.init,
                                               loss=chex.assert_max_traces(model.loss, n=1))
-  prepare = augment_device.batch_preparer(c, blur=True)
+  prepare = augment_device.pretraining_batch_preparer(c)
   devices = jax.devices()[:num_devices]
 
   def batch(step, size=GLOBAL_BATCH):
-    return step_lib.shard_batch(train_test_double.make_global_batch(step, size, draws=True),
-                                num_devices)
+    return step_lib.shard_batch(
+        train_test_double.make_global_batch(step, size, draws=True,
+                                            audio_samples=pipeline.audio_num_samples(c)),
+        num_devices)
   ts = step_lib.make_init(model, optimizer, devices, prepare_batch=prepare)(
       jax.random.PRNGKey(0), batch(0))
   update = step_lib.make_pmapped_update(counted, optimizer, 'i', devices, schedule,

@@ -76,10 +76,12 @@ def make_view_draws(rng: np.random.Generator, batch_size: int) -> dict[str, np.n
 
 
 def make_global_batch(step: int, batch_size: int, seed: int = 0,
-                      nan: bool = False, draws: bool = False) -> dict[str, Any]:
+                      nan: bool = False, draws: bool = False,
+                      audio_samples: int | None = None) -> dict[str, Any]:
   """A flat [N, ...] batch that is a pure function of (seed, step), like the real pipeline's;
-  `draws`: the narrow video as pixels in [0, 255] plus its draws, as shipped for augmentation
-  on the device (config.data.augment_on='device')."""
+  `draws`: the narrow video as pixels in [0, 255] plus its draws, and with `audio_samples`
+  (pipeline.audio_num_samples of the config) the broad audio as waveforms [N, audio_samples]:
+  as the pretraining pipeline ships them for the device (config.data.augment_on='device')."""
   rng = np.random.default_rng([seed, step])
   batch = jax.tree.map(
       lambda shape: rng.uniform(size=(batch_size,) + shape).astype(np.float32),
@@ -90,12 +92,16 @@ def make_global_batch(step: int, batch_size: int, seed: int = 0,
   if draws:
     batch['narrow']['video'] *= 255.0
     batch['draws'] = {'narrow': {'video': make_view_draws(rng, batch_size)}}
+  if audio_samples is not None:
+    batch['broad']['audio'] = rng.uniform(-1.0, 1.0, (batch_size, audio_samples)).astype(
+        np.float32)
   return batch
 
 
 def make_batch_iterator_fn(batch_size: int, num_devices: int, seed: int = 0,
                            nan_at_step: int | None = None,
-                           draws: bool = False) -> Callable[[int], Iterator[Any]]:
+                           draws: bool = False,
+                           audio_samples: int | None = None) -> Callable[[int], Iterator[Any]]:
   """make_batch_iterator(start_step) for train.loop.train: in-memory, resumable at any step."""
   from brave_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
@@ -103,7 +109,8 @@ def make_batch_iterator_fn(batch_size: int, num_devices: int, seed: int = 0,
     s = start_step
     while True:
       yield step_lib.shard_batch(
-          make_global_batch(s, batch_size, seed, nan=(s == nan_at_step), draws=draws),
+          make_global_batch(s, batch_size, seed, nan=(s == nan_at_step), draws=draws,
+                            audio_samples=audio_samples),
           num_devices)
       s += 1
 

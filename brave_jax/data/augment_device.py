@@ -15,7 +15,11 @@ frames). Here the same chain is split in two:
 Wired in by config.data.augment_on='device': the input pipeline ships each
 RGB view's crops (`shipped_frames`, float32 or uint8) and its draws under
 batch[DRAWS]; the pmapped training and fine-tuning steps run `batch_preparer`'s
-function (`augment_batch`) on each device's batch before the model.
+function (`augment_batch`) on each device's batch before the model. The
+pretraining pipeline also ships the broad audio view as its waveform
+(`ships_broad_audio_waveform`), and the pretraining step's preparer
+(`pretraining_batch_preparer`) turns it into the log-mel (`log_mel_of_broad_audio`,
+with `spectrogram_device`): the host's log-mel was up to a sixth of its CPU per V/A clip.
 
 Both paths consume identical draws, so a clip augmented on the device equals the
 host's `augment.augment_clip` to float rounding (tests/test_augment_device.py
@@ -39,6 +43,7 @@ import tensorflow as tf
 
 from brave_jax import config_base
 from brave_jax.data import augment
+from brave_jax.data import spectrogram_device
 
 _GRAY_WEIGHTS = augment._GRAY_WEIGHTS  # tf.image.rgb_to_grayscale's. pylint: disable=protected-access
 
@@ -280,11 +285,60 @@ def augment_batch(batch: Mapping[str, Any], *, blur: bool) -> dict[str, Any]:
 
 def batch_preparer(config: ml_collections.ConfigDict, *,
                    blur: bool) -> Callable[[Mapping[str, Any]], Any] | None:
-  """What the training step runs on each device's batch before the model: `augment_batch` when
-  config.data.augment_on is 'device', None (the batch as it comes) when it is 'host'."""
+  """What the fine-tuning step runs on each device's batch before the model: `augment_batch` when
+  config.data.augment_on is 'device', None (the batch as it comes) when it is 'host'.
+  Pretraining batches take `pretraining_batch_preparer` (their audio too)."""
   if not config_base.augments_on_device(config):
     return None
 
   def augment_views(batch: Mapping[str, Any]) -> dict[str, Any]:
     return augment_batch(batch, blur=blur)
   return augment_views
+
+
+# ---------------------------------------------------------------------------
+# The broad audio view: shipped as its waveform, its log-mel made in the step.
+
+def ships_broad_audio_waveform(config: ml_collections.ConfigDict) -> bool:
+  """True when the pretraining pipeline ships batch['broad']['audio'] as the broad window's
+  waveform [S] rather than its log-mel [F, M]: augment_on='device' with a broad audio view. The
+  one rule the pipeline (what it ships) and `pretraining_batch_preparer` (what it expects) share."""
+  return (config_base.augments_on_device(config)
+          and 'audio' in tuple(config.data.broad_modalities))
+
+
+def log_mel_of_broad_audio(batch: Mapping[str, Any],
+                           config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The batch with its broad audio waveforms [B, S] replaced by their log-mels [B, F, M]
+  (`spectrogram_device.from_config`): the model's input, `pipeline.batch_shapes`'."""
+  from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (pipeline imports us)
+  num_samples = pipeline.audio_num_samples(config)
+  broad = batch.get('broad')
+  audio = broad.get('audio') if isinstance(broad, Mapping) else None
+  if audio is None:
+    raise ValueError("batch['broad']['audio'] is missing: config.data.broad_modalities has "
+                     "'audio', so the pretraining pipeline ships its waveform there")
+  if audio.ndim != 2 or audio.shape[-1] != num_samples:
+    raise ValueError(
+        f"batch['broad']['audio'] has shape {tuple(audio.shape)}, not the broad window's waveforms "
+        f'[batch, {num_samples}] (pipeline.audio_num_samples) that config.data.augment_on='
+        "'device' ships; a batch made with augment_on='host' carries log-mels instead, or the "
+        'batch comes from a pipeline with other config.data audio or broad window settings')
+  return dict(batch, broad=dict(broad, audio=spectrogram_device.from_config(audio, config.data)))
+
+
+def pretraining_batch_preparer(
+    config: ml_collections.ConfigDict) -> Callable[[Mapping[str, Any]], Any] | None:
+  """What the pretraining step runs on each device's batch before the model: with
+  augment_on='device', the views' chain (`augment_batch`, blurred as published) and, when the
+  pipeline shipped the broad audio as a waveform, its log-mel (`log_mel_of_broad_audio`);
+  None (the batch as it comes) with 'host'."""
+  augment_views = batch_preparer(config, blur=True)
+  if augment_views is None:
+    return None
+  if not ships_broad_audio_waveform(config):
+    return augment_views
+
+  def augment_views_and_log_mel(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return log_mel_of_broad_audio(augment_views(batch), config)
+  return augment_views_and_log_mel

@@ -7,7 +7,8 @@ example: parse only the needed features, sample narrow/broad windows, decode
 only the sampled frames into their crops, augment, spectrogram -> batch ->
 [local_devices, per_device, ...] -> prefetch. With config.data.augment_on
 'device' the RGB views leave as crops plus their draws (batch['draws']) and
-the training step augments them (augment_device.augment_batch).
+the training step augments them (augment_device.augment_batch); the broad
+audio view leaves as its waveform and the pretraining step makes its log-mel.
 
 Determinism and resume. Everything a batch holds is a pure function of
 (seed, process layout, shards, step): the permutation of each epoch is
@@ -192,11 +193,13 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
   """Per record: the published sampler's windows (`sampling.train_windows`), the narrow RGB view,
   and each broad view: RGB through the same chain (randomly convolved for 'rc' and V/V), flow
   with the geometry only (ours; the published code has no flow), audio as the log-mel of the
-  broad window's waveform."""
+  broad window's waveform, or with augment_on='device' the waveform itself (float32
+  [audio_num_samples]; the pretraining step makes the log-mel, which saves the host its STFT)."""
   d = config.data
   modalities = tuple(d.broad_modalities)
   num_samples = audio_num_samples(config)
   ship = _shipped_frames_dtype(config)
+  ship_waveform = augment_device.ships_broad_audio_waveform(config)
 
   def fn(index: tf.Tensor, serialized: tf.Tensor) -> dict[str, Any]:
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
@@ -225,8 +228,11 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
       elif m == 'audio':
         wave = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples, n,
                                            win['looped_frames'])
-        broad[m] = tf.ensure_shape(spectrogram.from_config(wave, d),
-                                   [audio_num_frames(config), d.audio.num_mel_bins])
+        if ship_waveform:  # The step makes the log-mel (augment_device.log_mel_of_broad_audio).
+          broad[m] = tf.ensure_shape(wave, [num_samples])
+        else:
+          broad[m] = tf.ensure_shape(spectrogram.from_config(wave, d),
+                                     [audio_num_frames(config), d.audio.num_mel_bins])
     out = {'narrow': {'video': narrow}, 'broad': broad, 'label': ex['label'],
            bad_records.INDEX: index}
     if ship is not None:  # Mirrors the views it augments (augment_device.DRAWS).

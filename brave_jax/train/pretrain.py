@@ -33,7 +33,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   `model` defaults to the BraVe model of config.model (tests pass a small
   double); the optimizer and schedule are config.optimizer's. With
   config.data.augment_on='device' the batches must carry the views' draws
-  (data/pipeline.py ships them) and the step augments them before the model. See loop.train
+  (data/pipeline.py ships them, and the broad audio as its waveform) and the step augments them
+  and makes the audio's log-mel before the model. See loop.train
   for the iterator's contract and the errors raised.
   """
   config_base.validate(config, jax.process_count(), jax.local_device_count())
@@ -45,4 +46,4 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                     make_batch_iterator=make_batch_iterator, model=model,
                     optimizer=optimizer_lib.make_optimizer(config),
                     schedule=optimizer_lib.make_schedule(config), hooks=hooks,
-                    prepare_batch=augment_device.batch_preparer(config, blur=True))
+                    prepare_batch=augment_device.pretraining_batch_preparer(config))
