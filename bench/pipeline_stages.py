@@ -32,6 +32,9 @@ augment (every view), spectrogram, batch (tf.data batching of finished
 examples into numpy) and transfer (jax.device_put of a batch; on a CPU-only
 host a host copy, not a PCIe/ICI transfer). Run in isolation, the stages'
 sum leaves out tf.data's own scheduling, which the end-to-end CPU ms include.
+Our stages are those of the host chain; the 'host' sum beside them leaves out
+what the config's default (augment_on='device') moves into the training step:
+the augmentation and, with a broad audio view, the log-mel.
 
 Shards: bench/make_bench_shards.py, 256x340 JPEG frames at 25 fps, 12 s, 48
 kHz audio, written once under --shards_dir (plain/ for V/A and V/V, flow/
@@ -244,6 +247,16 @@ def _read_stage(config, pipeline_name: str, files: list[str], num_clips: int):
   return 1000 * (time.process_time() - cpu) / len(examples), examples
 
 
+def _stages_on_device(config) -> tuple[str, ...]:
+  """The stages the config's own pipeline leaves to the training step (data.augment_on)."""
+  from brave_jax.data import augment_device  # pylint: disable=g-import-not-at-top
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  if not config_base.augments_on_device(config):
+    return ()
+  return ('augment',) + (('spectrogram',) if augment_device.ships_broad_audio_waveform(config)
+                         else ())
+
+
 def stages(view: str, pipeline_name: str, shards: str, batch: int, num_clips: int,
            draws: int) -> dict[str, Any]:
   """Host CPU ms per clip of every stage of one pipeline, one TF thread, inputs in memory."""
@@ -285,6 +298,9 @@ def stages(view: str, pipeline_name: str, shards: str, batch: int, num_clips: in
   ms['transfer'] = 1000 * (time.process_time() - cpu) / (reps * batch)
   return {'view': view, 'pipeline': pipeline_name, 'cpu_ms_per_clip': ms,
           'stage_sum_ms': float(np.sum([v for v in ms.values() if v is not None])),
+          'on_device': list(_stages_on_device(config)) if pipeline_name == 'ours' else [],
+          'host_sum_ms': float(np.sum([v for k, v in ms.items() if v is not None and not (
+              pipeline_name == 'ours' and k in _stages_on_device(config))])),
           'bytes_per_clip': _nbytes(host_batch) // batch, 'jpeg_decode': config.data.jpeg_decode,
           'device': str(jax.devices()[0]), 'clips': num_clips, 'draws': draws,
           'load_before': load_before, 'load_after': load_average()}
@@ -364,7 +380,9 @@ def _print_tables(results: dict[str, Any]) -> None:
   print('\nstages, host CPU ms per clip, one TF thread (' + ', '.join(STAGES) + '):')
   for r in results['stages']:
     cells = ' '.join(f"{(r['cpu_ms_per_clip'].get(s) or 0):8.1f}" for s in STAGES)
-    print(f"  {r['view']:4s} {r['pipeline']:10s} {cells}  sum {r['stage_sum_ms']:8.1f}  "
+    moved = (f"  host {r['host_sum_ms']:7.1f} (without {'+'.join(r['on_device'])}: on the device)"
+             if r.get('on_device') else '')
+    print(f"  {r['view']:4s} {r['pipeline']:10s} {cells}  sum {r['stage_sum_ms']:8.1f}{moved}  "
           f"{r['bytes_per_clip'] / 2**20:6.2f} MB/clip  [load {r['load_before']} -> "
           f"{r['load_after']}]")
 
