@@ -78,9 +78,9 @@ def demo_evaluation(config: ml_collections.ConfigDict) -> None:
 def decode_for_small_views(config: ml_collections.ConfigDict) -> None:
   """libjpeg's reduced-scale decode for 32-px views. The published full decode + bilinear resize
   (no antialiasing) shrinks a crop of a 64x80 or 72x96 frame up to 3x by sampling pixels;
-  decoding large crops at 1/2 scale averages them. With the full decode the V/A demo's independent-set seed 2
-  never learned (kNN at chance, probe -5.5 points) where the reduced scale gave +32.0
-  (docs/recipes.md). Full-size views are barely shrunk, and stay published."""
+  decoding large crops at 1/2 scale averages them. With the full decode the V/A demo's
+  independent-set seed 2 never learned (kNN at chance, probe -5.5 points) where the reduced
+  scale gave +32.0 (docs/recipes.md). Full-size views shrink far less and stay published."""
   config.data.jpeg_decode = 'reduced_scale'
 
 

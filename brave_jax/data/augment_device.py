@@ -19,7 +19,7 @@ function (`augment_batch`) on each device's batch before the model. The
 pretraining pipeline also ships the broad audio view as its waveform
 (`ships_broad_audio_waveform`), and the pretraining step's preparer
 (`pretraining_batch_preparer`) turns it into the log-mel (`log_mel_of_broad_audio`,
-with `spectrogram_device`): the host's log-mel was up to a sixth of its CPU per V/A clip.
+with `spectrogram_device`): the host's log-mel was about a tenth of its CPU per V/A clip.
 
 Both paths consume identical draws, so a clip augmented on the device equals the
 host's `augment.augment_clip` to float rounding (tests/test_augment_device.py

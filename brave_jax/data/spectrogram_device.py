@@ -2,8 +2,8 @@
 
 With config.data.augment_on='device' the pretraining pipeline ships the broad
 audio view as its waveform and the step turns it into the log-mel: on the host
-it costs 5-12.6 CPU ms per full-size V/A clip (of ~71), on an accelerator 144
-MFLOP (docs/data.md has the numbers).
+it costs 5-6 CPU ms per full-size V/A clip (about a tenth of the host's work on
+the device path), on an accelerator 144 MFLOP (docs/data.md has the numbers).
 
 The same ops as `spectrogram.log_mel_spectrogram` (tf.signal.stft with
 pad_end=True): ceil(S / frame_step) frames, the waveform's end padded with
