@@ -4,10 +4,17 @@
       --variant='before|xla_cpu_experimental_ynn_fusion_type=|hk_conv' \
       --variant='after|xla_cpu_experimental_ynn_fusion_type='
 
-A variant is NAME|XLA_OPTIONS[|hk_conv]: XLA debug options as comma-separated
+A variant is NAME|XLA_OPTIONS[|FLAGS]: XLA debug options as comma-separated
 name=value ('' = XLA defaults; 'train' = what training uses, step.compiler_options)
-and, with hk_conv, the backbones built with plain hk.Conv2D instead of
-tsm_resnet.Conv2D (the implementation before the small-image matmul path).
+and FLAGS, '+'-separated: hk_conv, the backbones built with plain hk.Conv2D instead
+of tsm_resnet.Conv2D (the implementation before the small-image matmul path);
+device_augment, the step also runs the view chain and the log-mel on a batch
+shipped as data.augment_on='device' ships it (train_step.shipped_batch), as
+training does by default, where the published step gets augmented clips.
+
+  python bench/ab_step.py --config=configs/brave_rgb_rgb.py --config.data.narrow.image_size=64 \
+      --variant='published|xla_cpu_experimental_ynn_fusion_type=|hk_conv' \
+      --variant='ours|train|device_augment'   # the update step against the published one
 Variants run on the same batch in turn, round after round, so a shared, noisy
 machine slows all alike; the ratios of median step times are what to trust.
 """
@@ -28,7 +35,7 @@ from brave_jax.models import tsm_resnet
 from brave_jax.train import step as step_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = bench_lib._CONFIG  # pylint: disable=protected-access  # --config, as train_step.py.
+_PARSED = bench_lib._PARSED  # pylint: disable=protected-access  # --config, as train_step.py's.
 _VARIANTS = flags.DEFINE_multi_string(
     'variant', ['xla_defaults|', 'train|train'], 'NAME|XLA_OPTIONS[|hk_conv]; the first is the '
     'baseline the others are compared with.')
@@ -48,14 +55,16 @@ def parse_options(spec: str, devices) -> dict[str, str] | None:
   return out or None
 
 
-def compile_variant(config, devices, options, hk_conv: bool):
+def compile_variant(config, devices, options, hk_conv: bool, device_augment: bool = False):
   """(compiled update, fresh state, batch) for one variant."""
   original = tsm_resnet.Conv2D
   if hk_conv:
     tsm_resnet.Conv2D = hk.Conv2D  # _conv looks the class up when the model is traced.
   try:
-    model, optimizer, update, batch = bench_lib._setup(config, devices)  # pylint: disable=protected-access
-    init = step_lib.make_init(model, optimizer, devices)
+    model, optimizer, update, batch = bench_lib._setup(  # pylint: disable=protected-access
+        config, devices, augment_in_step=device_augment)
+    init = step_lib.make_init(model, optimizer, devices, prepare_batch=(
+        bench_lib.step_preparer(config) if device_augment else None))
     state = init(jax.random.PRNGKey(config.seed), batch)
     compiled = update.pmapped.lower(state, batch).compile(compiler_options=options)
   finally:
@@ -65,16 +74,23 @@ def compile_variant(config, devices, options, hk_conv: bool):
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = _PARSED.config
   devices = jax.local_devices()
   runs = {}
   for spec in _VARIANTS.value:
     name, _, rest = spec.partition('|')
-    options_spec, _, flag = rest.partition('|')
+    options_spec, _, flag_spec = rest.partition('|')
+    flags_ = set(filter(None, flag_spec.split('+')))
+    unknown = flags_ - {'hk_conv', 'device_augment'}
+    if unknown:
+      raise ValueError(f'--variant {spec!r}: unknown flags {sorted(unknown)}')
     options = parse_options(options_spec, devices)
     start = time.perf_counter()
-    compiled, state, batch = compile_variant(config, devices, options, flag == 'hk_conv')
-    print(f'{name}: XLA options {options or "defaults"}, {"hk.Conv2D" if flag else "Conv2D"}; '
+    compiled, state, batch = compile_variant(config, devices, options, 'hk_conv' in flags_,
+                                             'device_augment' in flags_)
+    print(f'{name}: XLA options {options or "defaults"}, '
+          f'{"hk.Conv2D" if "hk_conv" in flags_ else "Conv2D"}'
+          f'{", augmentation + log-mel in the step" if "device_augment" in flags_ else ""}; '
           f'compile {time.perf_counter() - start:.0f} s, '
           f'{compiled.cost_analysis()["flops"] / 1e9:.1f} GFLOP/step', flush=True)
     runs[name] = [compiled, state, batch, []]
@@ -102,4 +118,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=bench_lib.cli.absl_flags_parser(_PARSED, lock=False))

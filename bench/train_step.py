@@ -135,14 +135,64 @@ def profile_ops(run_step: Callable[[], Any], top: int) -> None:
     print(f'  op   {k:40s} {v:8.3f} s {v / total:6.1%}')
 
 
-def _setup(config, devices, abstract: bool = False):
-  """(model, optimizer, update, batch) for the config; batch as ShapeDtypeStructs if abstract."""
+def shipped_batch(config, num_devices: int, seed: int = 0) -> dict:
+  """A [D, B, ...] batch as the pipeline ships it with data.augment_on='device': RGB views as
+  pixels in [0, 255] with each clip's draws (augment_device.draw_view, as the pipeline draws
+  them), the broad audio as its waveform; the step's `prepare_batch` turns it into the model's."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import augment_device  # pylint: disable=g-import-not-at-top
+  batch = dummy_batch(config, num_devices, seed)
+  d = config.data
+  lead = batch['label'].shape  # (D, B)
+
+  def draws(random_conv: bool, salt: int) -> dict:
+    clips = [augment_device.draw_view(d.augment, tf.constant([seed, salt * 100_000 + i], tf.int64),
+                                      random_conv=random_conv) for i in range(np.prod(lead))]
+    return {k: np.stack([c[k].numpy() for c in clips]).reshape(lead + tuple(clips[0][k].shape))
+            for k in clips[0]}
+
+  batch['narrow']['video'] *= 255.0
+  shipped = {'narrow': {'video': draws(False, 1)}, 'broad': {}}
+  for m in d.broad_modalities:
+    if m in ('video', 'rc'):
+      batch['broad'][m] *= 255.0
+      shipped['broad'][m] = draws(m == 'rc' or bool(d.random_convolve_broad_video), 2)
+  if augment_device.ships_broad_audio_waveform(config):
+    rng = np.random.default_rng(seed)
+    batch['broad']['audio'] = rng.uniform(
+        -1.0, 1.0, lead + (pipeline.audio_num_samples(config),)).astype(np.float32)
+  batch[augment_device.DRAWS] = shipped
+  return batch
+
+
+def device_augment_config(config):
+  """A copy of the config with data.augment_on='device' (the caller's stays as it was)."""
+  config = config.copy_and_resolve_references()
+  config.data.augment_on = 'device'
+  return config
+
+
+def step_preparer(config):
+  """What the pretraining step runs before the model with data.augment_on='device'."""
+  from brave_jax.data import augment_device  # pylint: disable=g-import-not-at-top
+  return augment_device.pretraining_batch_preparer(device_augment_config(config))
+
+
+def _setup(config, devices, abstract: bool = False, augment_in_step: bool = False):
+  """(model, optimizer, update, batch) for the config; batch as ShapeDtypeStructs if abstract.
+  `augment_in_step`: the step runs the device augmentation (and log-mel) on a shipped batch,
+  as training does with data.augment_on='device'."""
   config_base.validate(config, jax.process_count(), len(devices))
   model = brave.build_model(config.model, tuple(config.data.broad_modalities), axis_name='i')
   optimizer = optimizer_lib.make_optimizer(config)
+  if augment_in_step:
+    config = device_augment_config(config)
+  prepare = step_preparer(config) if augment_in_step else None
   update = step_lib.make_pmapped_update(model, optimizer, 'i', devices,
-                                        optimizer_lib.make_schedule(config))
-  if abstract:
+                                        optimizer_lib.make_schedule(config), prepare_batch=prepare)
+  if augment_in_step:
+    batch = jax.device_put(shipped_batch(config, len(devices)), step_lib.mesh_sharding(devices))
+  elif abstract:
     per_device = config.training.batch_size // jax.process_count() // len(devices)
     batch = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct((len(devices), per_device) + tuple(s),
