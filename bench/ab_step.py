@@ -37,7 +37,7 @@ from brave_jax.train import step as step_lib
 
 _PARSED = bench_lib._PARSED  # pylint: disable=protected-access  # --config, as train_step.py's.
 _VARIANTS = flags.DEFINE_multi_string(
-    'variant', ['xla_defaults|', 'train|train'], 'NAME|XLA_OPTIONS[|hk_conv]; the first is the '
+    'variant', ['xla_defaults|', 'train|train'], 'NAME|XLA_OPTIONS[|FLAGS]; the first is the '
     'baseline the others are compared with.')
 _ROUNDS = flags.DEFINE_integer('rounds', 3, 'Timed rounds (after one warm-up round).')
 
