@@ -296,11 +296,12 @@ def stages(view: str, pipeline_name: str, shards: str, batch: int, num_clips: in
   for _ in range(reps):
     jax.block_until_ready(jax.device_put(host_batch))
   ms['transfer'] = 1000 * (time.process_time() - cpu) / (reps * batch)
+  on_device = _stages_on_device(config) if pipeline_name == 'ours' else ()
   return {'view': view, 'pipeline': pipeline_name, 'cpu_ms_per_clip': ms,
           'stage_sum_ms': float(np.sum([v for v in ms.values() if v is not None])),
-          'on_device': list(_stages_on_device(config)) if pipeline_name == 'ours' else [],
-          'host_sum_ms': float(np.sum([v for k, v in ms.items() if v is not None and not (
-              pipeline_name == 'ours' and k in _stages_on_device(config))])),
+          'on_device': list(on_device),
+          'host_sum_ms': float(np.sum([v for k, v in ms.items()
+                                       if v is not None and k not in on_device])),
           'bytes_per_clip': _nbytes(host_batch) // batch, 'jpeg_decode': config.data.jpeg_decode,
           'device': str(jax.devices()[0]), 'clips': num_clips, 'draws': draws,
           'load_before': load_before, 'load_after': load_average()}

@@ -6,6 +6,7 @@ STFT (Hann window, end padded) -> magnitude -> mel (HTK scale, TF's matrix)
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import ml_collections
 import tensorflow as tf
@@ -33,10 +34,15 @@ def log_mel_spectrogram(waveform_S: tf.Tensor, *, sample_rate: float, num_mel_bi
   return tf.math.log(1.0 + LOG_OFFSET_SCALE * mel_FxM)
 
 
+def settings(data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The log-mel's keyword arguments read from config.data, for this module and its jax twin
+  (spectrogram_device), so both always compute the same spectrogram."""
+  a = data_config.audio
+  return dict(sample_rate=float(data_config.audio_sample_rate), num_mel_bins=a.num_mel_bins,
+              frame_length=a.frame_length, frame_step=a.frame_step, fft_length=a.fft_length,
+              lower_edge_hz=a.lower_edge_hz, upper_edge_hz=a.upper_edge_hz)
+
+
 def from_config(waveform_S: tf.Tensor, data_config: ml_collections.ConfigDict) -> tf.Tensor:
   """log_mel_spectrogram with every parameter read from config.data."""
-  a = data_config.audio
-  return log_mel_spectrogram(
-      waveform_S, sample_rate=float(data_config.audio_sample_rate), num_mel_bins=a.num_mel_bins,
-      frame_length=a.frame_length, frame_step=a.frame_step, fft_length=a.fft_length,
-      lower_edge_hz=a.lower_edge_hz, upper_edge_hz=a.upper_edge_hz)
+  return log_mel_spectrogram(waveform_S, **settings(data_config))

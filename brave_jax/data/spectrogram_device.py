@@ -74,8 +74,4 @@ def log_mel_spectrogram(waveform_xS: jax.Array, *, sample_rate: float, num_mel_b
 
 def from_config(waveform_xS: jax.Array, data_config: ml_collections.ConfigDict) -> jax.Array:
   """log_mel_spectrogram with every parameter read from config.data (as spectrogram.from_config)."""
-  a = data_config.audio
-  return log_mel_spectrogram(
-      waveform_xS, sample_rate=float(data_config.audio_sample_rate), num_mel_bins=a.num_mel_bins,
-      frame_length=a.frame_length, frame_step=a.frame_step, fft_length=a.fft_length,
-      lower_edge_hz=a.lower_edge_hz, upper_edge_hz=a.upper_edge_hz)
+  return log_mel_spectrogram(waveform_xS, **spectrogram.settings(data_config))
