@@ -9,11 +9,14 @@ the other, each in a fresh process so no TF thread setting leaks:
 - 'ours_host': brave_jax.data.pipeline.make_train_dataset with
   config.data.augment_on='host' (the whole view chain on the host);
 - 'ours_device': the same with config.data.augment_on='device' (the full-size
-  configs' default: the host decodes and crops and draws, the model step
+  configs' default: the host decodes and crops and draws, ships the narrow
+  crop unresized (data.narrow.resize_on='device'), the model step resizes and
   augments on the accelerator, which this bench does not count);
-- 'ours_device_uint8': the same shipping uint8 pixels
+- 'ours_device_host_resize': the same with the narrow view resized on the host
+  and shipped as float32 (the default before data.narrow.resize_on);
+- 'ours_device_uint8': that, shipping uint8 pixels
   (config.data.shipped_frames_dtype='uint8': 4x fewer bytes, each pixel
-  rounded to the nearest level; the default ships float32, exact);
+  rounded to the nearest level; float32 is exact);
 - 'published': bench/published_pipeline.py, our op-for-op re-statement of
   the published tf.data chain (a yardstick; its docstring says where it may
   differ from the real one).
@@ -64,10 +67,12 @@ VIEWS = {  # Name -> (config file, shard set).
     'vf': ('configs/brave_rgb_flow.py', 'flow'),
     'vfa': ('configs/brave_rgb_flow_audio.py', 'flow'),
 }
-OURS = {  # Our end-to-end runs: name -> (data.augment_on, data.shipped_frames_dtype).
-    'ours_host': ('host', 'float32'),
-    'ours_device': ('device', 'float32'),
-    'ours_device_uint8': ('device', 'uint8'),
+OURS = {  # Our end-to-end runs: name -> (data.augment_on, data.shipped_frames_dtype,
+        #                                data.narrow.resize_on).
+    'ours_host': ('host', 'float32', 'host'),
+    'ours_device': ('device', 'float32', 'device'),
+    'ours_device_host_resize': ('device', 'float32', 'host'),
+    'ours_device_uint8': ('device', 'uint8', 'host'),
 }
 STAGES = ('read', 'sample', 'decode_crop_resize', 'augment', 'spectrogram', 'batch', 'transfer')
 _WARMUP_DRAWS = 8  # Draws per stage before timing: every tf.cond branch compiled.
@@ -83,7 +88,8 @@ def _config(view: str, batch: int, pipeline_name: str):
   config = config_base.load(os.path.join(_ROOT, VIEWS[view][0]))
   config.training.batch_size = batch
   if pipeline_name in OURS:  # 'ours' (the stage table) is the config's own default.
-    config.data.augment_on, config.data.shipped_frames_dtype = OURS[pipeline_name]
+    (config.data.augment_on, config.data.shipped_frames_dtype,
+     config.data.narrow.resize_on) = OURS[pipeline_name]
   return config
 
 
@@ -143,7 +149,8 @@ def _timed(fn, inputs: list[tuple], draws: int) -> float:
 def _stage_functions(config, pipeline_name: str):
   """{stage: tf.function} for the per-example stages of one pipeline (read is timed apart)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from brave_jax.data import augment, decode, pipeline, sampling, spectrogram  # pylint: disable=g-import-not-at-top,multiple-imports
+  from brave_jax import config_base  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import augment, decode, pipeline, resize_device, sampling, spectrogram  # pylint: disable=g-import-not-at-top,multiple-imports
   import published_pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   modalities = tuple(d.broad_modalities)
@@ -154,6 +161,7 @@ def _stage_functions(config, pipeline_name: str):
                                        ('flow', 'flow')) if m in modalities]
   rc = {'narrow': False, 'broad_video': 'rc' in modalities or bool(d.random_convolve_broad_video)}
   published = pipeline_name == 'published'
+  narrow_on_device = not published and config_base.resizes_narrow_on_device(config)
 
   @tf.function
   def sample(ex, seed):
@@ -184,10 +192,23 @@ def _stage_functions(config, pipeline_name: str):
         window = decode.random_crop_window(decode.jpeg_shape(sampled[v][0]),
                                            d.augment.crop_area_range,
                                            d.augment.crop_aspect_range, s)
+        if v == 'narrow' and narrow_on_device:  # Shipped unresized: the step resizes it.
+          crop = decode.decode_train_crop_pixels(sampled[v], window, sizes[v], d.jpeg_decode)
+          out[v] = resize_device.flat_crop(crop, d.narrow.crop_buffer_pixels)
+          out['narrow_crop_hw'] = tf.shape(crop)[1:3]
+          continue
         out[v] = decode.decode_train_crop(
             sampled[v], window, sizes[v], d.jpeg_decode,
             decode.FLOW_DCT_METHOD if v == 'flow' else decode._DCT_METHOD)  # pylint: disable=protected-access
     return out
+
+  def unflattened_resize(frames):
+    """The narrow view a flat crop resizes to, by tf.image.resize: timed with the augment
+    stage, since with data.narrow.resize_on='device' the resize moved to the device with it."""
+    h, w = tf.unstack(frames['narrow_crop_hw'])
+    flat = frames['narrow'][:, :h * w]
+    crop = tf.reshape(flat, [d.narrow.num_frames, h, w, 3])
+    return tf.image.resize(crop, [sizes['narrow']] * 2, method='bilinear')
 
   @tf.function
   def augment_views(frames, seed):
@@ -205,7 +226,8 @@ def _stage_functions(config, pipeline_name: str):
         out[v] = published_pipeline.augment_rgb(frames[v], d.augment, s, blur=True,
                                                 random_conv=rc[v])
       else:
-        out[v] = augment.augment_clip(frames[v], d.augment, s, blur=True, random_conv=rc[v])
+        x = unflattened_resize(frames) if v == 'narrow' and narrow_on_device else frames[v]
+        out[v] = augment.augment_clip(x, d.augment, s, blur=True, random_conv=rc[v])
     return out
 
   @tf.function

@@ -135,12 +135,18 @@ def profile_ops(run_step: Callable[[], Any], top: int) -> None:
     print(f'  op   {k:40s} {v:8.3f} s {v / total:6.1%}')
 
 
+# The crop a shipped narrow view resizes in the step (data.narrow.resize_on='device'): about the
+# mean random-resized crop of a 256 x 340 frame (area 0.3-1.0).
+SHIPPED_CROP_HW = (192, 256)
+
+
 def shipped_batch(config, num_devices: int, seed: int = 0) -> dict:
   """A [D, B, ...] batch as the pipeline ships it with data.augment_on='device': RGB views as
   pixels in [0, 255] with each clip's draws (augment_device.draw_view, as the pipeline draws
   them), the broad audio as its waveform; the step's `prepare_batch` turns it into the model's."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from brave_jax.data import augment_device  # pylint: disable=g-import-not-at-top
+  from brave_jax.data import resize_device  # pylint: disable=g-import-not-at-top
   batch = dummy_batch(config, num_devices, seed)
   d = config.data
   lead = batch['label'].shape  # (D, B)
@@ -153,6 +159,16 @@ def shipped_batch(config, num_devices: int, seed: int = 0) -> dict:
 
   batch['narrow']['video'] *= 255.0
   shipped = {'narrow': {'video': draws(False, 1)}, 'broad': {}}
+  if config_base.resizes_narrow_on_device(config):  # The crop unresized, flattened, as uint8.
+    crop_hw = SHIPPED_CROP_HW
+    video = batch['narrow']['video']  # [D, B, T, size, size, 3]
+    rng = np.random.default_rng(seed)
+    batch['narrow']['video'] = rng.integers(
+        0, 256, video.shape[:3] + (d.narrow.crop_buffer_pixels, 3)).astype(np.uint8)
+    tables = {k: v.numpy() for k, v in resize_device.resize_tables(
+        tf.constant(crop_hw), d.narrow.image_size).items()}
+    shipped['narrow']['video'].update({k: np.broadcast_to(v, lead + v.shape).copy()
+                                       for k, v in tables.items()})
   for m in d.broad_modalities:
     if m in ('video', 'rc'):
       batch['broad'][m] *= 255.0

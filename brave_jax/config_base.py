@@ -25,6 +25,7 @@ audio: log-mel spectrogram of the mono waveform.
 """
 BROAD_STARTS = ('at_narrow', 'uniform_after_narrow')  # See config.data.broad_start.
 JPEG_DECODES = ('full', 'reduced_scale')  # See config.data.jpeg_decode.
+RESIZE_ON = ('host', 'device')  # See config.data.narrow.resize_on.
 AUGMENT_ON = ('host', 'device')  # See config.data.augment_on.
 SHIPPED_FRAMES_DTYPES = ('float32', 'uint8')  # See config.data.shipped_frames_dtype.
 TSM_DEPTHS = (18, 34, 50, 101, 152, 200)
@@ -59,6 +60,17 @@ def base_config() -> ml_collections.ConfigDict:
       num_frames=16,  # Frames in the narrow clip.
       frame_step=2,  # Stride between sampled frames.
       image_size=224,  # Square crop side in pixels.
+      # With data.augment_on='device' and the published full decode: where the crop is resized
+      # to image_size. 'device' = the host ships the decoded crop as uint8 and the training step
+      # resizes it with tf.image.resize's arithmetic (data/resize_device.py: equal to float
+      # rounding, ~2x fewer bytes than the resized float32 view, no resize on the host);
+      # 'host' = the host resizes and ships as data.shipped_frames_dtype says. Not changeable
+      # on resume.
+      resize_on='device',
+      # With resize_on='device': pixels of the buffer each frame's crop travels in, at least the
+      # largest frame height x width of the data (a crop is at most its frame). 256 x 456: any
+      # frame with a 256-px short side up to 16:9. A larger crop fails its record, naming this.
+      crop_buffer_pixels=256 * 456,
   ))
   c.data.broad = ml_collections.ConfigDict(dict(
       num_frames=64,
@@ -327,6 +339,19 @@ def augments_on_device(config: ml_collections.ConfigDict) -> bool:
   return d.augment_on == 'device'
 
 
+def resizes_narrow_on_device(config: ml_collections.ConfigDict) -> bool:
+  """True when the pretraining pipeline ships the narrow view's crop for the step to resize
+  (data.narrow.resize_on='device' with augment_on='device'); ConfigError naming the field when
+  it is not one of RESIZE_ON or the crop buffer is not a positive size."""
+  n = config.data.narrow
+  _require(n.resize_on in RESIZE_ON, 'data.narrow.resize_on',
+           f'must be one of {RESIZE_ON}, got {n.resize_on!r}')
+  if not augments_on_device(config) or n.resize_on != 'device':
+    return False
+  _positive_int(config, 'data.narrow.crop_buffer_pixels')
+  return True
+
+
 def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
              num_local_devices: int = 1) -> None:
   """Raises ConfigError naming the first field the run cannot use."""
@@ -392,7 +417,7 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
            f'must be one of {OPTIMIZERS}, got {config.optimizer.name!r}')
   _require(config.optimizer.variant in OPTIMIZER_VARIANTS, 'optimizer.variant',
            f'must be one of {OPTIMIZER_VARIANTS}, got {config.optimizer.variant!r}')
-  augments_on_device(config)
+  resizes_narrow_on_device(config)  # Checks data.augment_on and data.shipped_frames_dtype too.
   for k in config.data.augment.rc_kernel_sizes:
     _require(isinstance(k, int) and k > 0 and k % 2 == 1, 'data.augment.rc_kernel_sizes',
              f'kernel sizes must be odd positive integers, got {k!r}')

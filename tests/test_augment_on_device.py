@@ -12,6 +12,7 @@ from brave_jax import config_base
 from brave_jax.data import augment_device
 from brave_jax.data import dmvr_format
 from brave_jax.data import pipeline
+from brave_jax.data import resize_device
 from brave_jax.data import spectrogram
 
 H, W, T, RATE = 40, 48, 12, 16000
@@ -49,10 +50,11 @@ def shard_dir(tmp_path_factory):
   return str(path)
 
 
-def _config(name, augment_on, shipped='float32'):
+def _config(name, augment_on, shipped='float32', narrow_resize_on='device'):
   c = config_base.load(conftest.config_path(name, 'tiny'))
   c.data.update(audio_sample_rate=RATE, num_parallel_calls=2, augment_on=augment_on,
                 shipped_frames_dtype=shipped)
+  c.data.narrow.resize_on = narrow_resize_on
   c.training.batch_size = 4
   c.eval.update(image_size=32, num_frames=4, frame_step=2)
   return c
@@ -78,21 +80,31 @@ def _views(batch):
   return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(batch)[0]}
 
 
-@pytest.mark.parametrize('name,rgb_views', [
-    ('brave_rgb_audio', ("['narrow']['video']",)),
-    ('brave_rgb_rc', ("['narrow']['video']", "['broad']['rc']")),
+@pytest.mark.parametrize('name,rgb_views,narrow_resize_on', [
+    ('brave_rgb_audio', ("['narrow']['video']",), 'device'),
+    ('brave_rgb_audio', ("['narrow']['video']",), 'host'),
+    ('brave_rgb_rc', ("['narrow']['video']", "['broad']['rc']"), 'device'),
 ])
-def test_device_augmented_train_batch_equals_host_batch(shard_dir, name, rgb_views):
+def test_device_augmented_train_batch_equals_host_batch(shard_dir, name, rgb_views,
+                                                        narrow_resize_on):
   host = _views(_first_train_batch(shard_dir, _config(name, 'host')))
-  device_config = _config(name, 'device')
+  device_config = _config(name, 'device', narrow_resize_on=narrow_resize_on)
   shipped = _first_train_batch(shard_dir, device_config)
-  # Shipped: the crops in [0, 255] (not augmented) and, mirroring each RGB view, its draws.
+  # Shipped: the crops in [0, 255] (not augmented) and, mirroring each RGB view, its draws; with
+  # data.narrow.resize_on='device' the narrow view's crop unresized, with the resize's tables.
   assert set(shipped['draws']) == {'narrow', 'broad'}
+  resized_here = set(resize_device.RESIZE_KEYS) if narrow_resize_on == 'device' else set()
   assert set(_views(shipped['draws'])) == {
       f"{v}['{k}']" for v in rgb_views
-      for k in augment_device.VIEW_DRAW_KEYS | ({'rc_kernel'} if 'rc' in v else set())}
-  assert shipped['narrow']['video'].dtype == np.float32
-  assert shipped['narrow']['video'].max() > 1.5  # Pixels, not [0, 1].
+      for k in augment_device.VIEW_DRAW_KEYS | ({'rc_kernel'} if 'rc' in v else set()) |
+      (resized_here if 'narrow' in v else set())}
+  narrow = shipped['narrow']['video']
+  if narrow_resize_on == 'device':
+    assert narrow.dtype == np.uint8
+    assert narrow.shape[-2:] == (device_config.data.narrow.crop_buffer_pixels, 3)
+  else:
+    assert narrow.dtype == np.float32
+    assert narrow.max() > 1.5  # Pixels, not [0, 1].
   seen = _views(_pretraining_on_device(shipped, device_config))
   assert set(seen) == set(host)  # Draws dropped; the same keys, shapes and dtypes as the host's.
   shapes = pipeline.batch_shapes(device_config)  # The model's inputs, either way.
@@ -165,8 +177,10 @@ def test_bad_rows_are_refilled_with_their_draws(tmp_path):
 
 
 def test_uint8_frames_are_the_float32_frames_rounded(shard_dir):
-  exact = _first_train_batch(shard_dir, _config('brave_rgb_rc', 'device'))
-  config = _config('brave_rgb_rc', 'device', shipped='uint8')
+  """data.shipped_frames_dtype='uint8' rounds the resized views: the narrow one here is resized
+  on the host (data.narrow.resize_on='host'), as the broad ones always are."""
+  exact = _first_train_batch(shard_dir, _config('brave_rgb_rc', 'device', narrow_resize_on='host'))
+  config = _config('brave_rgb_rc', 'device', shipped='uint8', narrow_resize_on='host')
   rounded = _first_train_batch(shard_dir, config)
   for view in (('narrow', 'video'), ('broad', 'rc')):
     x8, x32 = rounded[view[0]][view[1]], exact[view[0]][view[1]]

@@ -43,6 +43,7 @@ import tensorflow as tf
 
 from brave_jax import config_base
 from brave_jax.data import augment
+from brave_jax.data import resize_device
 from brave_jax.data import spectrogram_device
 
 _GRAY_WEIGHTS = augment._GRAY_WEIGHTS  # tf.image.rgb_to_grayscale's. pylint: disable=protected-access
@@ -215,7 +216,12 @@ def random_convolve(x_TxHxWx3: jax.Array, kernel_KxKx3x3: jax.Array) -> jax.Arra
 def apply_view(x_TxHxWx3: jax.Array, draws: ViewDraws, *, blur: bool = True) -> jax.Array:
   """The published per-view chain on one clip of pixels in [0, 255] with given draws: scale to
   [0, 1], blur (kernel = view size / 10), flip, colour jitter + clip, greyscale, and random
-  convolution when the draws carry a kernel (broad RGB views). `augment.apply_view`'s twin."""
+  convolution when the draws carry a kernel (broad RGB views). `augment.apply_view`'s twin.
+  When the draws carry resize tables (data.narrow.resize_on='device'), `x` is the clip's
+  flattened crop [T, pixels, 3], first resized as the host would have (data/resize_device.py).
+  """
+  if resize_device.has_crop_to_resize(draws):
+    x_TxHxWx3 = resize_device.resize_flat_crop(x_TxHxWx3, draws)
   if blur:  # The scaling to [0, 1] is folded into the blur's taps, as on the host.
     blurred = gaussian_blur(x_TxHxWx3, draws['sigma'],
                             augment.blur_kernel_size(int(x_TxHxWx3.shape[2])), 1.0 / 255.0)

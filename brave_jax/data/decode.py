@@ -133,16 +133,23 @@ def decode_full_crop(jpegs_T: tf.Tensor, window: tf.Tensor,
   return frames[:, y:y + h, x:x + w, :]  # Keeps the static frame count and channels.
 
 
+def decode_train_crop_pixels(jpegs_T: tf.Tensor, window: tf.Tensor, size: int,
+                             jpeg_decode: str = 'full', dct_method: str = _DCT_METHOD) -> tf.Tensor:
+  """uint8 [T, h, w, 3]: `window` of each frame as `decode_train_crop` resizes it: the full decode's
+  crop ('full'), or libjpeg's reduced-scale decode of it ('reduced_scale', h and w then smaller)."""
+  if jpeg_decode == 'full':
+    return decode_full_crop(jpegs_T, window, dct_method)
+  if jpeg_decode == 'reduced_scale':
+    return decode_crop(jpegs_T, window, [size, size], TRAIN_MAX_UPSCALE, dct_method)
+  raise ValueError(f'config.data.jpeg_decode must be one of {config_base.JPEG_DECODES}, got {jpeg_decode!r}')
+
+
 def decode_train_crop(jpegs_T: tf.Tensor, window: tf.Tensor, size: int, jpeg_decode: str = 'full',
                       dct_method: str = _DCT_METHOD) -> tf.Tensor:
   """float32 [T, size, size, 3] in [0, 255]: `window` of each frame resized to the view size,
   decoded as `jpeg_decode` says (module docstring: 'full' as published, or 'reduced_scale')."""
-  if jpeg_decode == 'full':
-    return tf.image.resize(decode_full_crop(jpegs_T, window, dct_method), [size, size],
-                           method='bilinear')
-  if jpeg_decode == 'reduced_scale':
-    return decode_crop_resize(jpegs_T, window, size, TRAIN_MAX_UPSCALE, dct_method)
-  raise ValueError(f'config.data.jpeg_decode must be one of {config_base.JPEG_DECODES}, got {jpeg_decode!r}')
+  return tf.image.resize(decode_train_crop_pixels(jpegs_T, window, size, jpeg_decode, dct_method),
+                         [size, size], method='bilinear')
 
 
 def decode_random_crop(jpegs_T: tf.Tensor, size: int, area_range: Sequence[float],

@@ -45,6 +45,7 @@ from brave_jax.data import bad_records
 from brave_jax.data import decode
 from brave_jax.data import eval_clips
 from brave_jax.data import reader
+from brave_jax.data import resize_device
 from brave_jax.data import sampling
 from brave_jax.data import spectrogram
 from brave_jax.data import tfds_reader
@@ -152,19 +153,28 @@ def _shipped_frames_dtype(config: ml_collections.ConfigDict) -> str | None:
 
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
               blur: bool, random_conv: bool, jpeg_decode: str = 'full',
-              ship: str | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor] | None]:
+              ship: str | None = None, resize_buffer: int | None = None
+              ) -> tuple[tf.Tensor, dict[str, tf.Tensor] | None]:
   """One random crop for all frames, decoded as `jpeg_decode` says ('full': each frame at full
   scale, cropped, resized, as published; 'reduced_scale': libjpeg's scaled decode), then the
   published view chain (`augment.augment_clip`): (view, None).
 
   With `ship` (a dtype, augment_on='device'): the cropped frames in [0, 255] as that dtype and
   the chain's draws from the same seed, (frames, draws), for `augment_device` to apply in the
-  training step; the crop is the same either way.
+  training step; the crop is the same either way. With `resize_buffer` too (the narrow view's
+  data.narrow.resize_on='device'): the crop before its resize, flattened into a uint8 buffer of
+  that many pixels, and the resize's tables among the draws (data/resize_device.py).
   """
   s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  frames = decode.decode_random_crop(jpegs_T, size, aug.crop_area_range, aug.crop_aspect_range,
-                                     s_crop, jpeg_decode)
+  window = decode.random_crop_window(decode.jpeg_shape(jpegs_T[0]), aug.crop_area_range,
+                                     aug.crop_aspect_range, s_crop)
   shape = [jpegs_T.shape[0], size, size, 3]
+  if ship is not None and resize_buffer is not None:
+    crop = decode.decode_train_crop_pixels(jpegs_T, window, size, jpeg_decode)
+    draws = augment_device.draw_view(aug, s_aug, random_conv=random_conv)
+    draws.update(resize_device.resize_tables(tf.shape(crop)[1:3], size))
+    return resize_device.flat_crop(crop, resize_buffer, 'the narrow view\'s crop'), draws
+  frames = decode.decode_train_crop(jpegs_T, window, size, jpeg_decode)
   if ship is not None:
     draws = augment_device.draw_view(aug, s_aug, random_conv=random_conv)
     return tf.ensure_shape(augment_device.shipped_frames(frames, ship), shape), draws
@@ -199,6 +209,8 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
   modalities = tuple(d.broad_modalities)
   num_samples = audio_num_samples(config)
   ship = _shipped_frames_dtype(config)
+  narrow_buffer = (d.narrow.crop_buffer_pixels if config_base.resizes_narrow_on_device(config)
+                   else None)
   ship_waveform = augment_device.ships_broad_audio_waveform(config)
 
   def fn(index: tf.Tensor, serialized: tf.Tensor) -> dict[str, Any]:
@@ -213,7 +225,8 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
         broad_start=d.broad_start, seed=seeds[0])
     narrow, narrow_draws = _rgb_view(tf.gather(ex['video'], win['narrow']), d.narrow.image_size,
                                      d.augment, seeds[1], blur=True, random_conv=False,
-                                     jpeg_decode=d.jpeg_decode, ship=ship)
+                                     jpeg_decode=d.jpeg_decode, ship=ship,
+                                     resize_buffer=narrow_buffer)
     broad, broad_draws = {}, {}
     for m, s in zip(modalities, seeds[2:]):
       if m in ('video', 'rc'):

@@ -54,6 +54,8 @@ FIELDS_ADDED_LATER = {
     'data.augment_on': 'host',
     'data.shipped_frames_dtype': 'float32',
     'data.jpeg_decode': 'reduced_scale',  # Training crops before the published full decode.
+    'data.narrow.resize_on': 'host',  # Narrow crops resized in the pipeline.
+    'data.narrow.crop_buffer_pixels': 256 * 456,  # Unused with 'host'.
 }
 
 
