@@ -60,8 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
       num_frames=16,  # Frames in the narrow clip.
       frame_step=2,  # Stride between sampled frames.
       image_size=224,  # Square crop side in pixels.
-      # With data.augment_on='device' and the published full decode: where the crop is resized
-      # to image_size. 'device' = the host ships the decoded crop as uint8 and the training step
+      # With data.augment_on='device': where the pretraining crop is resized to image_size.
+      # 'device' = the host ships the decoded crop as uint8 and the training step
       # resizes it with tf.image.resize's arithmetic (data/resize_device.py: equal to float
       # rounding, ~2x fewer bytes than the resized float32 view, no resize on the host);
       # 'host' = the host resizes and ships as data.shipped_frames_dtype says. Not changeable
