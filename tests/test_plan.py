@@ -103,10 +103,11 @@ def test_resnet50_hand_count_matches_the_published_size():
 
 
 def test_pipeline_cost_prefers_the_flag_then_the_measured_table():
-  assert plan.pipeline_cost('configs/brave_rgb_audio.py', None)[0] == pytest.approx(71.8)
+  assert plan.pipeline_cost('configs/brave_rgb_audio.py', None)[0] == pytest.approx(
+      plan.PIPELINE_CPU_MS_PER_CLIP['brave_rgb_audio'][0])
   assert plan.pipeline_cost('configs/brave_rgb_audio.py', 12.5) == (
       12.5, '--pipeline_cpu_ms_per_clip')
-  ms, why = plan.pipeline_cost('configs/brave_rgb_flow.py', None)
+  ms, why = plan.pipeline_cost('configs/brave_rgb_rc.py', None)
   assert ms is None and '--pipeline_cpu_ms_per_clip' in why
   assert plan.pipeline_cost('configs/brave_rgb_audio.py:tiny', None)[0] is None
   with pytest.raises(plan.PlanError):
@@ -158,7 +159,8 @@ def test_find_max_batch_against_the_chip_hbm_with_a_fake_compiler(tmp_path):
   assert result['gflop_per_clip'] == pytest.approx(500)
   at_40 = result['throughput_per_chip']['bf16_40pct']
   assert at_40['clips_per_s'] == pytest.approx(197e12 * 0.4 / 500e9)
-  assert result['host_cores_per_chip'] == pytest.approx(at_40['clips_per_s'] * 0.0718)
+  ms = plan.PIPELINE_CPU_MS_PER_CLIP['brave_rgb_audio'][0]
+  assert result['host_cores_per_chip'] == pytest.approx(at_40['clips_per_s'] * ms / 1000)
   assert result['host_cores_per_host'] == pytest.approx(4 * result['host_cores_per_chip'])
   text = plan.format_report(result)
   assert 'largest batch per chip that fits: 14' in text and 'TPU v5e" page' in text
