@@ -106,10 +106,15 @@ def topk_accuracy(scores_VxK: np.ndarray, labels_V: np.ndarray, k: int) -> float
   return float(np.mean(valid_V & np.isfinite(label_score_V) & (rank_V < k)))
 
 
-def _make_pipeline(c: float, transform: str = 'standardize') -> sk_pipeline.Pipeline:
-  if transform not in FEATURE_TRANSFORMS:
+def _check_transform(transform: str, allowed: tuple[str, ...] = FEATURE_TRANSFORMS) -> None:
+  """Raises LinearEvalError naming config.eval.feature_transform unless `transform` is allowed."""
+  if transform not in allowed:
     raise LinearEvalError('config.eval.feature_transform must be one of '
                           f'{FEATURE_TRANSFORMS + (AUTO_TRANSFORM,)}, got {transform!r}')
+
+
+def _make_pipeline(c: float, transform: str = 'standardize') -> sk_pipeline.Pipeline:
+  _check_transform(transform)
   steps = [('l2', preprocessing.Normalizer())] if transform == 'l2_standardize' else []
   return sk_pipeline.Pipeline(steps + [
       ('scaler', preprocessing.StandardScaler()),
@@ -228,8 +233,7 @@ def fit_linear_svm(train_x: np.ndarray, train_y: np.ndarray, c: float | str,
     raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
   if not isinstance(c, str) and not float(c) > 0:
     raise LinearEvalError(f"svm_c must be a positive number or 'auto', got {c!r}")
-  if transform not in FEATURE_TRANSFORMS + (AUTO_TRANSFORM,):
-    _make_pipeline(1.0, transform)  # Raises, naming the field.
+  _check_transform(transform, FEATURE_TRANSFORMS + (AUTO_TRANSFORM,))
   if c == 'auto' or transform == AUTO_TRANSFORM:
     transform, c, _ = choose_probe(train_x, train_y, c, transform, groups=groups, cv_unit=cv_unit)
   return _fit_quietly(_make_pipeline(float(c), transform), train_x, train_y)
