@@ -3,8 +3,8 @@
 Why: with the view chain on the device (config.data.augment_on='device') the host's
 largest costs per V/A clip besides the published full JPEG decode were resizing the
 16 crops to 224 px and moving them as float32 (0.6 MB a frame). A crop of a 256x340
-frame holds at most 87 k pixels, 1.7x fewer than the 224x224 view, and as uint8 it is
-a quarter of the bytes of each of them. So the host ships the crop's pixels as they
+frame holds at most 87 k pixels against the view's 50 k, but as uint8 it is at most 0.26 MB
+(0.35 MB in the default buffer below). So the host ships the crop's pixels as they
 were decoded, and the step resizes them: the same pixels as tf.image.resize, to float
 rounding, not the 0.5/255 of shipping the resized view as uint8.
 
