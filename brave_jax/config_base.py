@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
       # With data.augment_on='device': where the pretraining crop is resized to image_size.
       # 'device' = the host ships the decoded crop as uint8 and the training step
       # resizes it with tf.image.resize's arithmetic (data/resize_device.py: equal to float
-      # rounding, ~2x fewer bytes than the resized float32 view, no resize on the host);
+      # rounding, 1.7x fewer bytes than the resized float32 view, no resize on the host);
       # 'host' = the host resizes and ships as data.shipped_frames_dtype says. Not changeable
       # on resume.
       resize_on='device',
