@@ -9,7 +9,8 @@ runs (train/step.py `make_pmapped_update`, pmapped over every chip of the slice,
 state donated), so the TPU compiler's buffer assignment and cost analysis say, per
 chip: the memory the step needs against the chip's HBM, the FLOPs of a step, and
 from the chip's published peak the step time and clips/s at a stated utilisation;
-`--find_max_batch` bisects the largest batch per chip that compiles within HBM.
+`--find_max_batch` bisects the largest batch per chip that compiles within HBM and names
+the fastest batch it compiled (the compiler recomputes to fit, so larger can be slower).
 The host CPU cores needed to feed that rate come from the input pipeline's CPU time
 per clip (bench/input_pipeline.py's `cpu_ms_per_clip`).
 
@@ -607,11 +608,26 @@ def report(config: ml_collections.ConfigDict, config_spec: str, topology: Topolo
   if max_batch is not None:
     out['max_batch_per_chip'] = max_batch
     out['max_batch_compiles'] = {
-        str(k): ({'peak_gib': v['peak_bytes'] / GIB, 'fits': fits_chip(v, chip),
-                  'compile_s': v.get('compile_s')} if v['fits'] else
-                 {'fits': False, 'compile_s': v.get('compile_s')})
-        for k, v in sorted((tried or {}).items())}
+        str(k): _tried_entry(k, v, chip, utilisation) for k, v in sorted((tried or {}).items())}
+    fitting = {int(k): v for k, v in out['max_batch_compiles'].items() if v['fits']}
+    if fitting:
+      # Under memory pressure the TPU compiler recomputes activations, so FLOPs per clip rise
+      # with the batch (V/A on v5e: 497 G at 8, 577 G at 24) and the largest batch that fits
+      # need not be the fastest per chip (bench/README.md, "TPU plan").
+      out['fastest_batch_per_chip'] = max(fitting, key=lambda b: (fitting[b]['clips_per_s'], b))
   return out
+
+
+def _tried_entry(batch: int, result: Mapping[str, Any], chip: ChipSpec,
+                 utilisation: float) -> dict[str, Any]:
+  """One --find_max_batch compile as the plan reports it: fit, peak, FLOPs and clips/s."""
+  if not result['fits']:
+    return {'fits': False, 'compile_s': result.get('compile_s')}
+  flops = float(result['flops_per_device_step'])
+  rate = throughput(flops, batch, chip.bf16_tflops * utilisation)
+  return {'peak_gib': result['peak_bytes'] / GIB, 'fits': fits_chip(result, chip),
+          'gflop_per_clip': flops / batch / 1e9, 'clips_per_s': rate['clips_per_s'],
+          'compile_s': result.get('compile_s')}
 
 
 def format_report(plan: Mapping[str, Any]) -> str:
@@ -656,6 +672,12 @@ def format_report(plan: Mapping[str, Any]) -> str:
                       for k, v in plan['max_batch_compiles'].items())
     lines.append(f'  largest batch per chip that fits: {plan["max_batch_per_chip"]} '
                  f'(compiled {tried})')
+    if 'fastest_batch_per_chip' in plan:
+      rates = ', '.join(f'{k}: {v["clips_per_s"]:.1f} ({v["gflop_per_clip"]:.1f} GFLOP/clip)'
+                        for k, v in plan['max_batch_compiles'].items() if v['fits'])
+      lines.append(f'  fastest of those per chip at {plan["utilisation"]:.0%} of bf16 peak: '
+                   f'batch {plan["fastest_batch_per_chip"]} (clips/s by batch: {rates}; the '
+                   'compiler recomputes activations to fit larger batches)')
   lines.append(f'  chip figures: {chip["source"]}')
   return '\n'.join(lines)
 

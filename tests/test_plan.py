@@ -133,16 +133,40 @@ def test_largest_fitting_with_an_accurate_guess_takes_three_compiles():
   assert best == 13 and tried == [8, 16, 12, 14, 13]
 
 
-def _fake_compile(fixed_gib: float, per_clip_gib: float, calls: list):
-  """A compile function whose memory grows linearly with the batch, like the real step's."""
+def _fake_compile(fixed_gib: float, per_clip_gib: float, calls: list,
+                  recompute_per_clip: float = 0.0):
+  """A compile function whose memory grows linearly with the batch, like the real step's;
+  `recompute_per_clip`: the fraction by which FLOPs per clip grow with each clip (the TPU
+  compiler rematerialises under memory pressure)."""
   def compile_fn(config, batch):
     calls.append((config.model.remat, batch))
     temp = int(per_clip_gib * GIB * batch)
     memory = {'argument': int(fixed_gib * GIB), 'output': int(fixed_gib * GIB),
               'alias': int(fixed_gib * GIB), 'temp': temp, 'generated_code': 1 << 20}
+    flops_per_clip = 500e9 * (1 + recompute_per_clip * batch)
     return {'fits': True, 'memory': memory, 'peak_bytes': plan.peak_bytes(memory),
-            'flops_per_device_step': 500e9 * batch, 'num_params': 57_000_000}
+            'flops_per_device_step': flops_per_clip * batch, 'num_params': 57_000_000}
   return compile_fn
+
+
+def test_find_max_batch_names_the_fastest_batch_when_larger_ones_recompute(tmp_path):
+  """With FLOPs per clip rising with the batch, the largest batch that fits is not the fastest:
+  the plan says which compiled batch trains the most clips/s per chip; with flat FLOPs per clip
+  (negative control) the fastest is the largest."""
+  config = config_base.load(config_path('brave_rgb_audio', None))
+  kwargs = dict(find_max=True, max_batch_limit=1024, utilisation=0.4, cpu_ms_override=None,
+                version_info=VERSIONS)
+  result = plan.run(config, 'configs/brave_rgb_audio.py', 'v5e:2x2', batch_per_chip=8,
+                    cache_dir=str(tmp_path / 'a'),
+                    compile_fn=_fake_compile(0.5, 1.1, [], recompute_per_clip=0.01), **kwargs)
+  assert result['max_batch_per_chip'] == 14 and result['fastest_batch_per_chip'] == 8
+  compiled = result['max_batch_compiles']
+  assert compiled['8']['gflop_per_clip'] == pytest.approx(540)
+  assert compiled['8']['clips_per_s'] > compiled['14']['clips_per_s']
+  assert 'fastest of those per chip at 40% of bf16 peak: batch 8' in plan.format_report(result)
+  flat = plan.run(config, 'configs/brave_rgb_audio.py', 'v5e:2x2', batch_per_chip=8,
+                  cache_dir=str(tmp_path / 'b'), compile_fn=_fake_compile(0.5, 1.1, []), **kwargs)
+  assert flat['fastest_batch_per_chip'] == flat['max_batch_per_chip'] == 14
 
 
 def test_find_max_batch_against_the_chip_hbm_with_a_fake_compiler(tmp_path):
