@@ -160,13 +160,11 @@ def shipped_batch(config, num_devices: int, seed: int = 0) -> dict:
   batch['narrow']['video'] *= 255.0
   shipped = {'narrow': {'video': draws(False, 1)}, 'broad': {}}
   if config_base.resizes_narrow_on_device(config):  # The crop unresized, flattened, as uint8.
-    crop_hw = SHIPPED_CROP_HW
-    video = batch['narrow']['video']  # [D, B, T, size, size, 3]
-    rng = np.random.default_rng(seed)
-    batch['narrow']['video'] = rng.integers(
-        0, 256, video.shape[:3] + (d.narrow.crop_buffer_pixels, 3)).astype(np.uint8)
+    lead_frames = batch['narrow']['video'].shape[:3]  # [D, B, T] of [D, B, T, size, size, 3].
+    batch['narrow']['video'] = np.random.default_rng(seed).integers(
+        0, 256, lead_frames + (d.narrow.crop_buffer_pixels, 3)).astype(np.uint8)
     tables = {k: v.numpy() for k, v in resize_device.resize_tables(
-        tf.constant(crop_hw), d.narrow.image_size).items()}
+        tf.constant(SHIPPED_CROP_HW), d.narrow.image_size).items()}
     shipped['narrow']['video'].update({k: np.broadcast_to(v, lead + v.shape).copy()
                                        for k, v in tables.items()})
   for m in d.broad_modalities:

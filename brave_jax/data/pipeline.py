@@ -169,14 +169,14 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
   window = decode.random_crop_window(decode.jpeg_shape(jpegs_T[0]), aug.crop_area_range,
                                      aug.crop_aspect_range, s_crop)
   shape = [jpegs_T.shape[0], size, size, 3]
-  if ship is not None and resize_buffer is not None:
+  draws = (augment_device.draw_view(aug, s_aug, random_conv=random_conv) if ship is not None
+           else None)
+  if draws is not None and resize_buffer is not None:
     crop = decode.decode_train_crop_pixels(jpegs_T, window, size, jpeg_decode)
-    draws = augment_device.draw_view(aug, s_aug, random_conv=random_conv)
     draws.update(resize_device.resize_tables(tf.shape(crop)[1:3], size))
     return resize_device.flat_crop(crop, resize_buffer, 'the narrow view\'s crop'), draws
   frames = decode.decode_train_crop(jpegs_T, window, size, jpeg_decode)
-  if ship is not None:
-    draws = augment_device.draw_view(aug, s_aug, random_conv=random_conv)
+  if draws is not None:
     return tf.ensure_shape(augment_device.shipped_frames(frames, ship), shape), draws
   x = augment.augment_clip(frames, aug, s_aug, blur=blur, random_conv=random_conv)
   return tf.ensure_shape(x, shape), None
