@@ -181,9 +181,18 @@ def _stage_functions(config, pipeline_name: str):
                                                  n, win['looped_frames'])
     return out
 
+  shared = {}  # Frames both RGB views use, decoded once, as pipeline._make_train_example_fn does.
+  if not published and d.jpeg_decode == 'full' and d.broad_start == 'at_narrow':
+    shared = sampling.frames_shared_at_narrow_start(
+        d.narrow.num_frames, d.narrow.frame_step, d.broad.num_frames, d.broad.frame_step)
+
   @tf.function
   def decode_crop_resize(sampled, seed):
     out = {}
+    crop_fns = {}
+    if shared and 'broad_video' in views:
+      crop_fns['narrow'], crop_fns['broad_video'] = pipeline._shared_full_decode(  # pylint: disable=protected-access
+          sampled['narrow'], sampled['broad_video'], shared)
     for v, s in zip(views, tf.unstack(tf.random.experimental.stateless_split(seed, 3))):
       if published:
         out[v] = published_pipeline.crop_resize(
@@ -192,14 +201,19 @@ def _stage_functions(config, pipeline_name: str):
         window = decode.random_crop_window(decode.jpeg_shape(sampled[v][0]),
                                            d.augment.crop_area_range,
                                            d.augment.crop_aspect_range, s)
-        if v == 'narrow' and narrow_on_device:  # Shipped unresized: the step resizes it.
+        if v in crop_fns:
+          crop = crop_fns[v](window)
+        elif v != 'flow':
           crop = decode.decode_train_crop_pixels(sampled[v], window, sizes[v], d.jpeg_decode)
+        if v == 'narrow' and narrow_on_device:  # Shipped unresized: the step resizes it.
           out[v] = resize_device.flat_crop(crop, d.narrow.crop_buffer_pixels)
           out['narrow_crop_hw'] = tf.shape(crop)[1:3]
           continue
-        out[v] = decode.decode_train_crop(
-            sampled[v], window, sizes[v], d.jpeg_decode,
-            decode.FLOW_DCT_METHOD if v == 'flow' else decode._DCT_METHOD)  # pylint: disable=protected-access
+        if v != 'flow':
+          out[v] = tf.image.resize(crop, [sizes[v]] * 2, method='bilinear')
+          continue
+        out[v] = decode.decode_train_crop(sampled[v], window, sizes[v], d.jpeg_decode,
+                                          decode.FLOW_DCT_METHOD)
     return out
 
   def unflattened_resize(frames):

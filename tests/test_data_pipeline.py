@@ -284,12 +284,12 @@ def test_train_and_probe_crops_decode_as_config_says(shard_dir, tiny_va_config, 
   jpeg_decode = 'reduced_scale'
   from brave_jax.data import decode  # pylint: disable=g-import-not-at-top
   seen = []
-  real = decode.decode_train_crop
+  real = decode.decode_train_crop_pixels  # What every training crop, resized or not, goes through.
 
   def recording(*args, **kwargs):
     seen.append(args[3] if len(args) > 3 else kwargs.get('jpeg_decode', 'full'))
     return real(*args, **kwargs)
-  monkeypatch.setattr(decode, 'decode_train_crop', recording)
+  monkeypatch.setattr(decode, 'decode_train_crop_pixels', recording)
   cfg = _config(tiny_va_config)
   cfg.data.jpeg_decode = jpeg_decode
   next(pipeline.make_train_dataset(cfg, str(shard_dir), num_local_devices=1, seed=0))

@@ -124,13 +124,21 @@ def decode_crop_resize(jpegs_T: tf.Tensor, window: tf.Tensor, size: int,
   return tf.image.resize(frames, [size, size], method='bilinear')
 
 
+def decode_full(jpegs_T: tf.Tensor, dct_method: str = _DCT_METHOD) -> tf.Tensor:
+  """uint8 [T, H, W, 3]: every frame decoded at full scale (the published decode)."""
+  return _decode_all(jpegs_T, None, 1, dct_method)
+
+
+def crop(frames_TxHxWxC: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+  """`window` ([y, x, h, w]) of every frame; keeps the static frame count and channels."""
+  y, x, h, w = tf.unstack(tf.cast(window, tf.int32))
+  return frames_TxHxWxC[:, y:y + h, x:x + w, :]
+
+
 def decode_full_crop(jpegs_T: tf.Tensor, window: tf.Tensor,
                      dct_method: str = _DCT_METHOD) -> tf.Tensor:
   """uint8 [T, h, w, 3]: every frame decoded at full scale, then `window` ([y, x, h, w]) cut out."""
-  window = tf.cast(window, tf.int32)
-  frames = _decode_all(jpegs_T, None, 1, dct_method)
-  y, x, h, w = tf.unstack(window)
-  return frames[:, y:y + h, x:x + w, :]  # Keeps the static frame count and channels.
+  return crop(decode_full(jpegs_T, dct_method), window)
 
 
 def decode_train_crop_pixels(jpegs_T: tf.Tensor, window: tf.Tensor, size: int,

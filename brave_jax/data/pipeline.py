@@ -29,6 +29,7 @@ are handled (`bad_records`: the budget, its warnings and the iterators).
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from typing import Any, Callable, Sequence
@@ -153,7 +154,8 @@ def _shipped_frames_dtype(config: ml_collections.ConfigDict) -> str | None:
 
 def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, seed: tf.Tensor, *,
               blur: bool, random_conv: bool, jpeg_decode: str = 'full',
-              ship: str | None = None, resize_buffer: int | None = None
+              ship: str | None = None, resize_buffer: int | None = None,
+              crop_pixels: CropPixels | None = None
               ) -> tuple[tf.Tensor, dict[str, tf.Tensor] | None]:
   """One random crop for all frames, decoded as `jpeg_decode` says ('full': each frame at full
   scale, cropped, resized, as published; 'reduced_scale': libjpeg's scaled decode), then the
@@ -164,7 +166,12 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
   training step; the crop is the same either way. With `resize_buffer` too (the narrow view's
   data.narrow.resize_on='device'): the crop before its resize, flattened into a uint8 buffer of
   that many pixels, and the resize's tables among the draws (data/resize_device.py).
+  `crop_pixels` (window -> uint8 crop before the resize) replaces the decode when the frames
+  were already decoded for another view (`_shared_full_decode`).
   """
+  if crop_pixels is None:
+    crop_pixels = functools.partial(decode.decode_train_crop_pixels, jpegs_T, size=size,
+                                    jpeg_decode=jpeg_decode)
   s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   window = decode.random_crop_window(decode.jpeg_shape(jpegs_T[0]), aug.crop_area_range,
                                      aug.crop_aspect_range, s_crop)
@@ -172,14 +179,46 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
   draws = (augment_device.draw_view(aug, s_aug, random_conv=random_conv) if ship is not None
            else None)
   if draws is not None and resize_buffer is not None:
-    crop = decode.decode_train_crop_pixels(jpegs_T, window, size, jpeg_decode)
+    crop = crop_pixels(window)
     draws.update(resize_device.resize_tables(tf.shape(crop)[1:3], size))
     return resize_device.flat_crop(crop, resize_buffer, 'the narrow view\'s crop'), draws
-  frames = decode.decode_train_crop(jpegs_T, window, size, jpeg_decode)
+  frames = tf.image.resize(crop_pixels(window), [size, size], method='bilinear')
   if draws is not None:
     return tf.ensure_shape(augment_device.shipped_frames(frames, ship), shape), draws
   x = augment.augment_clip(frames, aug, s_aug, blur=blur, random_conv=random_conv)
   return tf.ensure_shape(x, shape), None
+
+
+CropPixels = Callable[[tf.Tensor], tf.Tensor]  # window [y, x, h, w] -> uint8 [T, h, w, 3].
+
+
+def _shared_full_decode(narrow_jpegs: tf.Tensor, broad_jpegs: tf.Tensor,
+                        shared: dict[int, int]) -> tuple[CropPixels, CropPixels]:
+  """Crop makers for the narrow and the broad RGB view that decode each frame once.
+
+  `shared` ({k: j}, `sampling.frames_shared_at_narrow_start`) names the narrow frames that
+  are broad frames too; they are cut from the broad view's full decode rather than decoded
+  again. The same op on the same bytes gives the same pixels, so the views are bit for bit
+  those of separate decodes (tests/test_data_pipeline_shared_decode.py); at full size V/V
+  decodes 72 frames, not 80.
+  """
+  broad_full = decode.decode_full(broad_jpegs)
+  ks = sorted(shared)
+  own = [k for k in range(narrow_jpegs.shape[0]) if k not in shared]
+  own_full = decode.decode_full(tf.gather(narrow_jpegs, own)) if own else None
+  js = [shared[k] for k in ks]  # An arithmetic progression (k * ns == j * nb): a slice.
+  step = js[1] - js[0] if len(js) > 1 else 1
+  shared_full = broad_full[js[0]:js[-1] + 1:step]
+
+  def narrow_crop(window: tf.Tensor) -> tf.Tensor:
+    parts = [decode.crop(shared_full, window)]
+    positions = [tf.constant(ks, tf.int32)]
+    if own_full is not None:
+      parts.append(decode.crop(own_full, window))
+      positions.append(tf.constant(own, tf.int32))
+    stitched = tf.dynamic_stitch(positions, parts)
+    return tf.ensure_shape(stitched, [narrow_jpegs.shape[0], None, None, 3])
+  return narrow_crop, functools.partial(decode.crop, broad_full)
 
 
 def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
@@ -212,6 +251,11 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
   narrow_buffer = (d.narrow.crop_buffer_pixels if config_base.resizes_narrow_on_device(config)
                    else None)
   ship_waveform = augment_device.ships_broad_audio_waveform(config)
+  shared_frames = {}  # Frames both RGB views use, decoded once (published decode only).
+  if (d.jpeg_decode == 'full' and d.broad_start == 'at_narrow'
+      and any(m in ('video', 'rc') for m in modalities)):
+    shared_frames = sampling.frames_shared_at_narrow_start(
+        d.narrow.num_frames, d.narrow.frame_step, d.broad.num_frames, d.broad.frame_step)
 
   def fn(index: tf.Tensor, serialized: tf.Tensor) -> dict[str, Any]:
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
@@ -223,17 +267,23 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
         n, narrow_frames=d.narrow.num_frames, narrow_step=d.narrow.frame_step,
         broad_frames=d.broad.num_frames, broad_step=d.broad.frame_step,
         broad_start=d.broad_start, seed=seeds[0])
-    narrow, narrow_draws = _rgb_view(tf.gather(ex['video'], win['narrow']), d.narrow.image_size,
+    narrow_jpegs = tf.gather(ex['video'], win['narrow'])
+    broad_jpegs = tf.gather(ex['video'], win['broad'])
+    narrow_crop = broad_crop = None
+    if shared_frames:
+      narrow_crop, broad_crop = _shared_full_decode(narrow_jpegs, broad_jpegs, shared_frames)
+    narrow, narrow_draws = _rgb_view(narrow_jpegs, d.narrow.image_size,
                                      d.augment, seeds[1], blur=True, random_conv=False,
                                      jpeg_decode=d.jpeg_decode, ship=ship,
-                                     resize_buffer=narrow_buffer)
+                                     resize_buffer=narrow_buffer, crop_pixels=narrow_crop)
     broad, broad_draws = {}, {}
     for m, s in zip(modalities, seeds[2:]):
       if m in ('video', 'rc'):
         rc = m == 'rc' or bool(d.random_convolve_broad_video)
-        broad[m], broad_draws[m] = _rgb_view(tf.gather(ex['video'], win['broad']),
+        broad[m], broad_draws[m] = _rgb_view(broad_jpegs,
                                              d.broad.image_size, d.augment, s, blur=True,
-                                             random_conv=rc, jpeg_decode=d.jpeg_decode, ship=ship)
+                                             random_conv=rc, jpeg_decode=d.jpeg_decode, ship=ship,
+                                             crop_pixels=broad_crop)
       elif m == 'flow':
         n_flow = _require_frames(ex['flow'], 'flow/encoded')
         broad[m] = _flow_view(tf.gather(ex['flow'], tf.math.floormod(win['broad'], n_flow)),

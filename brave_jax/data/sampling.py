@@ -60,6 +60,20 @@ def train_windows(num_video_frames: tf.Tensor, *, narrow_frames: int, narrow_ste
                     seed_broad=seed_broad)
 
 
+def frames_shared_at_narrow_start(narrow_frames: int, narrow_step: int, broad_frames: int,
+                                  broad_step: int) -> dict[int, int]:
+  """{k: j}: narrow frame k is broad frame j whenever both windows start at the same frame.
+
+  With broad_start='at_narrow' (published) frame k of the narrow clip is s + k * ns and
+  frame j of the broad window s + j * nb (both mod N), so they are the same frame when
+  k * ns == j * nb: at full size (16 x 2 against 64 x 4) the even narrow frames, 8 of
+  16. The pipeline decodes such a frame once for both views.
+  """
+  broad_position = {j * broad_step: j for j in range(broad_frames)}
+  return {k: broad_position[k * narrow_step] for k in range(narrow_frames)
+          if k * narrow_step in broad_position}
+
+
 def broad_extent(broad_frames: int, broad_step: int) -> int:
   """Frames the broad view's audio covers: T * step (256 at full size), 3 more than its span.
 
