@@ -24,7 +24,7 @@ flow:  optical flow, 2 channels in [-1, 1].
 audio: log-mel spectrogram of the mono waveform.
 """
 BROAD_STARTS = ('at_narrow', 'uniform_after_narrow')  # See config.data.broad_start.
-JPEG_DECODES = ('full', 'reduced_scale')  # See config.data.jpeg_decode.
+JPEG_DECODES = ('full', 'full_frame', 'reduced_scale')  # See config.data.jpeg_decode.
 RESIZE_ON = ('host', 'device')  # See config.data.narrow.resize_on.
 AUGMENT_ON = ('host', 'device')  # See config.data.augment_on.
 SHIPPED_FRAMES_DTYPES = ('float32', 'uint8')  # See config.data.shipped_frames_dtype.
@@ -86,9 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.broad_start = 'at_narrow'
   c.data.random_convolve_broad_video = False  # Randomly convolve the broad 'video' view (V/V).
   # How training crops (RGB and flow views, linear-probe train clips) are decoded:
-  # 'full' = as published, every sampled frame decoded at full scale, cropped, resized
-  # bilinearly; 'reduced_scale' = ours, libjpeg decodes only the crop and, when the view is
-  # smaller, at 1/2-1/8 scale (faster, not the published pixels; data/decode.py).
+  # 'full' = the published pixels (every sampled frame decoded at full scale, cropped, resized
+  # bilinearly), libjpeg decoding only a window a little wider than the crop, which gives the
+  # same pixels; 'full_frame' = the published ops themselves (whole frame, then the crop);
+  # 'reduced_scale' = ours, libjpeg decodes only the crop and, when the view is smaller, at
+  # 1/2-1/8 scale (faster, not the published pixels). data/decode.py says why.
   c.data.jpeg_decode = 'full'
   c.data.audio = ml_collections.ConfigDict(dict(
       num_mel_bins=80,  # Mel bins of the log-mel spectrogram.

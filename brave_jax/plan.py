@@ -96,10 +96,10 @@ TOPOLOGY_EXAMPLES = 'v4:2x2x1, v4:2x2x2, v5e:2x2, v5e:4x8, v5p:2x2x1, v5p:4x4x4,
 # bench/input_pipeline.py (`cpu_ms_per_clip`) on bench/make_bench_shards.py's shards: config file
 # name -> (ms, where it was measured). Configs without a figure need --pipeline_cpu_ms_per_clip.
 PIPELINE_CPU_MS_PER_CLIP: dict[str, tuple[float, str]] = {
-    'brave_rgb_audio': (30.8, 'bench/README.md, the narrow resize moved into the step: V/A full '
-                        'size, default pipeline, 2-core VM idle, load 1.9-2.2'),
-    'brave_rgb_rgb': (97.4, 'bench/README.md, V/V decodes each frame once: V/V full size, '
-                      'default pipeline, 2-core VM idle, load 1.6-2.7'),
+    'brave_rgb_audio': (28.5, 'bench/README.md, libjpeg decodes a window a little wider than the '
+                        'crop: V/A full size, default pipeline, 2-core VM idle, load 2.2'),
+    'brave_rgb_rgb': (84.6, 'bench/README.md, libjpeg decodes a window a little wider than the '
+                      'crop: V/V full size, default pipeline, 2-core VM idle, load 1.5-1.7'),
     'brave_rgb_flow': (94.2, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_idle.txt: V/F '
                        'full size, default pipeline, 2-core VM idle, load 2.1-2.3'),
     'brave_rgb_flow_audio': (115.0, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_idle.txt: '

@@ -120,6 +120,78 @@ def test_default_train_crop_is_the_published_full_decode_crop_resize(chroma_down
         flow, _published_train_crop(jpegs, window.numpy(), size, decode.FLOW_DCT_METHOD))
 
 
+def _pillow_jpegs(rng, h, w):
+  """One frame (colour waves, hard-edged boxes, noise: chroma changes at every scale) encoded as
+  every JPEG kind the widened-window decode must hold for: {kind: bytes}."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  yy, xx = np.mgrid[:h, :w]
+  img = np.stack([128 + 60 * np.sin(rng.uniform(0.02, 0.4) * yy + rng.uniform(0.02, 0.4) * xx + c)
+                  for c in range(3)], -1) + rng.normal(0, 10, (h, w, 3))
+  for _ in range(4):
+    y0, x0 = rng.randint(0, h), rng.randint(0, w)
+    img[y0:y0 + rng.randint(1, h), x0:x0 + rng.randint(1, w)] = rng.uniform(0, 255, 3)
+  img = np.clip(img, 0, 255).astype(np.uint8)
+  out = {}
+  for subsampling, name in ((0, '444'), (1, '422'), (2, '420')):
+    for progressive in (False, True):
+      buf = io.BytesIO()
+      Image.fromarray(img).save(buf, 'JPEG', quality=85, subsampling=subsampling,
+                                progressive=progressive)
+      out[name + ('_progressive' if progressive else '')] = buf.getvalue()
+  buf = io.BytesIO()
+  Image.fromarray(img).convert('L').save(buf, 'JPEG', quality=85)
+  out['grey'] = buf.getvalue()
+  return out
+
+
+def _windows(rng, h, w, n):
+  """The whole frame, a bottom-right corner, and random windows (1 px wide ones included)."""
+  out = [(0, 0, h, w), (h - max(1, h // 3), w - max(1, w // 3), max(1, h // 3), max(1, w // 3))]
+  for _ in range(n):
+    hh, ww = rng.randint(1, h + 1), rng.randint(1, w + 1)
+    out.append((rng.randint(0, h - hh + 1), rng.randint(0, w - ww + 1), hh, ww))
+  return out
+
+
+@pytest.mark.parametrize('h,w', [(64, 88), (37, 53)])
+def test_widened_window_decode_is_the_whole_frame_decode_for_every_jpeg_kind(h, w):
+  """'full' decodes a window widened by decode.WINDOW_MARGIN from a 16-px boundary: the same
+  pixels as 'full_frame' (whole frame, then the cut) for 4:4:4, 4:2:2, 4:2:0, progressive and
+  greyscale JPEGs, odd sizes, both DCT methods. Negative control: without the margin, the
+  chroma-subsampled kinds differ at the window's bottom and right edges."""
+  rng = np.random.RandomState(h)
+  unwidened_differs = {}
+  for kind, jpeg in _pillow_jpegs(rng, h, w).items():
+    jpegs = tf.constant([jpeg, jpeg])
+    for dct in (decode._DCT_METHOD, decode.FLOW_DCT_METHOD):  # pylint: disable=protected-access
+      whole = decode.decode_full(jpegs, dct)
+      for window in _windows(rng, h, w, 8):
+        want = decode.crop(whole, tf.constant(window)).numpy()
+        got = decode.decode_full_crop(jpegs, tf.constant(window), dct, 'full').numpy()
+        np.testing.assert_array_equal(got, want, err_msg=f'{kind} {dct} {window}')
+        outer = decode.exact_decode_window(tf.constant(window), tf.constant([h, w]), margin=0)
+        plain = decode.cut(decode._decode_all(jpegs, outer, 1, dct), outer[:2],  # pylint: disable=protected-access
+                           tf.constant(window)).numpy()
+        unwidened_differs[kind] = unwidened_differs.get(kind, 0) + int(
+            not np.array_equal(plain, want))
+  assert unwidened_differs['444'] == unwidened_differs['grey'] == 0
+  for kind in ('422', '420', '422_progressive', '420_progressive'):
+    assert unwidened_differs[kind] > 0, (kind, unwidened_differs)
+
+
+def test_covering_window_and_its_decode_serve_every_window():
+  windows = [tf.constant([10, 40, 20, 8]), tf.constant([3, 50, 5, 30])]
+  np.testing.assert_array_equal(decode.covering_window(windows).numpy(), [3, 40, 27, 40])
+  jpegs = _random_jpeg_clip(np.random.RandomState(3), 2, 64, 96, True)
+  frames, origin = decode.decode_for_windows(jpegs, windows, 'full')
+  assert origin.numpy().tolist() == [0, 32]  # 16-px boundaries at least 2 px before.
+  whole = decode.decode_full(jpegs)
+  for window in windows:
+    np.testing.assert_array_equal(decode.cut(frames, origin, window).numpy(),
+                                  decode.crop(whole, window).numpy())
+
+
 def test_reduced_scale_is_the_old_fast_path_and_misses_the_published_pixels():
   """'reduced_scale' is decode_and_crop_jpeg at libjpeg's reduced scale (the path before the
   default changed); negative control: on a large crop of a 4:2:0 frame, reduced to a 2x smaller

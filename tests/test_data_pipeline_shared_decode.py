@@ -121,3 +121,21 @@ def test_reduced_scale_decode_does_not_share(shard_dir, monkeypatch):
   monkeypatch.setattr(pipeline, '_shared_full_decode',
                       lambda *a: pytest.fail('shared decode used with reduced_scale'))
   _batch(shard_dir, config)
+
+
+@pytest.mark.parametrize('name,augment_on,broad_start', [
+    ('brave_rgb_rgb', 'host', 'at_narrow'), ('brave_rgb_rgb', 'device', 'at_narrow'),
+    ('brave_rgb_rc', 'device', 'at_narrow'),
+    ('brave_rgb_rgb', 'device', 'uniform_after_narrow')])  # No frames shared: each view alone.
+def test_widened_window_decode_gives_the_batch_of_whole_frame_decodes(shard_dir, name, augment_on,
+                                                                      broad_start):
+  """jpeg_decode 'full' (libjpeg decodes widened windows, shared frames once over both views'
+  windows) against 'full_frame' (the published whole-frame decode): the same batch, bit for bit."""
+  config = _config(name, augment_on)
+  config.data.broad_start = broad_start
+  windowed = _batch(shard_dir, config)
+  config.data.jpeg_decode = 'full_frame'
+  whole = _batch(shard_dir, config)
+  assert windowed.keys() == whole.keys()
+  for key in windowed:
+    np.testing.assert_array_equal(windowed[key], whole[key], err_msg=key)

@@ -1,12 +1,21 @@
 """Decoding only the sampled JPEG frames into the crop each view needs.
 
 A training crop (one window per clip: all frames of a view share it) is made
-in one of two ways, config.data.jpeg_decode:
-- 'full' (default, as published): every sampled frame decoded at full scale
-  (tf.io.decode_jpeg, TF's default DCT), the window cut out, resized bilinearly
-  (tf.image.resize) to the view size. Not tf.io.decode_and_crop_jpeg: on
-  chroma-subsampled JPEGs its pixels at the window's edges differ from a full
-  decode's (libjpeg upsamples the chroma of the cropped region on its own).
+in one of three ways, config.data.jpeg_decode:
+- 'full' (default): the published pixels (tf.io.decode_jpeg of the whole frame,
+  TF's default DCT, the window cut out, resized bilinearly by tf.image.resize),
+  decoded through a widened window: tf.io.decode_and_crop_jpeg of the window
+  grown to start on a 16-px boundary at least WINDOW_MARGIN px before it and to
+  end WINDOW_MARGIN px after it, then the window cut out. libjpeg then skips the
+  IDCT and colour conversion outside the widened window. A plain
+  decode_and_crop_jpeg of the window is not the same: on chroma-subsampled JPEGs
+  libjpeg upsamples the chroma at the window's bottom and right edges without the
+  next row or column. With the margin the pixels equal the whole-frame decode's
+  for every kind tested (tests/test_data_decode_augment.py;
+  bench/jpeg_window_exactness.py: 4:4:4, 4:2:2, 4:2:0, progressive, greyscale,
+  odd sizes, both DCT methods).
+- 'full_frame': the published op sequence itself (whole frame, then the cut);
+  the same pixels, kept to check 'full' against and for libjpeg builds not tested.
 - 'reduced_scale' (ours, faster): tf.io.decode_and_crop_jpeg, and when the view
   is smaller than the crop libjpeg's DCT-domain downscaling (ratio 2/4/8) does
   most of the resize, so a 112-px broad view rarely pays for a full-size
@@ -20,6 +29,10 @@ import tensorflow as tf
 
 from brave_jax import config_base
 
+# decode_and_crop_jpeg over a window widened by this margin, from a 16-px boundary, gives the
+# whole-frame decode's pixels (module docstring); 1 px sufficed in every test, 2 leaves room.
+WINDOW_MARGIN = 2
+_IMCU_ALIGN = 16  # The largest iMCU (a 4:2:0 MCU) of the JPEGs tested, in px.
 RATIOS = (1, 2, 4, 8)  # Scale denominators libjpeg supports in decode_jpeg(ratio=...).
 # TF's default DCT (dct_method=''), which the published decode_jpeg calls use, is this one:
 # ~15% faster decodes than INTEGER_ACCURATE on this CPU class.
@@ -135,18 +148,63 @@ def crop(frames_TxHxWxC: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
   return frames_TxHxWxC[:, y:y + h, x:x + w, :]
 
 
-def decode_full_crop(jpegs_T: tf.Tensor, window: tf.Tensor,
-                     dct_method: str = _DCT_METHOD) -> tf.Tensor:
-  """uint8 [T, h, w, 3]: every frame decoded at full scale, then `window` ([y, x, h, w]) cut out."""
-  return crop(decode_full(jpegs_T, dct_method), window)
+def covering_window(windows: Sequence[tf.Tensor]) -> tf.Tensor:
+  """int32 [y, x, h, w]: the smallest window that holds every one of `windows`."""
+  w = tf.cast(tf.stack(windows), tf.int32)
+  top_left = tf.reduce_min(w[:, :2], axis=0)
+  bottom_right = tf.reduce_max(w[:, :2] + w[:, 2:], axis=0)
+  return tf.concat([top_left, bottom_right - top_left], 0)
+
+
+def exact_decode_window(window: tf.Tensor, image_hw: tf.Tensor,
+                        margin: int = WINDOW_MARGIN) -> tf.Tensor:
+  """int32 [y0, x0, h0, w0]: what to decode so that `window` cut from it is the full decode's.
+
+  From the 16-px boundary at least `margin` px above and left of `window` to `margin` px
+  below and right of it, clamped to the image (module docstring; `margin=0` is the
+  negative control of the tests).
+  """
+  y, x, h, w = tf.unstack(tf.cast(window, tf.int32))
+  height, width = tf.unstack(tf.cast(image_hw, tf.int32))
+  y0 = tf.maximum(y - margin, 0) // _IMCU_ALIGN * _IMCU_ALIGN
+  x0 = tf.maximum(x - margin, 0) // _IMCU_ALIGN * _IMCU_ALIGN
+  y1 = tf.minimum(y + h + margin, height)
+  x1 = tf.minimum(x + w + margin, width)
+  return tf.stack([y0, x0, y1 - y0, x1 - x0])
+
+
+def decode_for_windows(jpegs_T: tf.Tensor, windows: Sequence[tf.Tensor], jpeg_decode: str = 'full',
+                       dct_method: str = _DCT_METHOD) -> tuple[tf.Tensor, tf.Tensor]:
+  """(uint8 [T, h0, w0, 3], its origin [y0, x0]): every frame decoded (as published, 'full' or
+  'full_frame') over enough of the image that each of `windows` can be cut from it (`cut`)."""
+  if jpeg_decode == 'full_frame':
+    return decode_full(jpegs_T, dct_method), tf.zeros([2], tf.int32)
+  if jpeg_decode != 'full':
+    raise ValueError(f"decode_for_windows: jpeg_decode 'full' or 'full_frame', got {jpeg_decode!r}")
+  outer = exact_decode_window(covering_window(windows), jpeg_shape(jpegs_T[0]))
+  return _decode_all(jpegs_T, outer, 1, dct_method), outer[:2]
+
+
+def cut(frames_TxHxWxC: tf.Tensor, origin: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+  """`window` (image px) of frames decoded from `origin` on (`decode_for_windows`)."""
+  window = tf.cast(window, tf.int32)
+  return crop(frames_TxHxWxC, tf.concat([window[:2] - origin, window[2:]], 0))
+
+
+def decode_full_crop(jpegs_T: tf.Tensor, window: tf.Tensor, dct_method: str = _DCT_METHOD,
+                     jpeg_decode: str = 'full') -> tf.Tensor:
+  """uint8 [T, h, w, 3]: `window` ([y, x, h, w]) of every frame, the full decode's pixels
+  (through a widened window with 'full', of the whole frame with 'full_frame')."""
+  frames, origin = decode_for_windows(jpegs_T, [window], jpeg_decode, dct_method)
+  return cut(frames, origin, window)
 
 
 def decode_train_crop_pixels(jpegs_T: tf.Tensor, window: tf.Tensor, size: int,
                              jpeg_decode: str = 'full', dct_method: str = _DCT_METHOD) -> tf.Tensor:
   """uint8 [T, h, w, 3]: `window` of each frame as `decode_train_crop` resizes it: the full decode's
   crop ('full'), or libjpeg's reduced-scale decode of it ('reduced_scale', h and w then smaller)."""
-  if jpeg_decode == 'full':
-    return decode_full_crop(jpegs_T, window, dct_method)
+  if jpeg_decode in ('full', 'full_frame'):
+    return decode_full_crop(jpegs_T, window, dct_method, jpeg_decode)
   if jpeg_decode == 'reduced_scale':
     return decode_crop(jpegs_T, window, [size, size], TRAIN_MAX_UPSCALE, dct_method)
   raise ValueError(f'config.data.jpeg_decode must be one of {config_base.JPEG_DECODES}, got {jpeg_decode!r}')

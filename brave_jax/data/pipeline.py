@@ -172,9 +172,8 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
   if crop_pixels is None:
     crop_pixels = functools.partial(decode.decode_train_crop_pixels, jpegs_T, size=size,
                                     jpeg_decode=jpeg_decode)
-  s_crop, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  window = decode.random_crop_window(decode.jpeg_shape(jpegs_T[0]), aug.crop_area_range,
-                                     aug.crop_aspect_range, s_crop)
+  _, s_aug = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  window = _view_window(jpegs_T, aug, seed)
   shape = [jpegs_T.shape[0], size, size, 3]
   draws = (augment_device.draw_view(aug, s_aug, random_conv=random_conv) if ship is not None
            else None)
@@ -192,33 +191,51 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
 CropPixels = Callable[[tf.Tensor], tf.Tensor]  # window [y, x, h, w] -> uint8 [T, h, w, 3].
 
 
-def _shared_full_decode(narrow_jpegs: tf.Tensor, broad_jpegs: tf.Tensor,
-                        shared: dict[int, int]) -> tuple[CropPixels, CropPixels]:
+def _view_window(jpegs_T: tf.Tensor, aug: ml_collections.ConfigDict, seed: tf.Tensor) -> tf.Tensor:
+  """The random crop window `_rgb_view` draws from `seed` (for frames `jpegs_T`)."""
+  s_crop, _ = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  return decode.random_crop_window(decode.jpeg_shape(jpegs_T[0]), aug.crop_area_range,
+                                   aug.crop_aspect_range, s_crop)
+
+
+def _stitched_crop(parts: list[tuple[list[int], tf.Tensor, tf.Tensor]], num_frames: int,
+                   window: tf.Tensor) -> tf.Tensor:
+  """uint8 [num_frames, h, w, 3]: `window` cut from each (positions, frames, origin) part."""
+  stitched = tf.dynamic_stitch([tf.constant(pos, tf.int32) for pos, _, _ in parts],
+                               [decode.cut(frames, origin, window) for _, frames, origin in parts])
+  return tf.ensure_shape(stitched, [num_frames, None, None, 3])
+
+
+def _shared_full_decode(narrow_jpegs: tf.Tensor, broad_jpegs: tf.Tensor, shared: dict[int, int],
+                        narrow_window: tf.Tensor, broad_window: tf.Tensor,
+                        jpeg_decode: str) -> tuple[CropPixels, CropPixels]:
   """Crop makers for the narrow and the broad RGB view that decode each frame once.
 
   `shared` ({k: j}, `sampling.frames_shared_at_narrow_start`) names the narrow frames that
-  are broad frames too; they are cut from the broad view's full decode rather than decoded
-  again. The same op on the same bytes gives the same pixels, so the views are bit for bit
-  those of separate decodes (tests/test_data_pipeline_shared_decode.py); at full size V/V
-  decodes 72 frames, not 80.
+  are broad frames too. Those are decoded once over both views' windows, the other frames
+  over their own view's (`decode.decode_for_windows`, the full decode's pixels either way),
+  and each view's crop is stitched from its frames in order. The same op on the same bytes
+  gives the same pixels, so the views are bit for bit those of separate decodes
+  (tests/test_data_pipeline_shared_decode.py); at full size V/V decodes 72 frames, not 80.
   """
-  broad_full = decode.decode_full(broad_jpegs)
   ks = sorted(shared)
-  own = [k for k in range(narrow_jpegs.shape[0]) if k not in shared]
-  own_full = decode.decode_full(tf.gather(narrow_jpegs, own)) if own else None
-  js = [shared[k] for k in ks]  # An arithmetic progression (k * ns == j * nb): a slice.
-  step = js[1] - js[0] if len(js) > 1 else 1
-  shared_full = broad_full[js[0]:js[-1] + 1:step]
+  js = [shared[k] for k in ks]
+  narrow_own = [k for k in range(narrow_jpegs.shape[0]) if k not in shared]
+  broad_own = [j for j in range(broad_jpegs.shape[0]) if j not in set(js)]
 
-  def narrow_crop(window: tf.Tensor) -> tf.Tensor:
-    parts = [decode.crop(shared_full, window)]
-    positions = [tf.constant(ks, tf.int32)]
-    if own_full is not None:
-      parts.append(decode.crop(own_full, window))
-      positions.append(tf.constant(own, tf.int32))
-    stitched = tf.dynamic_stitch(positions, parts)
-    return tf.ensure_shape(stitched, [narrow_jpegs.shape[0], None, None, 3])
-  return narrow_crop, functools.partial(decode.crop, broad_full)
+  def decoded(jpegs, positions, windows):
+    frames, origin = decode.decode_for_windows(tf.gather(jpegs, positions), windows, jpeg_decode)
+    return frames, origin
+
+  both = decoded(broad_jpegs, js, [narrow_window, broad_window])
+  narrow_parts = [(ks, *both)]
+  broad_parts = [(js, *both)]
+  if narrow_own:
+    narrow_parts.append((narrow_own, *decoded(narrow_jpegs, narrow_own, [narrow_window])))
+  if broad_own:
+    broad_parts.append((broad_own, *decoded(broad_jpegs, broad_own, [broad_window])))
+  return (functools.partial(_stitched_crop, narrow_parts, narrow_jpegs.shape[0]),
+          functools.partial(_stitched_crop, broad_parts, broad_jpegs.shape[0]))
 
 
 def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
@@ -251,9 +268,9 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
   narrow_buffer = (d.narrow.crop_buffer_pixels if config_base.resizes_narrow_on_device(config)
                    else None)
   ship_waveform = augment_device.ships_broad_audio_waveform(config)
-  shared_frames = {}  # Frames both RGB views use, decoded once (published decode only).
-  if (d.jpeg_decode == 'full' and d.broad_start == 'at_narrow'
-      and any(m in ('video', 'rc') for m in modalities)):
+  shared_frames = {}  # Frames the narrow and the one broad RGB view use, decoded once.
+  if (d.jpeg_decode in ('full', 'full_frame') and d.broad_start == 'at_narrow'
+      and sum(m in ('video', 'rc') for m in modalities) == 1):
     shared_frames = sampling.frames_shared_at_narrow_start(
         d.narrow.num_frames, d.narrow.frame_step, d.broad.num_frames, d.broad.frame_step)
 
@@ -270,8 +287,11 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
     narrow_jpegs = tf.gather(ex['video'], win['narrow'])
     broad_jpegs = tf.gather(ex['video'], win['broad'])
     narrow_crop = broad_crop = None
-    if shared_frames:
-      narrow_crop, broad_crop = _shared_full_decode(narrow_jpegs, broad_jpegs, shared_frames)
+    if shared_frames:  # One broad RGB view ('video' or 'rc'): its seed draws its window.
+      broad_rgb_seed = [s for m, s in zip(modalities, seeds[2:]) if m in ('video', 'rc')][0]
+      narrow_crop, broad_crop = _shared_full_decode(
+          narrow_jpegs, broad_jpegs, shared_frames, _view_window(narrow_jpegs, d.augment, seeds[1]),
+          _view_window(broad_jpegs, d.augment, broad_rgb_seed), d.jpeg_decode)
     narrow, narrow_draws = _rgb_view(narrow_jpegs, d.narrow.image_size,
                                      d.augment, seeds[1], blur=True, random_conv=False,
                                      jpeg_decode=d.jpeg_decode, ship=ship,
