@@ -100,10 +100,11 @@ PIPELINE_CPU_MS_PER_CLIP: dict[str, tuple[float, str]] = {
                         'crop: V/A full size, default pipeline, 2-core VM idle, load 2.2'),
     'brave_rgb_rgb': (84.6, 'bench/README.md, libjpeg decodes a window a little wider than the '
                       'crop: V/V full size, default pipeline, 2-core VM idle, load 1.5-1.7'),
-    'brave_rgb_flow': (94.2, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_idle.txt: V/F '
-                       'full size, default pipeline, 2-core VM idle, load 2.1-2.3'),
-    'brave_rgb_flow_audio': (115.0, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_idle.txt: '
-                             'V/FA full size, default pipeline, 2-core VM idle, load 1.7-1.9'),
+    'brave_rgb_flow': (104.5, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_windowed_decode'
+                       '_idle.txt: V/F full size, default pipeline, 2-core VM idle, load 1.8'),
+    'brave_rgb_flow_audio': (134.6, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_windowed_'
+                             'decode_idle.txt: V/FA full size, default pipeline, 2-core VM idle, '
+                             'load 2.0'),
 }
 
 
