@@ -157,9 +157,9 @@ def _rgb_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict, see
               ship: str | None = None, resize_buffer: int | None = None,
               crop_pixels: CropPixels | None = None
               ) -> tuple[tf.Tensor, dict[str, tf.Tensor] | None]:
-  """One random crop for all frames, decoded as `jpeg_decode` says ('full': each frame at full
-  scale, cropped, resized, as published; 'reduced_scale': libjpeg's scaled decode), then the
-  published view chain (`augment.augment_clip`): (view, None).
+  """One random crop for all frames, decoded as `jpeg_decode` says ('full' and 'full_frame': the
+  published full decode's pixels, cropped and resized; 'reduced_scale': libjpeg's scaled decode;
+  data/decode.py), then the published view chain (`augment.augment_clip`): (view, None).
 
   With `ship` (a dtype, augment_on='device'): the cropped frames in [0, 255] as that dtype and
   the chain's draws from the same seed, (frames, draws), for `augment_device` to apply in the
@@ -221,11 +221,10 @@ def _shared_full_decode(narrow_jpegs: tf.Tensor, broad_jpegs: tf.Tensor, shared:
   ks = sorted(shared)
   js = [shared[k] for k in ks]
   narrow_own = [k for k in range(narrow_jpegs.shape[0]) if k not in shared]
-  broad_own = [j for j in range(broad_jpegs.shape[0]) if j not in set(js)]
+  broad_own = [j for j in range(broad_jpegs.shape[0]) if j not in set(shared.values())]
 
-  def decoded(jpegs, positions, windows):
-    frames, origin = decode.decode_for_windows(tf.gather(jpegs, positions), windows, jpeg_decode)
-    return frames, origin
+  def decoded(jpegs, positions, windows):  # (frames, origin) of those frames.
+    return decode.decode_for_windows(tf.gather(jpegs, positions), windows, jpeg_decode)
 
   both = decoded(broad_jpegs, js, [narrow_window, broad_window])
   narrow_parts = [(ks, *both)]
