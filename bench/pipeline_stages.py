@@ -185,10 +185,8 @@ def _stage_functions(config, pipeline_name: str):
                                                  n, win['looped_frames'])
     return out
 
-  shared = {}  # Frames both RGB views use, decoded once, as pipeline._make_train_example_fn does.
-  if not published and d.jpeg_decode in ('full', 'full_frame') and d.broad_start == 'at_narrow':
-    shared = sampling.frames_shared_at_narrow_start(
-        d.narrow.num_frames, d.narrow.frame_step, d.broad.num_frames, d.broad.frame_step)
+  # Frames both RGB views use, decoded once, as the training pipeline does.
+  shared = {} if published else pipeline.frames_decoded_once(config)
 
   @tf.function
   def decode_crop_resize(sampled, seed):

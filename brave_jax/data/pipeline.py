@@ -254,6 +254,18 @@ def _flow_view(jpegs_T: tf.Tensor, size: int, aug: ml_collections.ConfigDict,
   return tf.ensure_shape(flow * sign, [jpegs_T.shape[0], size, size, 2])
 
 
+def frames_decoded_once(config: ml_collections.ConfigDict) -> dict[int, int]:
+  """{narrow k: broad j}: the frames the narrow and the one broad RGB view share, which the
+  training pipeline decodes once (`_shared_full_decode`); {} where nothing is shared: the
+  reduced-scale decode, a broad window that starts elsewhere, or not exactly one broad RGB view."""
+  d = config.data
+  if (d.jpeg_decode not in ('full', 'full_frame') or d.broad_start != 'at_narrow'
+      or sum(m in ('video', 'rc') for m in d.broad_modalities) != 1):
+    return {}
+  return sampling.frames_shared_at_narrow_start(
+      d.narrow.num_frames, d.narrow.frame_step, d.broad.num_frames, d.broad.frame_step)
+
+
 def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tensor):
   """Per record: the published sampler's windows (`sampling.train_windows`), the narrow RGB view,
   and each broad view: RGB through the same chain (randomly convolved for 'rc' and V/V), flow
@@ -267,11 +279,7 @@ def _make_train_example_fn(config: ml_collections.ConfigDict, base_seed: tf.Tens
   narrow_buffer = (d.narrow.crop_buffer_pixels if config_base.resizes_narrow_on_device(config)
                    else None)
   ship_waveform = augment_device.ships_broad_audio_waveform(config)
-  shared_frames = {}  # Frames the narrow and the one broad RGB view use, decoded once.
-  if (d.jpeg_decode in ('full', 'full_frame') and d.broad_start == 'at_narrow'
-      and sum(m in ('video', 'rc') for m in modalities) == 1):
-    shared_frames = sampling.frames_shared_at_narrow_start(
-        d.narrow.num_frames, d.narrow.frame_step, d.broad.num_frames, d.broad.frame_step)
+  shared_frames = frames_decoded_once(config)
 
   def fn(index: tf.Tensor, serialized: tf.Tensor) -> dict[str, Any]:
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
