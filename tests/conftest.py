@@ -31,6 +31,15 @@ def testdata_dir() -> pathlib.Path:
   return TESTDATA
 
 
+def write_clip_shards(directory: pathlib.Path, clips, prefix: str = 'train',
+                      num_shards: int = 2) -> str:
+  """`clips` (dmvr_format.Clip) written as `num_shards` DMVR shards under `directory`; its path."""
+  from brave_jax.data import dmvr_format  # pylint: disable=g-import-not-at-top
+  dmvr_format.write_shards([dmvr_format.encode_clip(c) for c in clips], str(directory), prefix,
+                           num_shards)
+  return str(directory)
+
+
 def config_path(name: str, variant: str | None = 'tiny') -> str:
   """'configs/<name>.py:<variant>', absolute, for `config_base.load` and CLIs."""
   path = REPO_ROOT / 'configs' / f'{name}.py'

@@ -44,10 +44,7 @@ def _clip(i):
 
 @pytest.fixture(scope='module')
 def shard_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('shards')
-  dmvr_format.write_shards([dmvr_format.encode_clip(_clip(i)) for i in range(6)], str(path),
-                           'train', 2)
-  return str(path)
+  return conftest.write_clip_shards(tmp_path_factory.mktemp('shards'), [_clip(i) for i in range(6)])
 
 
 def _config(name, augment_on, shipped='float32', narrow_resize_on='device'):

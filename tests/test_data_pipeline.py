@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import conftest
+
 from brave_jax.data import dmvr_format
 from brave_jax.data import eval_clips
 from brave_jax.data import pipeline
@@ -127,7 +129,7 @@ def test_hosts_read_disjoint_clips_that_together_cover_the_dataset(tmp_path, tin
   """Two hosts with the same seed: each reads only its own shards' clips (labels name clips here)."""
   clips = [dmvr_format.Clip(frames_TxHxWx3=_frames(i), waveform=_clip(i).waveform, label_index=i,
                             label_text=f'c{i}', video_id=f'v{i}') for i in range(8)]
-  dmvr_format.write_shards([dmvr_format.encode_clip(c) for c in clips], str(tmp_path), 'train', 4)
+  conftest.write_clip_shards(tmp_path, clips, 'train', 4)
   cfg = _config(tiny_va_config)  # Global batch 4: 2 clips per host and step.
   seen = []
   for host in (0, 1):

@@ -27,10 +27,7 @@ def _clip(i):
 
 @pytest.fixture(scope='module')
 def shard_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('shards')
-  dmvr_format.write_shards([dmvr_format.encode_clip(_clip(i)) for i in range(4)], str(path),
-                           'train', 2)
-  return str(path)
+  return conftest.write_clip_shards(tmp_path_factory.mktemp('shards'), [_clip(i) for i in range(4)])
 
 
 def _config(name, augment_on):
@@ -86,7 +83,8 @@ def test_shared_frames_are_the_same_frame_indices(narrow_frames, narrow_step, br
 
 
 def test_full_size_shares_the_even_narrow_frames():
-  assert sampling.frames_shared_at_narrow_start(16, 2, 64, 4) == {k: k // 2 for k in range(0, 16, 2)}
+  assert (sampling.frames_shared_at_narrow_start(16, 2, 64, 4)
+          == {k: k // 2 for k in range(0, 16, 2)})
 
 
 @pytest.mark.parametrize('name,augment_on', [('brave_rgb_rgb', 'host'), ('brave_rgb_rc', 'device')])

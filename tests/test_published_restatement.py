@@ -6,6 +6,8 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+import conftest
+
 from brave_jax.data import decode
 from brave_jax.data import dmvr_format
 from brave_jax.data import pipeline
@@ -42,7 +44,7 @@ def test_batches_have_our_shapes(tmp_path, tiny_vv_config):
   clips = [dmvr_format.Clip(frames_TxHxWx3=np.random.RandomState(i).randint(
       0, 255, (40, 48, 64, 3)).astype(np.uint8), label_index=i, video_id=f'v{i}')
            for i in range(4)]
-  dmvr_format.write_shards([dmvr_format.encode_clip(c) for c in clips], str(tmp_path), 'x', 2)
+  conftest.write_clip_shards(tmp_path, clips, 'x', 2)
   batch = next(published_pipeline.make_dataset(tiny_vv_config, str(tmp_path), 2)
                .as_numpy_iterator())
   shapes = pipeline.batch_shapes(tiny_vv_config)
