@@ -141,7 +141,9 @@ class DataIterator:
                first_slot: int = 0, total_slots: int | None = None,
                entry_of_slot: Callable[[int], int] | None = None):
     self.dataset = dataset
-    self._iterator = iter(dataset)
+    # Read-only arrays over the tensors' own buffers: `Tensor.numpy()` would copy every
+    # batch once more (15 MB per full-size V/V clip).
+    self._iterator = dataset.as_numpy_iterator()
     _LIVE_ITERATORS.add(self)
     self._monitor = monitor
     self._lost_at_index = monitor._index.lost_records  # pylint: disable=protected-access
@@ -156,7 +158,7 @@ class DataIterator:
     if self._iterator is None:
       raise StopIteration
     try:
-      batch = tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
+      batch = next(self._iterator)
     except StopIteration:
       if self._total_slots is not None and self._next_slot < self._total_slots:
         self._dropped_until(self._total_slots, 0)  # Bad records after the last good one.
@@ -234,7 +236,7 @@ class TfdsIterator:
 
   def __init__(self, dataset: tf.data.Dataset, total: int | None = None):
     self.dataset = dataset
-    self._iterator = iter(dataset)
+    self._iterator = dataset.as_numpy_iterator()
     self._next = 0
     self._total = total
     self._skipped = 0
@@ -244,7 +246,7 @@ class TfdsIterator:
 
   def __next__(self) -> dict[str, Any]:
     try:
-      batch = tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
+      batch = next(self._iterator)
     except StopIteration:
       if self._total is not None:
         self._skipped += max(self._total - self._next, 0)
