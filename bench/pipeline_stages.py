@@ -2,6 +2,8 @@
 
   python bench/pipeline_stages.py --seconds=20     # V/A, V/V, V/F, V/FA at full size
   python bench/pipeline_stages.py --seconds=2 --stage_clips=1 --views=va   # a smoke test
+  python bench/pipeline_stages.py --views=vv --rounds=5 --no_stages \
+      --pipelines=ours_device,published   # the ratio as the median of 5 alternating rounds
 
 For each view setup (configs/brave_rgb_audio.py, brave_rgb_rgb.py,
 brave_rgb_flow.py, brave_rgb_flow_audio.py at full size) it runs, one after
@@ -26,6 +28,9 @@ the other, each in a fresh process so no TF thread setting leaks:
 Each reports clips/s over --seconds after the first batch, CPU ms per clip
 (the process's CPU time over the timed clips, all threads) and bytes per clip
 of the batches it yields, with the 1-minute load average before and after.
+With --rounds=N every pipeline runs once per round, in turn, and the tables
+add medians: the same pipeline moved 10-20 % between runs on this project's
+VM, so one run of each can make the ratio look better or worse than it is.
 
 Then a stage table, host CPU ms per clip, for ours and the published chain:
 each stage's function run on the previous stage's outputs, already in memory
@@ -377,21 +382,40 @@ def _shards(args: argparse.Namespace, kind: str) -> str:
   return os.path.join(out, 'bench-*')
 
 
+def medians(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+  """(view, pipeline) -> median clips/s and CPU ms per clip over its rounds, and the median
+  over rounds of its clips/s against the published pipeline's in the same round."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for key in dict.fromkeys((r['view'], r['pipeline']) for r in runs):
+    mine = [r for r in runs if (r['view'], r['pipeline']) == key]
+    ratios = [r['clips_per_s'] / p['clips_per_s'] for r in mine for p in runs
+              if p['view'] == key[0] and p['pipeline'] == 'published'
+              and p.get('round', 0) == r.get('round', 0)]
+    out[key] = {'clips_per_s': float(np.median([r['clips_per_s'] for r in mine])),
+                'cpu_ms_per_clip': float(np.median([r['cpu_ms_per_clip'] for r in mine])),
+                'rounds': len(mine),
+                'ratio_to_published': float(np.median(ratios)) if ratios else None,
+                'ratios_by_round': ratios}
+  return out
+
+
 def _plot(results: dict[str, Any], path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, (ax_tp, ax_st) = plt.subplots(1, 2, figsize=(13, 4.5))
-  runs = results['throughput']
-  views = list(dict.fromkeys(r['view'] for r in runs))
-  names = list(dict.fromkeys(r['pipeline'] for r in runs))
+  med = medians(results['throughput'])
+  views = list(dict.fromkeys(v for v, _ in med))
+  names = list(dict.fromkeys(n for _, n in med))
   width = 0.8 / max(len(names), 1)
   for j, name in enumerate(names):
-    ys = [next((r['cpu_ms_per_clip'] for r in runs if r['view'] == v and r['pipeline'] == name),
-               0) for v in views]
+    ys = [med[(v, name)]['cpu_ms_per_clip'] if (v, name) in med else 0 for v in views]
     ax_tp.bar([i + j * width for i in range(len(views))], ys, width, label=name)
   ax_tp.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(views))], views)
-  ax_tp.set_ylabel('host CPU ms per clip (end to end)')
+  ax_tp.set_ylabel('host CPU ms per clip (end to end'
+                   + (f", median of {results['rounds']} rounds)" if results.get('rounds', 1) > 1
+                      else ')'))
   ax_tp.legend()
   bars = results['stages']
   labels = [f"{r['view']}\n{r['pipeline']}" for r in bars]
@@ -413,13 +437,23 @@ def _print_tables(results: dict[str, Any]) -> None:
   runs = results['throughput']
   print('\nend to end (clips/s, CPU ms/clip, MB/clip, load before -> after):')
   for r in runs:
-    pub = next((p for p in runs if p['view'] == r['view'] and p['pipeline'] == 'published'), None)
+    pub = next((p for p in runs if p['view'] == r['view'] and p['pipeline'] == 'published'
+                and p.get('round', 0) == r.get('round', 0)), None)
     ratio = (f" ours/published clips/s {r['clips_per_s'] / pub['clips_per_s']:.2f}x, CPU "
              f"{r['cpu_ms_per_clip'] / pub['cpu_ms_per_clip']:.2f}x"
              if pub and r is not pub else '')
     print(f"  {r['view']:4s} {r['pipeline']:17s} {r['clips_per_s']:7.1f} clips/s "
           f"{r['cpu_ms_per_clip']:8.1f} ms {r['bytes_per_clip'] / 2**20:7.2f} MB  "
-          f"[load {r['load_before']} -> {r['load_after']}]{ratio}")
+          f"[load {r['load_before']} -> {r['load_after']}]{ratio}"
+          + (f" (round {r['round']})" if results.get('rounds', 1) > 1 else ''))
+  if results.get('rounds', 1) > 1:
+    print(f"\nmedians over {results['rounds']} rounds (each round runs every pipeline once, in "
+          'turn; ratio: median over rounds of clips/s against that round\'s published run):')
+    for (view, name), m in medians(runs).items():
+      ratio = m['ratio_to_published']
+      print(f"  {view:4s} {name:17s} {m['clips_per_s']:7.1f} clips/s {m['cpu_ms_per_clip']:8.1f} ms"
+            + (f"  {ratio:.2f}x (rounds: {', '.join(f'{x:.2f}' for x in m['ratios_by_round'])})"
+               if ratio is not None and name != 'published' else ''))
   print('\nstages, host CPU ms per clip, one TF thread (' + ', '.join(STAGES) + '):')
   for r in results['stages']:
     cells = ' '.join(f"{(r['cpu_ms_per_clip'].get(s) or 0):8.1f}" for s in STAGES)
@@ -441,6 +475,11 @@ def main() -> None:
   parser.add_argument('--stage_clips', type=int, default=4, help='records the stages run on')
   parser.add_argument('--stage_draws', type=int, default=3, help='random draws per record')
   parser.add_argument('--no_stages', action='store_true', help='end-to-end figures only')
+  parser.add_argument('--rounds', type=int, default=1, help='end-to-end rounds: each runs every '
+                      'pipeline once, in turn; tables give medians (this VM moves 10-20 %% '
+                      'between runs)')
+  parser.add_argument('--pipelines', default=','.join((*OURS, 'published')),
+                      help='comma list of end-to-end pipelines to run')
   parser.add_argument('--out', default=os.path.join(_BENCH, 'results', 'input_pipeline'))
   parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
   parser.add_argument('--view', default='', help=argparse.SUPPRESS)
@@ -460,19 +499,27 @@ def main() -> None:
   unknown = set(views) - set(VIEWS)
   if unknown:
     parser.error(f'--views: unknown {sorted(unknown)}; choose from {sorted(VIEWS)}')
+  pipelines = [p for p in args.pipelines.split(',') if p]
+  unknown = set(pipelines) - {*OURS, 'published'}
+  if unknown:
+    parser.error(f'--pipelines: unknown {sorted(unknown)}; choose from '
+                 f'{sorted({*OURS, "published"})}')
   results: dict[str, Any] = {
-      'batch': args.batch, 'seconds': args.seconds, 'cpu_count': os.cpu_count(),
+      'batch': args.batch, 'seconds': args.seconds, 'rounds': args.rounds,
+      'cpu_count': os.cpu_count(),
       'load_start': load_average(), 'throughput': [], 'stages': []}
   print(f'load average at start: {results["load_start"]}', flush=True)
   shards = {v: _shards(args, VIEWS[v][1]) for v in views}
   for v in views:
-    for name in (*OURS, 'published'):
-      r = _run_worker(args, worker='throughput', view=v, pipeline=name, shards=shards[v])
-      if r:
-        results['throughput'].append(r)
-        print(f"{v:4s} {name:17s} {r['clips_per_s']:7.1f} clips/s, "
-              f"{r['cpu_ms_per_clip']:7.1f} CPU ms/clip, {r['bytes_per_clip'] / 2**20:.2f} "
-              f"MB/clip [load {r['load_before']} -> {r['load_after']}]", flush=True)
+    for round_ in range(args.rounds):
+      for name in pipelines:
+        r = _run_worker(args, worker='throughput', view=v, pipeline=name, shards=shards[v])
+        if r:
+          results['throughput'].append(dict(r, round=round_))
+          print(f"{v:4s} {name:17s} {r['clips_per_s']:7.1f} clips/s, "
+                f"{r['cpu_ms_per_clip']:7.1f} CPU ms/clip, {r['bytes_per_clip'] / 2**20:.2f} "
+                f"MB/clip [load {r['load_before']} -> {r['load_after']}] (round {round_})",
+                flush=True)
     if not args.no_stages:
       for name in ('ours', 'published'):
         r = _run_worker(args, worker='stages', view=v, pipeline=name, shards=shards[v])
