@@ -22,6 +22,9 @@ the other, each in a fresh process so no TF thread setting leaks:
 - 'ours_device_uint8': that, shipping uint8 pixels
   (config.data.shipped_frames_dtype='uint8': 4x fewer bytes, each pixel
   rounded to the nearest level; float32 is exact);
+- 'ours_device_reduced_scale': the default with data.jpeg_decode='reduced_scale'
+  (libjpeg's 1/2-1/8 scaled decode of large crops: cheaper, not the published
+  pixels; docs/fidelity.md);
 - 'published': bench/published_pipeline.py, our op-for-op re-statement of
   the published tf.data chain (a yardstick; its docstring says where it may
   differ from the real one).
@@ -82,6 +85,7 @@ OURS = {  # Our end-to-end runs: name -> (data.augment_on, data.shipped_frames_d
     'ours_device_full_frame': ('device', 'float32', 'device', 'full_frame'),
     'ours_device_host_resize': ('device', 'float32', 'host', 'full'),
     'ours_device_uint8': ('device', 'uint8', 'host', 'full'),
+    'ours_device_reduced_scale': ('device', 'float32', 'device', 'reduced_scale'),
 }
 STAGES = ('read', 'sample', 'decode_crop_resize', 'augment', 'spectrogram', 'batch', 'transfer')
 _WARMUP_DRAWS = 8  # Draws per stage before timing: every tf.cond branch compiled.

@@ -345,12 +345,10 @@ def _record_reader(index: reader.ShardIndex) -> tuple[Callable[[tf.Tensor], tf.T
   reasons: dict[int, str] = {}
   lock = threading.Lock()
 
-  def read_py(entry: np.ndarray) -> np.ndarray:
+  def read_py(entry: np.ndarray) -> bytes:
     entry = int(entry)
     try:
-      # A 0-d object array holding the bytes: tf.numpy_function would first copy returned bytes
-      # into a numpy bytes array (14 MB per bench V/V record) before making the string tensor.
-      return np.array(index.read(rd, entry), dtype=object)
+      return index.read(rd, entry)
     except tfrecord.RecordError as e:
       with lock:
         if len(reasons) < 10_000:
