@@ -87,6 +87,7 @@ OURS = {  # Our end-to-end runs: name -> (data.augment_on, data.shipped_frames_d
     'ours_device_uint8': ('device', 'uint8', 'host', 'full'),
     'ours_device_reduced_scale': ('device', 'float32', 'device', 'reduced_scale'),
 }
+PIPELINES = (*OURS, 'published')  # Every end-to-end run, in the order a round runs them.
 STAGES = ('read', 'sample', 'decode_crop_resize', 'augment', 'spectrogram', 'batch', 'transfer')
 _WARMUP_DRAWS = 8  # Draws per stage before timing: every tf.cond branch compiled.
 
@@ -386,6 +387,12 @@ def _shards(args: argparse.Namespace, kind: str) -> str:
   return os.path.join(out, 'bench-*')
 
 
+def _published_run(runs: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any] | None:
+  """The published pipeline's run of `run`'s view and round, which its ratio is taken against."""
+  return next((p for p in runs if p['view'] == run['view'] and p['pipeline'] == 'published'
+               and p.get('round', 0) == run.get('round', 0)), None)
+
+
 def medians(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
   """(view, pipeline) -> median clips/s and CPU ms per clip over its rounds, and the median
   over rounds of its clips/s against the published pipeline's in the same round."""
@@ -393,9 +400,8 @@ def medians(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float
   out = {}
   for key in dict.fromkeys((r['view'], r['pipeline']) for r in runs):
     mine = [r for r in runs if (r['view'], r['pipeline']) == key]
-    ratios = [r['clips_per_s'] / p['clips_per_s'] for r in mine for p in runs
-              if p['view'] == key[0] and p['pipeline'] == 'published'
-              and p.get('round', 0) == r.get('round', 0)]
+    ratios = [r['clips_per_s'] / p['clips_per_s'] for r in mine
+              for p in [_published_run(runs, r)] if p is not None]
     out[key] = {'clips_per_s': float(np.median([r['clips_per_s'] for r in mine])),
                 'cpu_ms_per_clip': float(np.median([r['cpu_ms_per_clip'] for r in mine])),
                 'rounds': len(mine),
@@ -441,8 +447,7 @@ def _print_tables(results: dict[str, Any]) -> None:
   runs = results['throughput']
   print('\nend to end (clips/s, CPU ms/clip, MB/clip, load before -> after):')
   for r in runs:
-    pub = next((p for p in runs if p['view'] == r['view'] and p['pipeline'] == 'published'
-                and p.get('round', 0) == r.get('round', 0)), None)
+    pub = _published_run(runs, r)
     ratio = (f" ours/published clips/s {r['clips_per_s'] / pub['clips_per_s']:.2f}x, CPU "
              f"{r['cpu_ms_per_clip'] / pub['cpu_ms_per_clip']:.2f}x"
              if pub and r is not pub else '')
@@ -482,7 +487,7 @@ def main() -> None:
   parser.add_argument('--rounds', type=int, default=1, help='end-to-end rounds: each runs every '
                       'pipeline once, in turn; tables give medians (this VM moves 10-20 %% '
                       'between runs)')
-  parser.add_argument('--pipelines', default=','.join((*OURS, 'published')),
+  parser.add_argument('--pipelines', default=','.join(PIPELINES),
                       help='comma list of end-to-end pipelines to run')
   parser.add_argument('--out', default=os.path.join(_BENCH, 'results', 'input_pipeline'))
   parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
@@ -504,10 +509,9 @@ def main() -> None:
   if unknown:
     parser.error(f'--views: unknown {sorted(unknown)}; choose from {sorted(VIEWS)}')
   pipelines = [p for p in args.pipelines.split(',') if p]
-  unknown = set(pipelines) - {*OURS, 'published'}
+  unknown = set(pipelines) - set(PIPELINES)
   if unknown:
-    parser.error(f'--pipelines: unknown {sorted(unknown)}; choose from '
-                 f'{sorted({*OURS, "published"})}')
+    parser.error(f'--pipelines: unknown {sorted(unknown)}; choose from {sorted(PIPELINES)}')
   results: dict[str, Any] = {
       'batch': args.batch, 'seconds': args.seconds, 'rounds': args.rounds,
       'cpu_count': os.cpu_count(),

@@ -221,7 +221,8 @@ def _shared_full_decode(narrow_jpegs: tf.Tensor, broad_jpegs: tf.Tensor, shared:
   ks = sorted(shared)
   js = [shared[k] for k in ks]
   narrow_own = [k for k in range(narrow_jpegs.shape[0]) if k not in shared]
-  broad_own = [j for j in range(broad_jpegs.shape[0]) if j not in set(shared.values())]
+  shared_js = set(js)
+  broad_own = [j for j in range(broad_jpegs.shape[0]) if j not in shared_js]
 
   def decoded(jpegs, positions, windows):  # (frames, origin) of those frames.
     return decode.decode_for_windows(tf.gather(jpegs, positions), windows, jpeg_decode)
