@@ -164,7 +164,7 @@ def _stage_functions(config, pipeline_name: str):
   """{stage: tf.function} for the per-example stages of one pipeline (read is timed apart)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from brave_jax import config_base  # pylint: disable=g-import-not-at-top
-  from brave_jax.data import augment, decode, pipeline, resize_device, sampling, spectrogram  # pylint: disable=g-import-not-at-top,multiple-imports
+  from brave_jax.data import augment, decode, dmvr_format, pipeline, reader, resize_device, sampling, spectrogram  # pylint: disable=g-import-not-at-top,multiple-imports
   import published_pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   modalities = tuple(d.broad_modalities)
@@ -181,15 +181,19 @@ def _stage_functions(config, pipeline_name: str):
   def sample(ex, seed):
     if published:
       return published_pipeline.sample(ex, config, seed)
-    n = tf.shape(ex['video'])[0]
+    # The frames the windows pick, cut out of the record (the pipeline cuts the same spans
+    # in Python, from the record its read op held).
+    image, flow = ex['spans'][dmvr_format.IMAGE_KEY], ex['spans'].get(dmvr_format.FLOW_KEY)
+    cut = reader.frames_cut_from(ex['record'])
+    n = tf.shape(image)[0]
     win = sampling.train_windows(
         n, narrow_frames=d.narrow.num_frames, narrow_step=d.narrow.frame_step,
         broad_frames=d.broad.num_frames, broad_step=d.broad.frame_step,
         broad_start=d.broad_start, seed=seed)
-    out = {'narrow': tf.gather(ex['video'], win['narrow']),
-           'broad_video': tf.gather(ex['video'], win['broad'])}
-    if 'flow' in ex:
-      out['flow'] = tf.gather(ex['flow'], tf.math.floormod(win['broad'], tf.shape(ex['flow'])[0]))
+    out = {'narrow': cut(tf.gather(image, win['narrow'])),
+           'broad_video': cut(tf.gather(image, win['broad']))}
+    if flow is not None:
+      out['flow'] = cut(tf.gather(flow, tf.math.floormod(win['broad'], tf.shape(flow)[0])))
     if 'audio' in ex:
       out['audio'] = sampling.broad_audio_window(ex['audio'], win['broad_start'], num_samples,
                                                  n, win['looped_frames'])
@@ -272,7 +276,10 @@ def _stage_functions(config, pipeline_name: str):
 
 
 def _read_stage(config, pipeline_name: str, files: list[str], num_clips: int):
-  """(CPU ms per clip of reading + parsing, the parsed examples)."""
+  """(CPU ms per clip of reading + parsing, the parsed examples).
+
+  Ours reads as its pipeline does: the record split, only what is not a frame parsed, the
+  frames cut out later by the sample stage."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from brave_jax.data import reader  # pylint: disable=g-import-not-at-top
   import published_pipeline  # pylint: disable=g-import-not-at-top
@@ -283,20 +290,30 @@ def _read_stage(config, pipeline_name: str, files: list[str], num_clips: int):
     next(iter(records))  # Trace.
     cpu = time.process_time()
     examples = list(records)
-  else:
-    parse = tf.function(lambda s: reader.parse_example(
-        s, video=True, flow='flow' in modalities, audio='audio' in modalities))
-    from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    read, _ = pipeline._record_reader(reader.index_shards(files))  # pylint: disable=protected-access
-    # The pipeline's own read op, in a tf.data map as the pipeline runs it (an eager
-    # tf.constant of each record would add a copy the pipeline never makes).
-    records = tf.data.Dataset.range(num_clips).map(read).map(parse)
-    next(iter(records))  # Trace.
-    cpu = time.process_time()
-    examples = list(records)
-  for ex in examples:
-    ex['video'].numpy()
-  return 1000 * (time.process_time() - cpu) / len(examples), examples
+    for ex in examples:
+      ex['video'].numpy()
+    return 1000 * (time.process_time() - cpu) / len(examples), examples
+  from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  index = reader.index_shards(files)
+  keys = reader.frame_keys(flow='flow' in modalities)
+  # The pipeline's own read op (record read, checked and split; the record without its
+  # frame lists parsed), in a tf.data map as the pipeline runs it. max_held=0 drops the
+  # held record at once: the sample stage cuts its frames from a copy read untimed below.
+  read, _ = pipeline._frames_on_demand_reader(index, keys, max_held=0)  # pylint: disable=protected-access
+
+  def read_parse(entry):
+    parts = read(entry, entry)
+    ex = reader.parse_example(parts.rest, video=False, audio='audio' in modalities)
+    return dict(ex, spans=parts.spans)
+  records = tf.data.Dataset.range(num_clips).map(read_parse)
+  next(iter(records))  # Trace.
+  cpu = time.process_time()
+  examples = list(records)
+  elapsed = time.process_time() - cpu
+  rd = index.reader()
+  for i, ex in enumerate(examples):
+    ex['record'] = tf.constant(index.read(rd, i))
+  return 1000 * elapsed / len(examples), examples
 
 
 def _stages_on_device(config) -> tuple[str, ...]:

@@ -38,7 +38,10 @@ def main() -> None:
   fns = {}
   for name, pairs in (('decoded once', real), ('decoded per view', lambda *a: {})):
     sampling.frames_shared_at_narrow_start = pairs
-    fns[name] = tf.function(pipeline._make_train_example_fn(config, tf.constant([0, 1], tf.int64)))  # pylint: disable=protected-access
+    example_fn = pipeline._make_train_example_fn(config, tf.constant([0, 1], tf.int64))  # pylint: disable=protected-access
+    keys = reader.frame_keys(flow='flow' in config.data.broad_modalities)
+    fns[name] = tf.function(
+        lambda i, s, f=example_fn, k=keys: f(i, reader.frames_on_demand(s, k)))
     fns[name](tf.constant(0, tf.int64), records[0])  # Trace (with this pairing) and warm up.
   sampling.frames_shared_at_narrow_start = real
   times = {name: [] for name in fns}

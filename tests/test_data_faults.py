@@ -284,6 +284,21 @@ def test_header_crc_matches_tensorflow(tmp_path):
   assert rd.read(0, int(index.offsets[1]), int(index.lengths[1])) == _record(1)
 
 
+def test_shard_cut_short_after_mapping_is_a_record_error(tmp_path):
+  """The training reader views records through a memory map; a shard cut shorter after it
+  was mapped gives the reader's error for the lost record, not a crash (SIGBUS)."""
+  [path] = _shards(tmp_path, n=3, num_shards=1)
+  index = tfrecord.index_file(path)
+  rd = tfrecord.RandomAccessReader([path])
+  first = rd.view(0, int(index.offsets[0]), int(index.lengths[0]), 0)
+  assert isinstance(first, memoryview) and bytes(first) == _record(0)
+  with open(path, 'r+b') as f:
+    f.truncate(int(index.offsets[2]) + 20)
+  with pytest.raises(tfrecord.RecordError, match='record 2 .*ends inside the record'):
+    rd.view(0, int(index.offsets[2]), int(index.lengths[2]), 2)
+  assert bytes(rd.view(0, int(index.offsets[1]), int(index.lengths[1]), 1)) == _record(1)
+
+
 def test_remote_paths_are_listed_indexed_and_read_through_gfile(tmp_path):
   """gs://-style URLs go through tf.io.gfile (exercised with TF's in-memory ram:// filesystem)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -10,7 +10,7 @@ import dataclasses
 import glob
 import os
 import re
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +18,7 @@ import tensorflow as tf
 from brave_jax import errors
 from brave_jax import log
 from brave_jax.data import dmvr_format
+from brave_jax.data import frame_spans
 from brave_jax.data import tfrecord
 
 _LOG = log.get_logger(__name__)
@@ -193,6 +194,11 @@ class ShardIndex:
     return reader.read(int(self.file_id[i]), int(self.offset[i]), int(self.length[i]),
                        int(self.record[i]))
 
+  def view(self, reader: tfrecord.RandomAccessReader, i: int) -> memoryview | bytes:
+    """Record i, checked, as a view of its file's memory map where the file is local."""
+    return reader.view(int(self.file_id[i]), int(self.offset[i]), int(self.length[i]),
+                       int(self.record[i]))
+
 
 def index_shards(files: Sequence[str]) -> ShardIndex:
   """Indexes the records of `files` (headers only); logs damage, refuses non-TFRecord files."""
@@ -280,6 +286,58 @@ def parse_example(serialized: tf.Tensor, *, video: bool = True, flow: bool = Fal
   if audio:
     out['audio'] = seq[dmvr_format.WAVEFORM_KEY].flat_values
   return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FramesOnDemand:
+  """A record split for the training sampler: everything but the frames, and the frames'
+  places (`frame_spans.split_record`), so that only the sampled frames are ever copied.
+
+  `rest`: the serialized record without its frame lists (parse it with `parse_example`,
+  video=False). `spans`: {feature key: int64 [T, 2]} byte spans of the frames.
+  `take`: int64 [K, 2] spans -> string [K] encoded frames.
+  """
+  rest: tf.Tensor
+  spans: dict[str, tf.Tensor]
+  take: Callable[[tf.Tensor], tf.Tensor]
+
+  def frames(self, key: str, positions: tf.Tensor) -> tf.Tensor:
+    """The spans of frames `positions` of feature list `key` (for `take`)."""
+    return tf.gather(self.spans[key], positions)
+
+
+def frame_keys(*, flow: bool) -> tuple[str, ...]:
+  """The feature lists a training record's frames are read from."""
+  return (dmvr_format.IMAGE_KEY,) + ((dmvr_format.FLOW_KEY,) if flow else ())
+
+
+def split_record_op(serialized: tf.Tensor, keys: Sequence[str]
+                    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """Graph op: serialized record -> (rest, {key: spans}) by `frame_spans.split_record`."""
+  def split(record: np.ndarray) -> list[Any]:  # A 0-d array holding the bytes.
+    rest, spans = frame_spans.split_record(record.item(), keys)
+    return [rest] + [spans[k] for k in keys]
+  out = tf.numpy_function(split, [serialized], [tf.string] + [tf.int64] * len(keys),
+                          stateful=False)
+  rest = tf.ensure_shape(out[0], [])
+  return rest, {k: tf.ensure_shape(s, [None, 2]) for k, s in zip(keys, out[1:])}
+
+
+def frames_on_demand(serialized: tf.Tensor, keys: Sequence[str]) -> FramesOnDemand:
+  """A FramesOnDemand of a record held as a tensor: frames cut out of it with substr.
+
+  The pipeline reads records into Python and cuts frames there, without this tensor
+  (`pipeline._frames_on_demand_reader`); this form serves code holding a serialized
+  record, and holds the pipeline's split to TensorFlow's parser in the tests."""
+  rest, spans = split_record_op(serialized, keys)
+  return FramesOnDemand(rest=rest, spans=spans, take=frames_cut_from(serialized))
+
+
+def frames_cut_from(serialized: tf.Tensor) -> Callable[[tf.Tensor], tf.Tensor]:
+  """A FramesOnDemand.take for a record held as a tensor: spans [K, 2] -> its frames [K]."""
+  def take(spans_K2: tf.Tensor) -> tf.Tensor:
+    return tf.strings.substr(serialized, spans_K2[:, 0], spans_K2[:, 1] - spans_K2[:, 0])
+  return take
 
 
 def check_features(index: ShardIndex, *, flow: bool = False, audio: bool = False,

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import mmap
 import os
 import struct
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import crc32c
 import numpy as np
@@ -59,6 +60,7 @@ class _RangeReader:
 
   def __init__(self):
     self._fds: dict[str, int] = {}
+    self._maps: dict[str, mmap.mmap | bytes] = {}
     self._lock = threading.Lock()
 
   def read(self, path: str, offset: int, size: int) -> bytes:
@@ -75,11 +77,37 @@ class _RangeReader:
           fd = self._fds[path] = os.open(path, os.O_RDONLY)
     return os.pread(fd, size, offset)
 
+  def view(self, path: str, offset: int, size: int) -> memoryview | bytes:
+    """Bytes [offset, offset + size) of a local file as a view of its memory map (no copy;
+    fewer bytes where the file now ends sooner), or read, for remote files."""
+    if is_remote(path):
+      return self.read(path, offset, size)
+    mapped = self._maps.get(path)
+    if mapped is None or len(mapped) < offset + size:  # Remapped when the file grew.
+      with self._lock:
+        mapped = self._maps.get(path)
+        if mapped is None or len(mapped) < offset + size:
+          with open(path, 'rb') as f:
+            size_now = os.fstat(f.fileno()).st_size
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size_now else b''
+          self._maps[path] = mapped
+    # The map's length is the file's when mapped: a file cut shorter since would fault
+    # (SIGBUS) on reading, so the view ends where the file ends now.
+    end = min(offset + size, self._size_now(path), len(mapped))
+    return memoryview(mapped)[offset:max(offset, end)]
+
+  def _size_now(self, path: str) -> int:
+    try:
+      return os.stat(path).st_size
+    except OSError:
+      return 0
+
   def close(self) -> None:
     with self._lock:
       for fd in self._fds.values():
         os.close(fd)
       self._fds.clear()
+      self._maps.clear()  # Unmapped when the last view of each is gone.
 
 
 def _header_length(header: bytes) -> int | None:
@@ -203,13 +231,23 @@ class RandomAccessReader:
 
   def read(self, file_id: int, offset: int, length: int, record: int | None = None) -> bytes:
     """The record's data; RecordError (naming file, record and offset) on any damage."""
+    return self._checked(self._reader.read, file_id, offset, length, record)
+
+  def view(self, file_id: int, offset: int, length: int, record: int | None = None
+           ) -> memoryview | bytes:
+    """As `read`, but a local file's record is a view of its memory map: not copied, and
+    only the pages touched (by the CRC check, then by what is cut out of it) are read."""
+    return self._checked(self._reader.view, file_id, offset, length, record)
+
+  def _checked(self, read_range: Callable[[str, int, int], memoryview | bytes], file_id: int,
+               offset: int, length: int, record: int | None) -> memoryview | bytes:
     path = self.paths[file_id]
     where = f'{path}: record {record} at byte {offset}' if record is not None else \
         f'{path}: record at byte {offset}'
     try:
-      header = self._reader.read(path, offset, HEADER_BYTES)
-      data = self._reader.read(path, offset + HEADER_BYTES, length)
-      footer = self._reader.read(path, offset + HEADER_BYTES + length, FOOTER_BYTES)
+      header = read_range(path, offset, HEADER_BYTES)
+      data = read_range(path, offset + HEADER_BYTES, length)
+      footer = read_range(path, offset + HEADER_BYTES + length, FOOTER_BYTES)
     except OSError as e:
       raise RecordError(f'{where}: read failed ({e})') from e
     if len(data) < length or len(footer) < FOOTER_BYTES:
