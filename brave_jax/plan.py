@@ -92,19 +92,21 @@ F32_HIGHEST_PASSES = 6  # bf16 passes of an f32 matmul at precision='highest' on
 
 TOPOLOGY_EXAMPLES = 'v4:2x2x1, v4:2x2x2, v5e:2x2, v5e:4x8, v5p:2x2x1, v5p:4x4x4, v6e:2x2'
 
-# CPU milliseconds the input pipeline spends per training clip, measured by
-# bench/input_pipeline.py (`cpu_ms_per_clip`) on bench/make_bench_shards.py's shards: config file
-# name -> (ms, where it was measured). Configs without a figure need --pipeline_cpu_ms_per_clip.
+# CPU milliseconds the input pipeline spends per training clip, measured end to end by
+# bench/pipeline_stages.py (`cpu_ms_per_clip`) on bench/make_bench_shards.py's shards: config
+# file name -> (ms, where it was measured). Configs without a figure need
+# --pipeline_cpu_ms_per_clip.
 PIPELINE_CPU_MS_PER_CLIP: dict[str, tuple[float, str]] = {
-    'brave_rgb_audio': (28.5, 'bench/README.md, libjpeg decodes a window a little wider than the '
-                        'crop: V/A full size, default pipeline, 2-core VM idle, load 2.2'),
-    'brave_rgb_rgb': (84.6, 'bench/README.md, libjpeg decodes a window a little wider than the '
-                      'crop: V/V full size, default pipeline, 2-core VM idle, load 1.5-1.7'),
-    'brave_rgb_flow': (104.5, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_windowed_decode'
-                       '_idle.txt: V/F full size, default pipeline, 2-core VM idle, load 1.8'),
-    'brave_rgb_flow_audio': (134.6, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_windowed_'
-                             'decode_idle.txt: V/FA full size, default pipeline, 2-core VM idle, '
-                             'load 2.0'),
+    # Medians of 3 rounds, each round running ours and the published re-statement in turn.
+    'brave_rgb_audio': (28.1, 'bench/results/input_pipeline/pipeline_stages_vv-va_frame_spans'
+                        '_idle.txt: V/A full size, default pipeline, 2-core VM idle, load 1.4-2.0'),
+    'brave_rgb_rgb': (81.4, 'bench/results/input_pipeline/pipeline_stages_vv-va_frame_spans'
+                      '_idle.txt: V/V full size, default pipeline, 2-core VM idle, load 1.8-2.9'),
+    'brave_rgb_flow': (89.0, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_frame_spans'
+                       '_idle.txt: V/F full size, default pipeline, 2-core VM idle, load 1.5-2.1'),
+    'brave_rgb_flow_audio': (94.3, 'bench/results/input_pipeline/pipeline_stages_vf-vfa_frame_'
+                             'spans_idle.txt: V/FA full size, default pipeline, 2-core VM idle, '
+                             'load 1.4-2.6'),
 }
 
 
