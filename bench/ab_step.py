@@ -8,16 +8,18 @@ A variant is NAME|XLA_OPTIONS[|FLAGS]: XLA debug options as comma-separated
 name=value ('' = XLA defaults; 'train' = what training uses, step.compiler_options)
 and FLAGS, '+'-separated: hk_conv, the backbones built with plain hk.Conv2D instead
 of tsm_resnet.Conv2D (the implementation before the small-image matmul path);
+autodiff_bn, batch norm differentiated by autodiff as published (model.bn_backward='autodiff');
 device_augment, the step also runs the view chain and the log-mel on a batch
 shipped as data.augment_on='device' ships it (train_step.shipped_batch), as
 training does by default, where the published step gets augmented clips.
 
   python bench/ab_step.py --config=configs/brave_rgb_rgb.py --config.data.narrow.image_size=64 \
-      --variant='published|xla_cpu_experimental_ynn_fusion_type=|hk_conv' \
+      --variant='published|xla_cpu_experimental_ynn_fusion_type=|hk_conv+autodiff_bn' \
       --variant='ours|train|device_augment'   # the update step against the published one
 Variants run on the same batch in turn, round after round, so a shared, noisy
 machine slows all alike; the ratios of median step times are what to trust.
 """
+import copy
 import os
 import statistics
 import sys
@@ -81,15 +83,19 @@ def main(argv):
     name, _, rest = spec.partition('|')
     options_spec, _, flag_spec = rest.partition('|')
     flags_ = set(filter(None, flag_spec.split('+')))
-    unknown = flags_ - {'hk_conv', 'device_augment'}
+    unknown = flags_ - {'hk_conv', 'device_augment', 'autodiff_bn'}
     if unknown:
       raise ValueError(f'--variant {spec!r}: unknown flags {sorted(unknown)}')
     options = parse_options(options_spec, devices)
     start = time.perf_counter()
-    compiled, state, batch = compile_variant(config, devices, options, 'hk_conv' in flags_,
-                                             'device_augment' in flags_)
+    variant_config = copy.deepcopy(config)
+    if 'autodiff_bn' in flags_:
+      variant_config.model.bn_backward = 'autodiff'
+    compiled, state, batch = compile_variant(variant_config, devices, options,
+                                             'hk_conv' in flags_, 'device_augment' in flags_)
     print(f'{name}: XLA options {options or "defaults"}, '
-          f'{"hk.Conv2D" if "hk_conv" in flags_ else "Conv2D"}'
+          f'{"hk.Conv2D" if "hk_conv" in flags_ else "Conv2D"}, '
+          f'batch norm gradient {variant_config.model.bn_backward}'
           f'{", augmentation + log-mel in the step" if "device_augment" in flags_ else ""}; '
           f'compile {time.perf_counter() - start:.0f} s, '
           f'{compiled.cost_analysis()["flops"] / 1e9:.1f} GFLOP/step', flush=True)

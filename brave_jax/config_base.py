@@ -37,6 +37,7 @@ INDEPENDENT_FPS = 12  # Frame rate and audio rate of data/synthetic_independent.
 INDEPENDENT_AUDIO_RATE = 16000
 OPTIMIZER_VARIANTS = ('published', 'corrected')  # See config.optimizer.variant.
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+BN_BACKWARDS = ('analytic', 'autodiff')  # model.bn_backward (models/tsm_resnet.BatchNorm).
 FINETUNE_OPTIMIZERS = ('sgd', 'adamw')
 FEATURE_TRANSFORMS = ('standardize', 'l2_standardize', 'auto')  # config.eval.feature_transform.
 
@@ -181,6 +182,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.bn_eps = 1e-5
   c.model.compute_dtype = 'float32'  # 'bfloat16': bf16 compute, f32 params/BN stats/loss.
   c.model.remat = False  # Rematerialise backbone blocks to save memory.
+  # Backbone batch norm's gradient in a training step: 'analytic' (ours: written out, the
+  # same function to float rounding, fewer reductions: models/batch_norm_grad.py) or
+  # 'autodiff' (as published: autodiff of hk.BatchNorm).
+  c.model.bn_backward = 'analytic'
 
   # Optimizer
   c.optimizer = ml_collections.ConfigDict()
@@ -415,6 +420,8 @@ def validate(config: ml_collections.ConfigDict, num_processes: int = 1,
     _positive_int(config, f'model.{f}')
   _require(config.model.compute_dtype in COMPUTE_DTYPES, 'model.compute_dtype',
            f'must be one of {COMPUTE_DTYPES}, got {config.model.compute_dtype!r}')
+  _require(config.model.get('bn_backward', 'analytic') in BN_BACKWARDS, 'model.bn_backward',
+           f'must be one of {BN_BACKWARDS}, got {config.model.get("bn_backward")!r}')
   _require(config.optimizer.name in OPTIMIZERS, 'optimizer.name',
            f'must be one of {OPTIMIZERS}, got {config.optimizer.name!r}')
   _require(config.optimizer.variant in OPTIMIZER_VARIANTS, 'optimizer.variant',

@@ -68,8 +68,9 @@ class Embedding(hk.Module):
     super().__init__(name=embedding_name(view, modality))
     self._config = _backbone_config(model_config, view, modality)
     self._modality = modality
-    self._bn_config = tsm_resnet.make_bn_config(model_config.bn_decay, model_config.bn_eps,
-                                                axis_name)
+    self._bn_config = dict(tsm_resnet.make_bn_config(model_config.bn_decay, model_config.bn_eps,
+                                                     axis_name),
+                           backward=model_config.get('bn_backward', 'analytic'))
     self._remat = bool(model_config.remat)
 
   def __call__(self, x: jax.Array, is_training: bool) -> jax.Array:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from brave_jax.models import batch_norm_grad
+
 BnConfig = Mapping[str, Any]
 
 
@@ -26,13 +28,36 @@ def make_bn_config(decay_rate: float = 0.9, eps: float = 1e-5,
 
 
 class BatchNorm(hk.BatchNorm):
-  """Backbone batch norm: its own class so a mixed-precision policy can keep it in f32.
+  """Backbone batch norm: its own class so a mixed-precision policy can keep it in f32, and
+  so a training step can take its gradient written out (`backward='analytic'`,
+  `batch_norm_grad`) rather than autodiff's of hk.BatchNorm (`'autodiff'`, as published).
 
-  Named 'batch_norm' like hk.BatchNorm, so parameter paths are unchanged.
+  Named 'batch_norm' like hk.BatchNorm, so parameter and state paths are unchanged.
   """
 
-  def __init__(self, name: str | None = 'batch_norm', **kwargs):
+  def __init__(self, name: str | None = 'batch_norm', backward: str = 'analytic', **kwargs):
     super().__init__(name=name, **kwargs)
+    if backward not in ('analytic', 'autodiff'):
+      raise ValueError(f'config.model.bn_backward: {backward!r} is not analytic or autodiff')
+    self._backward = backward
+
+  def __call__(self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False,
+               scale: jax.Array | None = None, offset: jax.Array | None = None) -> jax.Array:
+    if (self._backward == 'autodiff' or not is_training or self.axis is not None
+        or not (self.create_scale and self.create_offset)
+        or self.channel_index not in (-1, inputs.ndim - 1)):
+      return super().__call__(inputs, is_training, test_local_stats, scale, offset)
+    axes = tuple(range(inputs.ndim - 1))
+    w_shape = [1] * (inputs.ndim - 1) + [inputs.shape[-1]]
+    scale = hk.get_parameter('scale', w_shape, inputs.dtype, self.scale_init)
+    offset = hk.get_parameter('offset', w_shape, inputs.dtype, self.offset_init)
+    groups = self.cross_replica_axis_index_groups
+    out, mean, var = batch_norm_grad.normalize(
+        inputs, scale, offset, self.eps, axes, self.cross_replica_axis,
+        None if groups is None else tuple(tuple(g) for g in groups))
+    self.mean_ema(mean)
+    self.var_ema(var)
+    return out
 
 
 class DepthSpec(NamedTuple):
