@@ -1,8 +1,8 @@
 """Where each JPEG frame lies inside a serialized SequenceExample, found without parsing it.
 
 A training clip needs 16 + 64 of a record's 300 frames, but TensorFlow's parser copies
-every frame into a string tensor, after the record itself was copied into one: about
-a third of the host's CPU per V/V clip went to those two copies. `split_record`
+every frame into a string tensor, after the record itself was copied into one: reading
+and parsing took 28 of about 85 host CPU ms per V/V clip (bench/README.md). `split_record`
 walks the protobuf wire format once (a few varints per frame), returns each frame's
 (start, end) byte offsets, and returns the record without its frame lists, so that
 TensorFlow's own parser still reads everything else (labels, ids, the waveform) with its
