@@ -89,3 +89,26 @@ def test_unknown_backward_is_refused():
   with pytest.raises(ValueError, match='config.model.bn_backward'):
     hk.transform(lambda x: tsm_resnet.BatchNorm(backward='fast', **tsm_resnet.make_bn_config())(
         x, True)).init(jax.random.PRNGKey(0), jnp.ones((2, 3)))
+
+
+def test_the_statistics_outputs_have_their_gradient_too():
+  """normalize's mean and var (for the moving averages) are differentiable outputs as well."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(5, 3, 2, 4)).astype(np.float32))
+  scale, offset = jnp.full((1, 1, 1, 4), 1.3), jnp.full((1, 1, 1, 4), 0.2)
+  w_mean, w_var = (jnp.asarray(rng.normal(size=(1, 1, 1, 4)).astype(np.float32)) for _ in range(2))
+
+  def loss(norm, x):
+    out, mean, var = norm(x)
+    return jnp.sum(out ** 2) + jnp.sum(mean * w_mean) + jnp.sum(var * w_var)
+
+  def haiku_form(x):  # hk.BatchNorm's arithmetic, left to autodiff.
+    mean = jnp.mean(x, (0, 1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x), (0, 1, 2), keepdims=True) - jnp.square(mean)
+    return (x - mean) * (scale * jax.lax.rsqrt(var + 1e-5)) + offset, mean, var
+  analytic = jax.grad(lambda x: loss(
+      lambda y: batch_norm_grad.normalize(y, scale, offset, 1e-5, (0, 1, 2), None, None), x))(x)
+  autodiff = jax.grad(lambda x: loss(haiku_form, x))(x)
+  _assert_close(analytic, autodiff, 1e-5)
+  without = jax.grad(lambda x: jnp.sum(haiku_form(x)[0] ** 2))(x)  # Control: stats' terms matter.
+  assert float(jnp.max(jnp.abs(without - autodiff))) > 1e-3 * float(jnp.max(jnp.abs(autodiff)))

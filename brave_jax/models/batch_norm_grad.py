@@ -61,14 +61,14 @@ def _backward(eps, axes, axis_name, groups, residuals, cotangents):
   count = 1
   for a in axes:
     count *= x.shape[a]
-  # Means over every replica's batch of d(out)/d(x_hat) and of it times x_hat.
-  g_mean = _cross_replica_mean(scale * d_offset / count, axis_name, groups)
-  g_x_hat = _cross_replica_mean(scale * d_scale / count, axis_name, groups)
+  # Means over every replica's batch of d(out)/d(x_hat) and of it times x_hat, less the
+  # cotangents of the statistics themselves (outputs for the moving averages; zero in a
+  # training step): d_mean reaches x as d_mean / count, d_var as 2 d_var (x - mean) / count,
+  # and x - mean = x_hat / rsqrt. One all-reduce each, rsqrt being the same on every replica.
+  g_mean = _cross_replica_mean((scale * d_offset - d_mean / rsqrt) / count, axis_name, groups)
+  g_x_hat = _cross_replica_mean((scale * d_scale - 2.0 * d_var / jnp.square(rsqrt)) / count,
+                                axis_name, groups)
   d_x = rsqrt * (scale * d_out - g_mean - x_hat * g_x_hat)
-  # The statistics themselves are outputs (for the moving averages): their cotangents.
-  d_mean = _cross_replica_mean(d_mean, axis_name, groups)
-  d_var = _cross_replica_mean(d_var, axis_name, groups)
-  d_x = d_x + (d_mean + 2.0 * d_var * (x - mean)) / count
   return (d_x, jnp.reshape(d_scale, scale.shape).astype(scale.dtype),
           jnp.reshape(d_offset, scale.shape).astype(scale.dtype))
 
