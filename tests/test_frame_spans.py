@@ -85,6 +85,12 @@ def test_graph_form_cuts_the_same_frames():
   frames = parts.take(parts.frames(dmvr_format.IMAGE_KEY, positions)).numpy()
   assert list(frames) == [_tf_parse(record)['video'][i] for i in (5, 0, 0, 3)]
 
+  @tf.function  # Traced, numpy_function hands the record over as bytes, not as an array.
+  def traced(serialized):
+    parts = reader.frames_on_demand(serialized, KEYS)
+    return parts.take(parts.frames(dmvr_format.IMAGE_KEY, positions))
+  assert list(traced(tf.constant(record)).numpy()) == list(frames)
+
 
 def _with_image_feature(feature: tf.train.Feature) -> bytes:
   ex = tf.train.SequenceExample.FromString(_clip_record(3))

@@ -314,8 +314,9 @@ def frame_keys(*, flow: bool) -> tuple[str, ...]:
 def split_record_op(serialized: tf.Tensor, keys: Sequence[str]
                     ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
   """Graph op: serialized record -> (rest, {key: spans}) by `frame_spans.split_record`."""
-  def split(record: np.ndarray) -> list[Any]:  # A 0-d array holding the bytes.
-    rest, spans = frame_spans.split_record(record.item(), keys)
+  def split(record: bytes | np.ndarray) -> list[Any]:  # Bytes, or a 0-d array holding them.
+    rest, spans = frame_spans.split_record(
+        record if isinstance(record, bytes) else record.item(), keys)
     return [rest] + [spans[k] for k in keys]
   out = tf.numpy_function(split, [serialized], [tf.string] + [tf.int64] * len(keys),
                           stateful=False)
