@@ -18,21 +18,18 @@ import jax
 import jax.numpy as jnp
 
 
-def _stats(x: jax.Array, axes: tuple[int, ...], axis_name: str | None,
-           groups: Sequence[Sequence[int]] | None) -> tuple[jax.Array, jax.Array]:
-  """(mean, var) as hk.BatchNorm computes them: E[x], E[x^2] - E[x]^2, across replicas."""
-  mean = jnp.mean(x, axes, keepdims=True)
-  mean_of_squares = jnp.mean(jnp.square(x), axes, keepdims=True)
-  if axis_name:
-    mean = jax.lax.pmean(mean, axis_name=axis_name, axis_index_groups=groups)
-    mean_of_squares = jax.lax.pmean(mean_of_squares, axis_name=axis_name,
-                                    axis_index_groups=groups)
-  return mean, mean_of_squares - jnp.square(mean)
-
-
 def _cross_replica_mean(x: jax.Array, axis_name: str | None,
                         groups: Sequence[Sequence[int]] | None) -> jax.Array:
   return jax.lax.pmean(x, axis_name=axis_name, axis_index_groups=groups) if axis_name else x
+
+
+def _stats(x: jax.Array, axes: tuple[int, ...], axis_name: str | None,
+           groups: Sequence[Sequence[int]] | None) -> tuple[jax.Array, jax.Array]:
+  """(mean, var) as hk.BatchNorm computes them: E[x], E[x^2] - E[x]^2, across replicas."""
+  mean = _cross_replica_mean(jnp.mean(x, axes, keepdims=True), axis_name, groups)
+  mean_of_squares = _cross_replica_mean(jnp.mean(jnp.square(x), axes, keepdims=True),
+                                        axis_name, groups)
+  return mean, mean_of_squares - jnp.square(mean)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from brave_jax import config_base
 from brave_jax.models import batch_norm_grad
 
 BnConfig = Mapping[str, Any]
@@ -37,8 +38,9 @@ class BatchNorm(hk.BatchNorm):
 
   def __init__(self, name: str | None = 'batch_norm', backward: str = 'analytic', **kwargs):
     super().__init__(name=name, **kwargs)
-    if backward not in ('analytic', 'autodiff'):
-      raise ValueError(f'config.model.bn_backward: {backward!r} is not analytic or autodiff')
+    if backward not in config_base.BN_BACKWARDS:
+      raise ValueError(f'config.model.bn_backward: {backward!r} is not one of '
+                       f'{config_base.BN_BACKWARDS}')
     self._backward = backward
 
   def __call__(self, inputs: jax.Array, is_training: bool, test_local_stats: bool = False,
