@@ -27,6 +27,7 @@ from brave_jax import published
 from brave_jax.models import brave
 from brave_jax.models import heads
 from brave_jax.models import tsm_resnet
+from brave_jax.train import step as step_lib
 from published_checkpoints import TESTDATA
 from published_checkpoints import published_checkpoint
 from published_checkpoints import relative_max_error
@@ -87,8 +88,13 @@ def _our_step(m: published.PublishedModel, batch: dict):
     return jax.lax.pmean(grads, 'i'), new_state, jax.lax.pmean(metrics, 'i')
 
   stack = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
-  out = jax.pmap(step, axis_name='i', devices=jax.devices()[:1])(
-      stack(m.params), stack(m.state), stack(jax.random.PRNGKey(42)), stack(batch))
+  devices = jax.devices()[:1]
+  args = (stack(m.params), stack(m.state), stack(jax.random.PRNGKey(42)), stack(batch))
+  pmapped = jax.pmap(step, axis_name='i', devices=devices)
+  # Compiled as training compiles its update (step.compiler_options: on CPU, XLA options
+  # that change how reductions are summed), so the goldens hold those options too.
+  options = step_lib.compiler_options(devices)
+  out = (pmapped.lower(*args).compile(compiler_options=options) if options else pmapped)(*args)
   return jax.tree.map(lambda x: np.asarray(x)[0], out)
 
 

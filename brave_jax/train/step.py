@@ -31,10 +31,14 @@ Metrics = Mapping[str, jax.Array]
 # None: the model takes the batch as it comes.
 PrepareBatch = Callable[[PyTree], PyTree] | None
 
-# XLA:CPU options for the update step. With the defaults (jaxlib 0.10.2) convolutions
-# run as YNNPACK fusions, which made the TSM-ResNet-50 step slower than XLA's own
-# (Eigen) convolutions: bench/ab_step.py measures the two in one process.
-CPU_COMPILER_OPTIONS: dict[str, str] = {'xla_cpu_experimental_ynn_fusion_type': ''}
+# XLA:CPU options for the update step: YNNPACK for reductions only. With the defaults
+# (jaxlib 0.10.2) convolutions and elementwise ops run as YNNPACK fusions too, which made
+# the TSM-ResNet-50 step slower than XLA's own (Eigen) convolutions; with no YNNPACK at
+# all, batch norm's reductions become XLA:CPU reduce-windows, the largest share of the
+# CPU step. YNNPACK's reductions made the step 1.27x faster (bench/README.md, "The update
+# step against the published one"); bench/ab_step.py measures such choices in one process.
+CPU_COMPILER_OPTIONS: dict[str, str] = {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
 
 class TrainState(NamedTuple):
