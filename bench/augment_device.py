@@ -78,8 +78,7 @@ def bench_view(name: str, frames: int, size: int, random_conv: bool, clips: int,
   def device():
     compiled(x_device, draws_device).block_until_ready()
 
-  # FLOPs from one clip's chain: apply_views runs the random convolution in a loop over the
-  # clips, and XLA's cost analysis counts a loop's body once.
+  # FLOPs from one clip's chain (apply_view), what every clip of the batch costs.
   one_clip = jax.jit(augment_device.apply_view).lower(
       x_device[0], jax.tree.map(lambda a: a[0], draws_device)).compile()
 
