@@ -138,3 +138,22 @@ def test_pipeline_reader_cuts_frames_from_the_shards(tmp_path, max_held):
                                    parts.frames(dmvr_format.FLOW_KEY, [0])], 0)).numpy()
     expected = _tf_parse(records[entry])
     assert list(frames) == [expected['video'][3], expected['video'][1], expected['flow'][0]]
+
+
+def test_eval_and_finetune_clips_get_the_frames_a_whole_parse_gives():
+  """The linear probe's train passes and fine-tuning read a window of frames on demand; the
+  frames, labels and waveform equal those of the whole record parsed (the path TFDS takes)."""
+  from brave_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  record = _clip_record(6)
+  whole = pipeline._parsed_with_frames(  # pylint: disable=protected-access
+      tf.constant(record), reader.parse_example, True)
+  on_demand = pipeline._parsed_with_frames(  # pylint: disable=protected-access
+      reader.frames_on_demand(tf.constant(record), KEYS), reader.parse_example, True)
+  positions = tf.constant([5, 0, 2, 2], tf.int64)
+  assert int(whole[1]) == int(on_demand[1]) == 6
+  ours, theirs = on_demand[2](positions), whole[2](positions)
+  assert ours.shape == theirs.shape == (4,)  # Static length, as the batching needs.
+  assert list(ours.numpy()) == list(theirs.numpy())
+  assert list(ours.numpy()) != list(whole[2](tf.constant([4, 0, 2, 2], tf.int64)).numpy())
+  assert int(on_demand[0]['label']) == int(whole[0]['label']) == 3
+  np.testing.assert_array_equal(on_demand[0]['audio'].numpy(), whole[0]['audio'].numpy())

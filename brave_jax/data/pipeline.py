@@ -627,6 +627,23 @@ def make_train_dataset(config: ml_collections.ConfigDict, shards: reader.ShardSp
 # ---------------------------------------------------------------------------
 # Evaluation.
 
+def _parsed_with_frames(record: Any, parse: Callable[..., Any], audio: bool
+                       ) -> tuple[dict[str, tf.Tensor], tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+  """(parsed features, frame count, positions -> encoded RGB frames) of one record.
+
+  A reader.FramesOnDemand (shards, read by `_frames_on_demand_reader`) gives up only the
+  frames asked for; anything else (a serialized record, a TFDS element) is parsed whole by
+  `parse`. The frames are the same either way."""
+  if isinstance(record, reader.FramesOnDemand):
+    ex = reader.parse_example(record.rest, video=False, audio=audio)
+    n = _require_frames(record.spans[dmvr_format.IMAGE_KEY], 'image/encoded')
+    return ex, n, lambda idx: tf.ensure_shape(  # take's output has no static length.
+        record.take(record.frames(dmvr_format.IMAGE_KEY, idx)), idx.shape)
+  ex = parse(record, video=True, audio=audio)
+  n = _require_frames(ex['video'], 'image/encoded')
+  return ex, n, lambda idx: tf.gather(ex['video'], idx)
+
+
 def _make_eval_train_fn(config: ml_collections.ConfigDict, clips: eval_clips.EvalClips,
                         base_seed: tf.Tensor, include_audio: bool,
                         parse: Callable[..., Any] = reader.parse_example,
@@ -639,13 +656,12 @@ def _make_eval_train_fn(config: ml_collections.ConfigDict, clips: eval_clips.Eva
   num_samples = audio_num_samples(config)
 
   def fn(index, item):
-    video_index, serialized = item
+    video_index, record = item
     seed = tf.random.experimental.stateless_fold_in(base_seed, index)
     s_win, s_view = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    ex = parse(serialized, video=True, audio=include_audio)
-    n = _require_frames(ex['video'], 'image/encoded')
+    ex, n, frames_at = _parsed_with_frames(record, parse, include_audio)
     start, idx = sampling.random_window(n, clips.num_frames, clips.frame_step, s_win)
-    video, draws = _rgb_view(tf.gather(ex['video'], idx), clips.image_size, d.augment, s_view,
+    video, draws = _rgb_view(frames_at(idx), clips.image_size, d.augment, s_view,
                              blur=False, random_conv=False, jpeg_decode=d.jpeg_decode, ship=ship)
     out = {'video': video, 'label': ex['label'], 'video_index': tf.cast(video_index, tf.int32),
            bad_records.INDEX: index}
@@ -725,15 +741,19 @@ def make_eval_dataset(config: ml_collections.ConfigDict, shards: Source, *,
   reader.check_features(index, video=True, audio=include_audio,
                         what=f'evaluation ({mode} split)')  # Not every record, one by one.
   num_records = len(index)
+  # A train pass takes one window of each record: only its frames are copied out.
+  frame_keys = reader.frame_keys(flow=False) if mode == 'train' else ()
   read, monitor = _read_with_budget(config, index, f'eval {mode}',
-                                    bad_records.needed_features(['audio'] if include_audio else []))
+                                    bad_records.needed_features(['audio'] if include_audio else []),
+                                    frame_keys)
   if mode == 'train':
     seed = config.seed if seed is None else seed
     train_fn = _make_eval_train_fn(config, clips, tf.constant(_seed_ints(seed, 3), tf.int64),
                                    include_audio)
 
     def train_example(stream_index, entry):
-      return dict(train_fn(stream_index, (entry, read(entry))), **{bad_records.ENTRY: entry})
+      record = read(stream_index, entry)
+      return dict(train_fn(stream_index, (entry, record)), **{bad_records.ENTRY: entry})
     passes = clips.train_passes
     slots = tf.data.Dataset.range(num_records).repeat(passes).enumerate()
     ds = _batches(config, slots, train_example, batch_size=batch_size)
@@ -856,7 +876,8 @@ def make_finetune_dataset(config: ml_collections.ConfigDict, source: Source, *,
       config, reader.index_shards(files), what='fine-tuning', needs={},
       example_fn=_finetune_example_fn(config, clips, example_seed, reader.parse_example),
       shuffle_seed=tf.constant(_seed_ints(host_seed, 11), tf.int64), per_host=per_host,
-      per_device=per_device, num_local_devices=num_local_devices, start_step=start_step)
+      per_device=per_device, num_local_devices=num_local_devices, start_step=start_step,
+      frame_keys=reader.frame_keys(flow=False))
 
 
 _TFDS_SHUFFLE_BUFFER = 256  # Examples TFDS fine-tuning shuffles over (besides its file order).
