@@ -35,8 +35,9 @@ PrepareBatch = Callable[[PyTree], PyTree] | None
 # (jaxlib 0.10.2) convolutions and elementwise ops run as YNNPACK fusions too, which made
 # the TSM-ResNet-50 step slower than XLA's own (Eigen) convolutions; with no YNNPACK at
 # all, batch norm's reductions become XLA:CPU reduce-windows, the largest share of the
-# CPU step. YNNPACK's reductions made the step 1.27x faster (bench/README.md, "The update
-# step against the published one"); bench/ab_step.py measures such choices in one process.
+# CPU step. YNNPACK's reductions made the step 1.27x faster (bench/README.md, "YNNPACK for
+# the reductions"); bench/ab_step.py measures such choices in one process. The published
+# training-step goldens are checked compiled with these options.
 CPU_COMPILER_OPTIONS: dict[str, str] = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'}
 
