@@ -2,9 +2,9 @@
 
 Autodiff of `hk.BatchNorm` differentiates the mean and the mean of squares separately, so
 the backward pass of every normalisation makes more reductions over the whole activation
-than the two it needs (the sums of dy and of dy * x_hat). Batch norm's reductions are most
-of a CPU step's time (bench/README.md: 44 % in XLA:CPU's reduce-windows), and on this
-CPU the written-out gradient runs a batch norm + ReLU forward and backward 1.2-1.8x faster.
+than the two it needs (the sums of dy and of dy * x_hat). Batch norm's reductions were most
+of a CPU step's time before they ran as YNNPACK reductions (bench/README.md: 44 % in
+XLA:CPU's reduce-windows; step.CPU_COMPILER_OPTIONS), and on this CPU the written-out gradient runs a batch norm + ReLU forward and backward 1.2-1.8x faster.
 The forward is Haiku's arithmetic, op for op; the gradient is the same function of the
 inputs, equal to autodiff's to float rounding (tests/test_batch_norm_grad.py: within 1e-5,
 on one device and across replicas; the published training-step goldens pass with it).
